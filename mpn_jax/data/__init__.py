@@ -1,0 +1,1 @@
+"""Datasets (TFDS builders), augmentation, targets and input pipelines."""
