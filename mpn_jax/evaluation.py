@@ -11,10 +11,119 @@ import os
 
 import numpy as np
 
+from mpn_jax import coco as coco_lib
+
 STAT_NAMES = ("AP", "AP50", "AP75", "APM", "APL", "AR", "AR50", "AR75", "ARM", "ARL")
 # COCOeval('bbox') has 12 statistics (small objects too); keypoints has the 10 above.
 BBOX_STAT_NAMES = ("AP", "AP50", "AP75", "APS", "APM", "APL",
                    "AR1", "AR10", "AR", "ARS", "ARM", "ARL")
+
+
+def xyxy_to_xywh(boxes):
+  """[..., 4] (x1, y1, x2, y2) -> COCO [..., 4] (x, y, w, h), float32 numpy."""
+  b = np.asarray(boxes, np.float32)
+  return np.concatenate([b[..., :2], b[..., 2:] - b[..., :2]], axis=-1)
+
+
+def xywh_to_xyxy(boxes):
+  """COCO [..., 4] (x, y, w, h) -> [..., 4] (x1, y1, x2, y2), float32 numpy."""
+  b = np.asarray(boxes, np.float32)
+  return np.concatenate([b[..., :2], b[..., :2] + b[..., 2:]], axis=-1)
+
+
+def keypoint_results(image_id, keypoints, scores, boxes=None):
+  """Encodes one image's people as COCO keypoint results.
+
+  Args:
+    image_id: the COCO image id.
+    keypoints: [N, 17, 3] float (x, y, keypoint score) in ORIGINAL image pixels.
+    scores: [N] float person scores (COCOeval ranks detections by them).
+    boxes: optional [N, 4] xyxy original pixels, stored as COCO 'bbox' (COCOeval recomputes the
+      keypoint box itself; the field only helps people reading the file).
+  Returns:
+    list of N dicts {image_id, category_id, keypoints: [51 floats], score[, bbox]}.
+  """
+  keypoints = np.asarray(keypoints, np.float64).reshape(-1, coco_lib.NUM_KEYPOINTS, 3)
+  scores = np.asarray(scores, np.float64).reshape(-1)
+  if len(scores) != len(keypoints):
+    raise ValueError(f"keypoint_results: {len(keypoints)} people but {len(scores)} scores")
+  out = []
+  for i in range(len(keypoints)):
+    r = {"image_id": int(image_id), "category_id": coco_lib.PERSON_CATEGORY_ID,
+         "keypoints": [round(float(v), 3) for v in keypoints[i].reshape(-1)],
+         "score": float(scores[i])}
+    if boxes is not None:
+      r["bbox"] = [round(float(v), 3) for v in xyxy_to_xywh(boxes[i])]
+    out.append(r)
+  return out
+
+
+def box_results(image_id, boxes, scores):
+  """Encodes person boxes [N, 4] xyxy (original pixels) with scores [N] as COCO bbox results."""
+  boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+  scores = np.asarray(scores, np.float64).reshape(-1)
+  return [{"image_id": int(image_id), "category_id": coco_lib.PERSON_CATEGORY_ID,
+           "bbox": [round(float(v), 3) for v in xyxy_to_xywh(b)], "score": float(s)}
+          for b, s in zip(boxes, scores)]
+
+
+def ground_truth_people(coco_gt, image_id):
+  """One image's person annotations as arrays.
+
+  Returns:
+    dict with 'boxes' [M, 4] float32 xyxy, 'keypoints' [M, 17, 3] float32 (x, y, v),
+    'iscrowd' [M] bool, 'num_keypoints' [M] int32 (original pixels, COCO's own values).
+  """
+  anns = coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=[int(image_id)],
+                                            catIds=[coco_lib.PERSON_CATEGORY_ID]))
+  k = coco_lib.NUM_KEYPOINTS
+  kps = np.array([a.get("keypoints", [0] * 3 * k) for a in anns], np.float32).reshape(-1, k, 3)
+  return {
+      "boxes": xywh_to_xyxy(np.array([a["bbox"] for a in anns], np.float32).reshape(-1, 4)),
+      "keypoints": kps,
+      "iscrowd": np.array([bool(a.get("iscrowd", 0)) for a in anns], bool),
+      "num_keypoints": np.array([int(a.get("num_keypoints", (kps[i, :, 2] > 0).sum()))
+                                 for i, a in enumerate(anns)], np.int32),
+  }
+
+
+def oracle_keypoints(cand_xy, cand_scores, cand_valid, gt_keypoints):
+  """Assigns keypoint candidates to annotated people by looking at the answer (an upper bound).
+
+  For each person and each labelled keypoint type, the candidate of that type nearest the annotated
+  position is taken: what a perfect assignment (PRN) could do with these candidates. It measures
+  peak finding and coordinate mapping on their own.
+
+  Args:
+    cand_xy: [K, C, 2] candidate positions (same pixels as gt_keypoints).
+    cand_scores: [K, C] candidate scores.
+    cand_valid: [K, C] bool.
+    gt_keypoints: [P, K, 3] annotated (x, y, v), v > 0 labelled.
+  Returns:
+    ([P, K, 3] keypoints (x, y, candidate score; 0 where unlabelled or no candidate),
+     [P] person scores: mean candidate score over the labelled types).
+  """
+  cand_xy = np.asarray(cand_xy, np.float32)
+  cand_scores = np.asarray(cand_scores, np.float32)
+  cand_valid = np.asarray(cand_valid, bool)
+  gt = np.asarray(gt_keypoints, np.float32)
+  d = np.linalg.norm(gt[:, :, None, :2] - cand_xy[None], axis=-1)  # [P, K, C]
+  d = np.where(cand_valid[None], d, np.inf)
+  best = np.argmin(d, axis=-1)  # [P, K]
+  found = np.isfinite(np.take_along_axis(d, best[..., None], -1)[..., 0]) & (gt[..., 2] > 0)
+  k_idx = np.arange(gt.shape[1])[None, :]
+  xy = np.where(found[..., None], cand_xy[k_idx, best], 0.0)
+  s = np.where(found, cand_scores[k_idx, best], 0.0)
+  labelled = np.maximum((gt[..., 2] > 0).sum(-1), 1)
+  return np.concatenate([xy, s[..., None]], -1), s.sum(-1) / labelled
+
+
+def write_json(path, obj):
+  """Writes obj as JSON at path, creating the folder."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(obj, f, indent=1)
+  return path
 
 
 def load_coco(ann):

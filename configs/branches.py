@@ -1,0 +1,162 @@
+r"""Stage one: ResNet backbone + keypoint subnet + RetinaNet person detection (MultiPoseNet branches).
+
+Presets (the part after the colon):
+  coco (default)  COCO 2017 person keypoints at 480x480, the paper's recipe as far as it is known.
+  synthetic       the built-in synthetic dataset (128 px), a small network: minutes on a 2-core CPU.
+  smoke           a few steps on tiny shapes, for tests.
+
+  python train.py --config=configs/branches.py --workdir=/tmp/mpn/branches \
+      --config.dataset.coco_dir=/data/coco --config.init_from=/tmp/resnet50_imagenet
+  python train.py --config=configs/branches.py:synthetic --workdir=/tmp/mpn/synthetic_branches
+  python train.py --config=configs/branches.py:smoke --workdir=/tmp/mpn/smoke_branches
+
+Every field can be overridden on the command line, e.g. `--config.train.learning_rate=3e-4
+--config.train.trainable=detection`; a misspelt field is an error (the config is locked).
+
+Recipe: Kocabas et al. (ECCV 2018) and the authors' reference code train the keypoint subnet with
+Adam (lr 1e-4, no weight decay, lr x0.1 on plateau) on 480x480 crops from an ImageNet-initialised
+ResNet, then the detection subnet with Adam (lr 1e-5) with backbone and keypoint subnet frozen. Here
+both parts can be trained jointly (trainable='all', the default) or one after the other
+(trainable='keypoints', then trainable='detection' in a new workdir with --config.init_from=<the
+first workdir>); the plateau schedule becomes a fixed x0.1 piecewise schedule at 75% and 90% of
+training, so that a resumed run is exact.
+"""
+
+import ml_collections
+
+from mpn_jax import evaluate
+from mpn_jax import inference
+from mpn_jax import models
+from mpn_jax.data import pipeline
+
+
+def get_config(arg=None):
+  """Returns the branches config for the preset `arg` (coco, synthetic or smoke)."""
+  preset = arg or "coco"
+  if preset not in ("coco", "synthetic", "smoke"):
+    raise ValueError(f"configs/branches.py: unknown preset {preset!r}; use coco, synthetic or smoke "
+                     "(e.g. --config=configs/branches.py:synthetic)")
+  config = ml_collections.ConfigDict()
+  config.stage = "branches"
+  config.preset = preset
+  config.seed = 0
+
+  # The TFDS builder (mpn_jax.data.datasets.load_builder prepares it on first use).
+  config.dataset = ml_collections.ConfigDict()
+  config.dataset.name = "coco_keypoints"        # 'coco_keypoints' | 'mpn_synthetic'
+  config.dataset.data_dir = "/tmp/mpn_tfds"     # where the prepared TFDS records live
+  config.dataset.coco_dir = "~/data/coco"       # coco_keypoints: annotations/, train2017/, val2017/
+  config.dataset.train_ann = "person_keypoints_train2017.json"  # in coco_dir/annotations/
+  config.dataset.val_ann = "person_keypoints_val2017.json"
+  config.dataset.image_size = 128               # mpn_synthetic: image side
+  config.dataset.num_train = 512                # mpn_synthetic: images per split
+  config.dataset.num_val = 64
+  config.dataset.seed = 0
+  config.dataset.train_split = "train"
+  config.dataset.eval_split = "validation"
+
+  config.input = pipeline.input_config()        # size S, batch_size (global), augmentation, targets
+  config.input.batch_size = 24
+  config.model = models.multiposenet_config()   # ResNet-50 v1.5, FPN 256
+  config.inference = inference.inference_config()
+  config.eval = evaluate.eval_config("detector")  # python evaluate.py (see mpn_jax/evaluate.py)
+
+  config.train = ml_collections.ConfigDict()
+  config.train.optimizer = "adam"          # 'adam' | 'adamw' | 'sgd' (momentum 0.9)
+  config.train.learning_rate = 1e-4
+  config.train.weight_decay = 0.0          # adamw: decoupled; adam / sgd: added to the gradient
+  config.train.schedule = "piecewise"      # 'constant' | 'piecewise' | 'cosine'
+  config.train.decay_fractions = (0.75, 0.9)  # piecewise: x decay_factor at these fractions
+  config.train.decay_factor = 0.1
+  config.train.warmup_steps = 500
+  config.train.grad_clip_norm = 0.0        # 0 disables clipping
+  config.train.num_steps = 200_000         # ~75 epochs of the 64k train2017 images with people
+  config.train.trainable = "all"           # 'all' | 'keypoints' | 'detection' (the rest frozen)
+  config.train.log_every_steps = 50
+  config.train.checkpoint_every_steps = 2000
+  config.train.keep_checkpoints = 3        # the last N, plus the best by train.best_metric
+  config.train.eval_every_steps = 10_000   # validation loss; 0: only at the end
+  config.train.eval_batches = 50           # batches of the eval split per evaluation (0: none)
+  config.train.best_metric = "val_loss"    # '' keeps only the last N checkpoints
+  config.train.best_mode = "min"
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.keypoint_weight = 1.0        # final stride-4 heatmaps + mask
+  config.loss.intermediate_weight = 1.0    # each of the 4 intermediate outputs (P2..P5)
+  config.loss.focal_weight = 1.0
+  config.loss.box_weight = 1.0
+  config.loss.focal_alpha = 0.25
+  config.loss.focal_gamma = 2.0
+  config.loss.smooth_l1_beta = 0.11
+  config.loss.pos_iou = 0.5                # anchor assignment (boxes.anchor_targets)
+  config.loss.neg_iou = 0.4
+
+  # Used when the workdir holds no checkpoint yet: an Orbax checkpoint of {'params': ...,
+  # 'batch_stats': ...} (the whole model or some subtrees, e.g. only 'backbone' from converted
+  # ImageNet weights), or another run's workdir. Matching variables are copied, others kept;
+  # variables of another shape or absent from the model are an error.
+  config.init_from = ""
+
+  config.distributed = ml_collections.ConfigDict()
+  config.distributed.coordinator_address = ""  # 'host:port': multi-process (else MPN_* env vars)
+  config.distributed.num_processes = 0
+  config.distributed.process_id = -1
+
+  if preset == "synthetic":
+    _synthetic(config)
+  elif preset == "smoke":
+    _smoke(config)
+  return config
+
+
+def _synthetic(config):
+  config.dataset.name = "mpn_synthetic"
+  config.input.size = 128
+  config.input.batch_size = 16
+  config.input.shuffle_buffer = 256
+  config.input.max_boxes = 16
+  config.input.max_people = 8
+  m = config.model  # a narrow ResNet trained from scratch: BatchNorm must learn its statistics
+  m.backbone.stage_sizes = (1, 2, 2, 1)
+  m.backbone.width = 16
+  m.backbone.frozen_bn = False
+  m.fpn_channels = 64
+  m.keypoint_head.channels = 32
+  m.keypoint_head.fused_channels = 64
+  m.retina_head.channels = 64
+  m.retina_head.num_convs = 2
+  config.train.learning_rate = 2e-3
+  config.train.schedule = "cosine"
+  config.train.warmup_steps = 50
+  config.train.num_steps = 1200
+  config.train.log_every_steps = 25
+  config.train.checkpoint_every_steps = 200
+  config.train.eval_every_steps = 400
+  config.train.eval_batches = 4
+  config.eval.max_images = 64
+
+
+def _smoke(config):
+  config.dataset.name = "mpn_synthetic"
+  config.dataset.image_size = 64
+  config.dataset.num_train = 8
+  config.dataset.num_val = 4
+  config.input.size = 64
+  config.input.batch_size = 4
+  config.input.shuffle_buffer = 8
+  config.input.max_boxes = 8
+  config.input.max_people = 4
+  config.input.prefetch = 1
+  config.model = models.multiposenet_config("tiny")
+  config.model.backbone.frozen_bn = False
+  config.train.learning_rate = 1e-3
+  config.train.schedule = "constant"
+  config.train.warmup_steps = 0
+  config.train.num_steps = 3
+  config.train.log_every_steps = 1
+  config.train.checkpoint_every_steps = 2
+  config.train.eval_every_steps = 0
+  config.train.eval_batches = 1
+  config.eval.max_images = 4
+  config.eval.batch_size = 4
+  config.eval.pictures = 0

@@ -1,0 +1,137 @@
+r"""Stage two: the Pose Residual Network, trained on samples built from COCO keypoint annotations.
+
+No images are read: each sample is a person box (widened by 21%) with the keypoints of everyone
+overlapping it drawn on the 56x36 grid as input and the person's own keypoints as target
+(mpn_jax.data.prn_samples; geometry in mpn_jax.prn_grid).
+
+Presets (the part after the colon):
+  coco (default)  full train2017 person keypoint annotations, validated on val2017.
+  coco_small      the prn_train / prn_val annotation files in ../shared/data/coco/annotations.
+  synthetic       the annotations of the built-in synthetic dataset (built on first use).
+  smoke           a few steps, for tests.
+
+  python train.py --config=configs/prn.py --workdir=/tmp/mpn/prn --config.data.data_dir=/data/coco
+  python train.py --config=configs/prn.py:coco_small --workdir=/tmp/mpn/prn_small
+  python train.py --config=configs/prn.py:smoke --workdir=/tmp/mpn/prn_smoke
+
+Every field can be overridden, e.g. `--config.train.learning_rate=1e-4`; a misspelt field is an error.
+
+Recipe: the PRN authors' code trains with Adam (lr 1e-3, batch 8, 16 epochs, 1024 hidden units,
+dropout 0.5); here lr 1e-3 decayed x0.1 at 75% and 90% of training.
+"""
+
+import ml_collections
+
+from mpn_jax import evaluate
+from mpn_jax import inference
+from mpn_jax import models
+from mpn_jax.data import prn_samples
+
+
+def get_config(arg=None):
+  """Returns the PRN config for the preset `arg` (coco, coco_small, synthetic or smoke)."""
+  preset = arg or "coco"
+  if preset not in ("coco", "coco_small", "synthetic", "smoke"):
+    raise ValueError(f"configs/prn.py: unknown preset {preset!r}; use coco, coco_small, synthetic or "
+                     "smoke (e.g. --config=configs/prn.py:coco_small)")
+  config = ml_collections.ConfigDict()
+  config.stage = "prn"
+  config.preset = preset
+  config.seed = 0
+
+  # PRN samples (mpn_jax.data.prn_samples): annotation files, Gaussians, augmentation.
+  config.data = prn_samples.prn_data_config()
+  config.data.data_dir = "~/data/coco"
+  config.data.train_files = ("annotations/person_keypoints_train2017.json",)
+  config.data.val_file = "annotations/person_keypoints_val2017.json"
+  # mpn_synthetic only: the synthetic TFDS dataset whose annotation files are used.
+  config.data.synthetic = ml_collections.ConfigDict(dict(
+      data_dir="/tmp/mpn_tfds", image_size=128, num_train=512, num_val=64, seed=0))
+
+  config.data.batch_size = 8               # global batch (split over devices and hosts)
+
+  config.model = models.prn_config()
+  config.inference = inference.inference_config()
+  config.eval = evaluate.eval_config("pipeline")  # python evaluate.py (see mpn_jax/evaluate.py)
+
+  config.train = ml_collections.ConfigDict()
+  config.train.optimizer = "adam"          # 'adam' | 'adamw' | 'sgd' (momentum 0.9)
+  config.train.learning_rate = 1e-3
+  config.train.weight_decay = 0.0
+  config.train.schedule = "piecewise"      # 'constant' | 'piecewise' | 'cosine'
+  config.train.decay_fractions = (0.75, 0.9)
+  config.train.decay_factor = 0.1
+  config.train.warmup_steps = 0
+  config.train.grad_clip_norm = 0.0        # 0 disables clipping
+  config.train.num_steps = 240_000         # ~16 epochs of ~120k train2017 people at batch 8
+  config.train.log_every_steps = 100
+  config.train.checkpoint_every_steps = 5000
+  config.train.keep_checkpoints = 3        # the last N, plus the best by train.best_metric
+  config.train.eval_every_steps = 10_000   # 0: only at the end
+  config.train.eval_batches = 0            # validation-loss batches (0: the whole val_file)
+  config.train.eval_batch_size = 256
+  config.train.prn_gt_ap = False           # also the PRN-on-ground-truth AP (mpn_jax.prn_protocol)
+  config.train.best_metric = "val_loss"    # e.g. 'prn_gt_AP' with best_mode 'max'
+  config.train.best_mode = "min"
+
+  config.init_from = ""                    # an Orbax checkpoint / workdir to start from
+
+  config.distributed = ml_collections.ConfigDict()
+  config.distributed.coordinator_address = ""
+  config.distributed.num_processes = 0
+  config.distributed.process_id = -1
+
+  if preset == "coco_small":
+    _coco_small(config)
+  elif preset == "synthetic":
+    _synthetic(config)
+  elif preset == "smoke":
+    _smoke(config)
+  return config
+
+
+def _coco_small(config):
+  # Owned by the PRN data engineer: tuned on ../shared/data/coco/annotations/*_prn_{train,val}.json.
+  defaults = prn_samples.prn_data_config()
+  config.data.data_dir = defaults.data_dir
+  config.data.train_files = defaults.train_files
+  config.data.val_file = defaults.val_file
+  config.data.batch_size = 32
+  config.train.num_steps = 3000
+  config.train.log_every_steps = 50
+  config.train.checkpoint_every_steps = 500
+  config.train.eval_every_steps = 500
+  config.train.prn_gt_ap = True
+  config.train.best_metric = "prn_gt_AP"
+  config.train.best_mode = "max"
+  config.eval.mode = "prn_gt"
+
+
+def _synthetic(config):
+  config.data.name = "mpn_synthetic"
+  config.data.data_dir = ""
+  config.data.train_files = ()          # filled in from config.data.synthetic
+  config.data.val_file = ""
+  config.data.batch_size = 32
+  config.train.num_steps = 1000
+  config.train.log_every_steps = 50
+  config.train.checkpoint_every_steps = 250
+  config.train.eval_every_steps = 250
+  config.eval.mode = "prn_gt"
+
+
+def _smoke(config):
+  defaults = prn_samples.prn_data_config()
+  config.data.data_dir = defaults.data_dir
+  config.data.train_files = defaults.train_files
+  config.data.val_file = defaults.val_file
+  config.model = models.prn_config("tiny")
+  config.data.batch_size = 8
+  config.train.eval_batch_size = 64
+  config.train.schedule = "constant"
+  config.train.num_steps = 3
+  config.train.log_every_steps = 1
+  config.train.checkpoint_every_steps = 2
+  config.train.eval_every_steps = 0
+  config.train.eval_batches = 1
+  config.eval.mode = "prn_gt"

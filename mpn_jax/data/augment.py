@@ -1,0 +1,326 @@
+"""Geometric and photometric augmentation of one example, as TensorFlow ops (tf.data map friendly).
+
+One affine matrix per example maps ORIGINAL image coordinates to INPUT coordinates (the S x S network
+input). Image, masks, keypoints and boxes all go through that one matrix, so they cannot drift apart:
+
+  M = T(c + t S) . R(angle) . Z(scale) . T(-c) . L . F
+
+read right to left: F optionally mirrors the original image (x -> W - x); L is the letterbox scale
+S / max(H, W) that puts the image in the top-left corner with its longest side = S (exactly
+`preprocess.letterbox` at eval); then, about the centre c of the letterboxed picture, a zoom by
+`scale`, a rotation by `angle` degrees (positive = counter-clockwise on screen) and a shift by
+`t * S` pixels. With scale=1, angle=0, t=0, no flip, M is the eval letterbox.
+
+Coordinates are continuous (pixel i covers [i, i + 1), see preprocess.py). The warp samples the
+source at M^-1 of each output pixel centre, so points and pixels agree to float precision.
+
+Boxes after the warp: the bounding box of the transformed ellipse inscribed in the original box,
+grown to contain the person's transformed labelled keypoints, then clipped to the canvas. For flips,
+scales and shifts this is exactly the transformed box; under rotation it is much tighter than the
+box of the four rotated corners (which for a 40 degree rotation adds ~40% of empty margin) while the
+keypoints stay inside it.
+"""
+
+import math
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from mpn_jax import coco
+
+
+def augment_config():
+  """Default augmentation ranges (config.input.augment). Zero/1.0 ranges switch a part off."""
+  return ml_collections.ConfigDict(dict(
+      scale_min=0.75,     # zoom relative to the letterbox scale, uniform in [scale_min, scale_max]
+      scale_max=1.25,
+      rotation=40.0,      # degrees, uniform in [-rotation, rotation] (the paper's +-40)
+      translate=0.1,      # shift as a fraction of S, uniform in [-translate, translate] per axis
+      flip=0.5,           # probability of a horizontal flip (left/right keypoints swapped)
+      color_jitter=ml_collections.ConfigDict(dict(
+          brightness=0.2,   # max additive delta on the 0..1 scale
+          contrast=0.2,     # factor uniform in [1 - c, 1 + c]
+          saturation=0.2,   # factor uniform in [1 - s, 1 + s]
+          hue=0.02,         # max hue shift (fraction of the colour wheel)
+      )),
+      min_box_size=2.0,   # boxes narrower/lower than this (input pixels) after clipping are dropped
+  ))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Matrices.
+
+
+def _mat(rows):
+  return tf.convert_to_tensor(rows, tf.float32)
+
+
+def letterbox_scale(height, width, size):
+  """S / max(H, W) as a float32 scalar tensor (the scale `preprocess.letterbox` uses)."""
+  hw = tf.cast(tf.stack([height, width]), tf.float32)
+  return tf.cast(size, tf.float32) / tf.reduce_max(hw)
+
+
+def affine_matrix(height, width, size, scale=1.0, angle=0.0, translate=(0.0, 0.0), flip=False):
+  """The [3, 3] float32 matrix mapping original image coordinates to S x S input coordinates.
+
+  Args:
+    height, width: original image size (ints or scalar tensors).
+    size: S, the side of the square input.
+    scale: zoom relative to the letterbox scale.
+    angle: rotation in degrees, positive = counter-clockwise on screen (y axis points down).
+    translate: (tx, ty) shift as a fraction of S.
+    flip: mirror the original image horizontally first (x -> W - x).
+  Returns:
+    [3, 3] float32 tensor M, homogeneous column vectors: [x', y', 1]^T = M [x, y, 1]^T.
+  """
+  h = tf.cast(height, tf.float32)
+  w = tf.cast(width, tf.float32)
+  s = tf.cast(size, tf.float32)
+  lb = letterbox_scale(height, width, size)
+  one, zero = tf.constant(1.0), tf.constant(0.0)
+  f = tf.where(tf.cast(flip, tf.bool), -1.0, 1.0)
+  flip_m = _mat([[f, zero, tf.where(f < 0, w, 0.0)], [zero, one, zero], [zero, zero, one]])
+  lb_m = _mat([[lb, zero, zero], [zero, lb, zero], [zero, zero, one]])
+  cx, cy = w * lb / 2.0, h * lb / 2.0
+  a = tf.cast(angle, tf.float32) * (math.pi / 180.0)
+  z = tf.cast(scale, tf.float32)
+  cos, sin = z * tf.cos(a), z * tf.sin(a)
+  t = tf.cast(translate, tf.float32) * s
+  # With y pointing down, a counter-clockwise turn on screen is x' = x cos + y sin, y' = -x sin + y cos.
+  rot_m = _mat([[cos, sin, cx + t[0] - (cos * cx + sin * cy)],
+                [-sin, cos, cy + t[1] - (-sin * cx + cos * cy)],
+                [zero, zero, one]])
+  return rot_m @ lb_m @ flip_m
+
+
+def flip_matrix(width):
+  """[3, 3] matrix of a horizontal flip of an image `width` wide (x -> W - x)."""
+  w = tf.cast(width, tf.float32)
+  return _mat([[-1.0, 0.0, w], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+
+
+def sample_params(seed, aug):
+  """Draws one example's augmentation parameters with stateless ops (same seed, same draw).
+
+  Args:
+    seed: [2] int32/int64 stateless seed.
+    aug: a ConfigDict like `augment_config()`.
+  Returns:
+    dict(scale, angle, translate [2], flip bool) of scalar float32 tensors.
+  """
+  seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=4)
+  u = lambda i, shape, lo, hi: tf.random.stateless_uniform(shape, seeds[i], lo, hi, tf.float32)
+  rot = float(aug.rotation)
+  tr = float(aug.translate)
+  return dict(
+      scale=u(0, [], float(aug.scale_min), float(aug.scale_max) + 1e-12),
+      angle=u(1, [], -rot, rot + 1e-12),
+      translate=u(2, [2], -tr, tr + 1e-12),
+      flip=u(3, [], 0.0, 1.0) < float(aug.flip),
+  )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Applying a matrix.
+
+
+def transform_points(points, matrix):
+  """Applies a [3, 3] affine matrix to points [..., 2] (float32) -> [..., 2]."""
+  points = tf.convert_to_tensor(points, tf.float32)
+  return tf.linalg.matvec(matrix[:2, :2], points) + matrix[:2, 2]
+
+
+def warp(image, matrix, out_hw, interpolation="BILINEAR"):
+  """Resamples `image` so that output point M @ p shows the input point p.
+
+  Args:
+    image: [H, W, C] float32 (any channel count; padding is filled with 0).
+    matrix: [3, 3] original -> output coordinates (continuous convention).
+    out_hw: (height, width) of the output.
+    interpolation: 'BILINEAR' for images, 'NEAREST' for masks.
+  Returns:
+    [out_h, out_w, C] float32.
+  """
+  inv = tf.linalg.inv(matrix)
+  # ImageProjectiveTransform samples at integer indices = pixel centres, i.e. continuous x - 0.5:
+  # index_in = T(-.5) M^-1 T(+.5) index_out.
+  half = _mat([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]])
+  minus_half = _mat([[1.0, 0.0, -0.5], [0.0, 1.0, -0.5], [0.0, 0.0, 1.0]])
+  t = minus_half @ inv @ half
+  t = t / t[2, 2]
+  transform = tf.reshape(t, [9])[:8][None]
+  out = tf.raw_ops.ImageProjectiveTransformV3(
+      images=tf.cast(image, tf.float32)[None], transforms=transform,
+      output_shape=tf.cast(tf.stack(out_hw), tf.int32), fill_value=0.0,
+      interpolation=interpolation, fill_mode="CONSTANT")
+  return out[0]
+
+
+def warp_image(image, matrix, out_hw):
+  """Bilinear warp that first shrinks the image (antialiased) when M zooms out.
+
+  A bilinear sample of a picture reduced several times aliases; resizing with tf.image.resize's
+  antialias filter to about the target resolution, then warping the rest of the way, keeps fine
+  detail smooth. The geometry is unchanged: the matrix is composed with the resize.
+
+  Args:
+    image: [H, W, C] float32. matrix: [3, 3]. out_hw: (height, width).
+  Returns:
+    [out_h, out_w, C] float32.
+  """
+  image = tf.cast(image, tf.float32)
+  h = tf.shape(image)[0]
+  w = tf.shape(image)[1]
+  zoom = tf.sqrt(tf.abs(tf.linalg.det(matrix[:2, :2])))
+
+  def shrunk():
+    nh = tf.maximum(1, tf.cast(tf.round(tf.cast(h, tf.float32) * zoom), tf.int32))
+    nw = tf.maximum(1, tf.cast(tf.round(tf.cast(w, tf.float32) * zoom), tf.int32))
+    small = tf.image.resize(image, tf.stack([nh, nw]), method="bilinear", antialias=True)
+    # resize uses half-pixel centres, so it is the exact map x -> x * nw / w.
+    rs = _mat([[tf.cast(w, tf.float32) / tf.cast(nw, tf.float32), 0.0, 0.0],
+               [0.0, tf.cast(h, tf.float32) / tf.cast(nh, tf.float32), 0.0],
+               [0.0, 0.0, 1.0]])
+    return warp(small, matrix @ rs, out_hw)
+
+  return tf.cond(zoom < 0.75, shrunk, lambda: warp(image, matrix, out_hw))
+
+
+def transform_keypoints(keypoints, matrix, flip, out_hw):
+  """Moves keypoints [P, 17, 3] (x, y, v) through M; swaps left/right when flipped.
+
+  Keypoints that were unlabelled (v = 0) or land outside the [0, W) x [0, H) canvas get (0, 0, 0).
+  Returns [P, 17, 3] float32.
+  """
+  keypoints = tf.convert_to_tensor(keypoints, tf.float32)
+  xy = transform_points(keypoints[..., :2], matrix)
+  v = keypoints[..., 2]
+  out_h = tf.cast(out_hw[0], tf.float32)
+  out_w = tf.cast(out_hw[1], tf.float32)
+  inside = ((xy[..., 0] >= 0) & (xy[..., 0] < out_w) & (xy[..., 1] >= 0) & (xy[..., 1] < out_h))
+  keep = (v > 0) & inside
+  out = tf.where(keep[..., None], tf.concat([xy, v[..., None]], -1), 0.0)
+  perm = tf.constant(coco.FLIP_PERM, tf.int32)
+  return tf.cond(tf.cast(flip, tf.bool), lambda: tf.gather(out, perm, axis=-2), lambda: out)
+
+
+def transform_boxes(boxes, matrix, out_hw, keypoints=None, min_size=2.0):
+  """Moves xyxy boxes [P, 4] through M (see the module docstring for the rule).
+
+  Args:
+    boxes: [P, 4] float32 (x1, y1, x2, y2) original pixels.
+    matrix: [3, 3].
+    out_hw: canvas (height, width) to clip to.
+    keypoints: optional [P, 17, 3] ORIGINAL keypoints; labelled ones are kept inside their box.
+    min_size: boxes with a clipped side below this are invalid.
+  Returns:
+    (boxes [P, 4] float32 clipped to the canvas, valid [P] bool).
+  """
+  boxes = tf.convert_to_tensor(boxes, tf.float32)
+  centre = (boxes[:, :2] + boxes[:, 2:]) / 2.0
+  half = (boxes[:, 2:] - boxes[:, :2]) / 2.0
+  c = transform_points(centre, matrix)
+  # The ellipse {c + A diag(half) u : |u| <= 1} spans +-|row_i(A diag(half))| along axis i.
+  a = matrix[:2, :2]
+  ext = tf.sqrt(tf.reduce_sum(tf.square(half[:, None, :] * a[None]), -1))
+  lo, hi = c - ext, c + ext
+  if keypoints is not None:
+    keypoints = tf.convert_to_tensor(keypoints, tf.float32)
+    xy = transform_points(keypoints[..., :2], matrix)
+    lab = (keypoints[..., 2] > 0)[..., None]
+    lo = tf.minimum(lo, tf.reduce_min(tf.where(lab, xy, np.inf), axis=-2))
+    hi = tf.maximum(hi, tf.reduce_max(tf.where(lab, xy, -np.inf), axis=-2))
+  wh_max = tf.cast(tf.stack([out_hw[1], out_hw[0]]), tf.float32)
+  lo = tf.clip_by_value(lo, 0.0, wh_max)
+  hi = tf.clip_by_value(hi, 0.0, wh_max)
+  valid = tf.reduce_all(hi - lo >= min_size, axis=-1)
+  return tf.concat([lo, hi], -1), valid
+
+
+def color_jitter(image, seed, cfg):
+  """Random brightness, contrast, saturation and hue on RGB [H, W, 3] float32 in 0..255."""
+  seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=4)
+  x = image / 255.0
+  if cfg.brightness > 0:
+    x = tf.image.stateless_random_brightness(x, float(cfg.brightness), seeds[0])
+  if cfg.contrast > 0:
+    x = tf.image.stateless_random_contrast(x, 1.0 - cfg.contrast, 1.0 + cfg.contrast, seeds[1])
+  if cfg.saturation > 0:
+    x = tf.image.stateless_random_saturation(x, 1.0 - cfg.saturation, 1.0 + cfg.saturation,
+                                             seeds[2])
+  if cfg.hue > 0:
+    x = tf.image.stateless_random_hue(x, float(cfg.hue), seeds[3])
+  return tf.clip_by_value(x, 0.0, 1.0) * 255.0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Whole examples.
+
+
+def coco_boxes_to_xyxy(bbox_xywh):
+  """COCO [..., 4] (x, y, w, h) -> [..., 4] (x1, y1, x2, y2) float32."""
+  b = tf.cast(bbox_xywh, tf.float32)
+  return tf.concat([b[..., :2], b[..., :2] + b[..., 2:]], -1)
+
+
+def apply_affine(example, matrix, flip, out_hw, min_box_size=2.0):
+  """Warps a decoded example (docs/CONTRACTS.md "data" features) with one matrix.
+
+  Args:
+    example: dict with 'image' [H, W, C] (uint8 or float), 'person_mask' and 'ignore_mask'
+      [H, W, 1] (uint8 0/1), 'people' {'bbox' [P, 4] xywh, 'keypoints' [P, 17, 3], 'iscrowd' [P]}.
+    matrix: [3, 3] original -> output coordinates.
+    flip: bool scalar, whether `matrix` contains a mirror (keypoint channels are then swapped).
+    out_hw: output (height, width).
+    min_box_size: see `transform_boxes`.
+  Returns:
+    dict: 'image' [h, w, C] float32 as given (0 outside the picture), 'person_mask', 'ignore_mask'
+    [h, w, 1] float32 0/1, 'keypoints' [P, 17, 3], 'boxes' [P, 4] xyxy, 'box_valid' [P] bool,
+    'iscrowd' [P] bool.
+  """
+  people = example["people"]
+  kp = tf.cast(people["keypoints"], tf.float32)
+  boxes, valid = transform_boxes(coco_boxes_to_xyxy(people["bbox"]), matrix, out_hw, kp,
+                                 min_box_size)
+  masks = tf.concat([tf.cast(example["person_mask"], tf.float32),
+                     tf.cast(example["ignore_mask"], tf.float32)], -1)
+  masks = warp(masks, matrix, out_hw, "NEAREST")
+  return dict(
+      image=warp_image(tf.cast(example["image"], tf.float32), matrix, out_hw),
+      person_mask=masks[..., :1],
+      ignore_mask=masks[..., 1:],
+      keypoints=transform_keypoints(kp, matrix, flip, out_hw),
+      boxes=boxes,
+      box_valid=valid,
+      iscrowd=tf.cast(people["iscrowd"], tf.bool),
+  )
+
+
+def augment_example(example, size, params=None, color_seed=None, aug=None):
+  """Letterbox (params=None) or random affine + colour jitter into an S x S canvas.
+
+  Args:
+    example: decoded example as in `apply_affine`.
+    size: S.
+    params: dict from `sample_params` (or hand-made with keys scale, angle, translate, flip); None
+      for the plain eval letterbox.
+    color_seed: [2] stateless seed for the colour jitter; None: no jitter.
+    aug: augmentation ConfigDict (colour jitter strengths, min_box_size); default `augment_config()`.
+  Returns:
+    `apply_affine`'s dict plus 'matrix' [3, 3]; 'image' [S, S, 3] float32 is ImageNet-normalised
+    (`coco.normalize_image`) before the warp, so the padding is 0 after normalisation as in
+    `preprocess.letterbox`.
+  """
+  aug = aug or augment_config()
+  shape = tf.shape(example["image"])
+  params = params or dict(scale=1.0, angle=0.0, translate=(0.0, 0.0), flip=False)
+  matrix = affine_matrix(shape[0], shape[1], size, **params)
+  image = tf.cast(example["image"], tf.float32)
+  if color_seed is not None:
+    image = color_jitter(image, color_seed, aug.color_jitter)
+  example = dict(example, image=coco.normalize_image(image))
+  out = apply_affine(example, matrix, params["flip"], (size, size), aug.min_box_size)
+  out["matrix"] = matrix
+  return out

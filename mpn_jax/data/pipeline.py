@@ -1,0 +1,292 @@
+"""Input pipelines of the branches stage: TFDS examples -> augmented, batched, per-host numpy batches.
+
+Train: read this process's shard of the split (`tfds.split_for_jax_process`), repeat, shuffle,
+decode, one random affine + colour jitter per example (augment.py), targets (targets.py), batch
+`batch_size // process_count` examples, prefetch. Every random draw is a stateless op seeded by
+(config.seed, process index, position in the stream), so a run is reproducible for a seed.
+
+Eval: the plain letterbox (`preprocess.letterbox`'s geometry), no augmentation, every example once, the
+last batch padded with `valid=False` examples (and, on several hosts, all hosts yield the same number
+of batches).
+
+Batches are host-local numpy dicts (docs/CONTRACTS.md, data); the training loop makes global arrays
+with `parallel.shard_batch`.
+"""
+
+import math
+
+import jax
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from mpn_jax import coco
+from mpn_jax import parallel
+from mpn_jax.data import augment
+from mpn_jax.data import targets as targets_lib
+
+_IMAGE_KEYS = ("image", "person_mask", "ignore_mask")
+
+
+def input_config():
+  """Default config.input of the branches stage."""
+  return ml_collections.ConfigDict(dict(
+      size=480,                # S: square network input, longest image side -> S
+      batch_size=32,           # global train batch (split over processes and devices)
+      eval_batch_size=0,       # global eval batch; 0: same as batch_size
+      heatmap_sigma=2.0,       # Gaussian sigma in stride-4 heatmap cells (= 8 input pixels)
+      max_boxes=100,           # M: person/crowd boxes per image (more are dropped)
+      max_people=32,           # P: people with keypoints per image in 'keypoints'
+      shuffle_buffer=1000,     # examples (compressed: images are decoded after the shuffle)
+      prefetch=2,              # batches prepared ahead
+      num_parallel_calls=-1,   # tf.data map parallelism; -1 = AUTOTUNE
+      augment=augment.augment_config(),
+  ))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Per-example functions.
+
+
+def example_seed(seed, process_index, index):
+  """The [2] int64 stateless seed of the `index`-th example of a process's stream."""
+  base = tf.stack([tf.cast(seed, tf.int64), tf.cast(process_index, tf.int64)])
+  return tf.random.experimental.stateless_fold_in(base, tf.cast(index, tf.int64))
+
+
+def preprocess_train(example, seed, input_cfg):
+  """Decoded example + [2] seed -> the targets dict of `targets.make_targets` (one example)."""
+  geo_seed, color_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
+  aug = input_cfg.augment
+  params = augment.sample_params(geo_seed, aug)
+  out = augment.augment_example(example, input_cfg.size, params, color_seed, aug)
+  return targets_lib.make_targets(out, input_cfg.heatmap_sigma, input_cfg.max_boxes,
+                                  input_cfg.max_people)
+
+
+def preprocess_eval(example, size):
+  """Letterbox one decoded example the way `preprocess.letterbox` does.
+
+  Returns dict 'image' [S, S, 3] float32 normalised (zero padding bottom/right), 'image_id' int64,
+  'scale' float32 (input = original * scale), 'image_size' [2] int32 (original H, W), 'valid' bool.
+  """
+  image = example["image"]
+  h, w = tf.shape(image)[0], tf.shape(image)[1]
+  scale = augment.letterbox_scale(h, w, size)
+  nh = tf.clip_by_value(tf.cast(tf.round(tf.cast(h, tf.float32) * scale), tf.int32), 1, size)
+  nw = tf.clip_by_value(tf.cast(tf.round(tf.cast(w, tf.float32) * scale), tf.int32), 1, size)
+  resized = tf.image.resize(tf.cast(image, tf.float32), tf.stack([nh, nw]), "bilinear",
+                            antialias=True)
+  resized = coco.normalize_image(tf.clip_by_value(resized, 0.0, 255.0))
+  padded = tf.pad(resized, [[0, size - nh], [0, size - nw], [0, 0]])
+  return dict(
+      image=tf.ensure_shape(padded, [size, size, 3]),
+      image_id=tf.cast(example["image_id"], tf.int64),
+      scale=scale,
+      image_size=tf.stack([h, w]),
+      valid=tf.constant(True),
+  )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Datasets of examples -> datasets of batches.
+
+
+def _options():
+  options = tf.data.Options()
+  options.deterministic = True
+  options.experimental_optimization.map_parallelization = True
+  return options
+
+
+def train_batches(examples, input_cfg, batch_size, seed, process_index=0, decode_fn=None):
+  """Endless dataset of augmented training batches.
+
+  Args:
+    examples: tf.data.Dataset of examples (CONTRACTS features; images may still be encoded if
+      `decode_fn` decodes them).
+    input_cfg: config.input.
+    batch_size: host-local batch size.
+    seed: config.seed.
+    process_index: folded into every example's seed so hosts draw differently.
+    decode_fn: optional example -> example applied after the shuffle (decoding late keeps the
+      shuffle buffer small).
+  Returns:
+    tf.data.Dataset of dicts with [batch_size, ...] tensors (targets.make_targets' keys).
+  """
+  par = input_cfg.num_parallel_calls
+  par = tf.data.AUTOTUNE if par is None or par < 0 else par
+  ds = examples.repeat()
+  if input_cfg.shuffle_buffer > 1:
+    ds = ds.shuffle(input_cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+  ds = ds.enumerate()
+
+  def prepare(index, example):
+    if decode_fn is not None:
+      example = decode_fn(example)
+    return preprocess_train(example, example_seed(seed, process_index, index), input_cfg)
+
+  ds = ds.map(prepare, num_parallel_calls=par)
+  ds = ds.batch(batch_size, drop_remainder=True)
+  return ds.prefetch(input_cfg.prefetch).with_options(_options())
+
+
+def eval_batches(examples, input_cfg, batch_size, num_batches=None, decode_fn=None):
+  """Yields letterboxed numpy batches; pads the last one (and up to `num_batches`) with valid=False.
+
+  Args:
+    examples: tf.data.Dataset of examples. input_cfg: config.input. batch_size: host-local size.
+    num_batches: total batches to yield (padding batches after the data runs out); None: as many as
+      the data needs.
+    decode_fn: optional example -> example applied first.
+  Yields:
+    dicts 'image' [b, S, S, 3] float32, 'image_id' [b] int64, 'scale' [b] float32, 'image_size'
+    [b, 2] int32, 'valid' [b] bool.
+  """
+  size = input_cfg.size
+  par = input_cfg.num_parallel_calls
+  par = tf.data.AUTOTUNE if par is None or par < 0 else par
+
+  def prepare(example):
+    if decode_fn is not None:
+      example = decode_fn(example)
+    return preprocess_eval(example, size)
+
+  ds = examples.map(prepare, num_parallel_calls=par).batch(batch_size)
+  ds = ds.prefetch(input_cfg.prefetch).with_options(_options())
+  empty = dict(image=np.zeros((size, size, 3), np.float32), image_id=np.int64(-1),
+               scale=np.float32(1.0), image_size=np.zeros(2, np.int32), valid=False)
+  count = 0
+  for batch in tfds.as_numpy(ds):
+    yield _pad_batch(batch, batch_size, empty)
+    count += 1
+  while num_batches is not None and count < num_batches:
+    yield _pad_batch({k: np.asarray(v)[None][:0] for k, v in empty.items()}, batch_size, empty)
+    count += 1
+
+
+def _pad_batch(batch, batch_size, empty):
+  n = len(batch["valid"])
+  if n == batch_size:
+    return batch
+  return {k: np.concatenate([v, np.repeat(np.asarray(empty[k])[None], batch_size - n, 0)
+                             .astype(v.dtype)]) for k, v in batch.items()}
+
+
+# ---------------------------------------------------------------------------------------------------
+# From TFDS.
+
+
+def _tfds_split(split):
+  base, sep, rest = str(split).partition("[")
+  base = {"val": "validation", "eval": "validation"}.get(base, base)
+  return base + sep + rest
+
+
+def _skip_decoding(builder):
+  """Decoders that keep image features encoded, and the function that decodes them later."""
+  features = builder.info.features
+  keys = [k for k in _IMAGE_KEYS if isinstance(features[k], tfds.features.Image)]
+  decoders = {k: tfds.decode.SkipDecoding() for k in keys}
+
+  def decode(example):
+    return dict(example, **{k: features[k].decode_example(example[k]) for k in keys})
+
+  return decoders, decode
+
+
+def _num_batches_all_hosts(builder, split, batch_size):
+  """Batches the largest host shard needs, so that every host runs the same number of steps."""
+  pc = jax.process_count()
+  sizes = [builder.info.splits[tfds.split_for_jax_process(split, process_index=p,
+                                                           process_count=pc)].num_examples
+           for p in range(pc)]
+  return max(1, math.ceil(max(sizes) / batch_size))
+
+
+def make_train_iterator(config, mesh=None):
+  """Endless iterator of host-local training batches (docs/CONTRACTS.md, data).
+
+  Args:
+    config: the branches config (uses config.dataset, config.input, config.seed).
+    mesh: the device mesh (its size must divide config.input.batch_size); None: all devices.
+  Returns:
+    iterator of dicts of numpy arrays with leading axis batch_size // process_count: 'image'
+    [b, S, S, 3] f32, 'heatmaps' [b, S/4, S/4, 17] f32, 'mask' / 'weights' [b, S/4, S/4, 1] f32,
+    'boxes' [b, M, 4] f32, 'box_labels' [b, M] i32, 'keypoints' [b, P, 17, 3] f32.
+  """
+  from mpn_jax.data import datasets  # pylint: disable=g-import-not-at-top
+  local = parallel.local_batch_size(config.input.batch_size, mesh)
+  builder = datasets.load_builder(config.dataset)
+  split = tfds.split_for_jax_process(_tfds_split(config.dataset.get("train_split", "train")))
+  decoders, decode = _skip_decoding(builder)
+  examples = builder.as_dataset(
+      split=split, shuffle_files=True, decoders=decoders,
+      read_config=tfds.ReadConfig(shuffle_seed=config.seed, try_autocache=False))
+  ds = train_batches(examples, config.input, local, config.seed, jax.process_index(), decode)
+  return iter(tfds.as_numpy(ds))
+
+
+def make_eval_iterator(config, split=None):
+  """Iterator over one pass of `split` (default config.dataset.eval_split), letterboxed.
+
+  Returns:
+    iterator of dicts 'image' [b, S, S, 3] f32, 'image_id' [b] i64, 'scale' [b] f32 (original =
+    input / scale), 'image_size' [b, 2] i32 (original H, W), 'valid' [b] bool (False on padding),
+    b = eval batch size // process_count.
+  """
+  from mpn_jax.data import datasets  # pylint: disable=g-import-not-at-top
+  global_b = config.input.get("eval_batch_size", 0) or config.input.batch_size
+  local = parallel.local_batch_size(global_b)
+  builder = datasets.load_builder(config.dataset)
+  split = _tfds_split(split or config.dataset.get("eval_split", "validation"))
+  decoders, decode = _skip_decoding(builder)
+  examples = builder.as_dataset(split=tfds.split_for_jax_process(split), shuffle_files=False,
+                                decoders=decoders)
+  return eval_batches(examples, config.input, local,
+                      _num_batches_all_hosts(builder, split, local), decode)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Examples straight from a COCO annotation file (tests, scripts/show_targets.py).
+
+
+def example_from_coco(image_record, annotations, image_dir):
+  """One example with the TFDS features, built with pycocotools from a COCO json and its images.
+
+  Args:
+    image_record: the 'images' entry. annotations: its person annotations. image_dir: the folder.
+  Returns:
+    dict of numpy arrays (see docs/CONTRACTS.md, data), images decoded.
+  """
+  import pathlib  # pylint: disable=g-import-not-at-top
+  from mpn_jax.data import coco_keypoints  # pylint: disable=g-import-not-at-top
+  from mpn_jax.data import preprocess  # pylint: disable=g-import-not-at-top
+  h, w = image_record["height"], image_record["width"]
+  image = preprocess.load_image(pathlib.Path(image_dir) / image_record["file_name"])
+  person, ignore = coco_keypoints.people_masks(annotations, h, w)
+  people = [coco_keypoints.person_features(a) for a in annotations]
+  keys = dict(bbox=((4,), np.float32), keypoints=((coco.NUM_KEYPOINTS, 3), np.float32),
+              num_keypoints=((), np.int32), iscrowd=((), np.bool_), area=((), np.float32),
+              id=((), np.int64))
+  return dict(
+      image=image, image_id=np.int64(image_record["id"]), file_name=image_record["file_name"],
+      people={k: np.asarray([p[k] for p in people], dt).reshape((len(people),) + shape)
+              for k, (shape, dt) in keys.items()},
+      person_mask=person[..., None], ignore_mask=ignore[..., None])
+
+
+def examples_dataset(examples):
+  """tf.data.Dataset over a list of decoded example dicts (e.g. from `example_from_coco`)."""
+  spec = dict(
+      image=tf.TensorSpec([None, None, 3], tf.uint8), image_id=tf.TensorSpec([], tf.int64),
+      file_name=tf.TensorSpec([], tf.string),
+      people=dict(bbox=tf.TensorSpec([None, 4], tf.float32),
+                  keypoints=tf.TensorSpec([None, coco.NUM_KEYPOINTS, 3], tf.float32),
+                  num_keypoints=tf.TensorSpec([None], tf.int32),
+                  iscrowd=tf.TensorSpec([None], tf.bool), area=tf.TensorSpec([None], tf.float32),
+                  id=tf.TensorSpec([None], tf.int64)),
+      person_mask=tf.TensorSpec([None, None, 1], tf.uint8),
+      ignore_mask=tf.TensorSpec([None, None, 1], tf.uint8))
+  return tf.data.Dataset.from_generator(lambda: iter(examples), output_signature=spec)

@@ -1,0 +1,105 @@
+"""Keypoint subnet (heatmaps + person mask at stride 4) and the RetinaNet person-detection head."""
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from mpn_jax.models import fpn
+
+# RetinaNet head convs: normal(std=0.01) weights, zero biases (Lin et al. 2017, Sec. 4.1).
+head_init = nn.initializers.normal(0.01)
+
+
+def _conv3(features, name, dtype, param_dtype, kernel_init=fpn.fpn_init, bias_init=None):
+  return nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), kernel_init=kernel_init,
+                 bias_init=bias_init or nn.initializers.zeros, dtype=dtype,
+                 param_dtype=param_dtype, name=name)
+
+
+class KeypointHead(nn.Module):
+  """MultiPoseNet keypoint subnet.
+
+  On each of P2..P5: two 3x3 convs of `channels` (ReLU, separate weights per level); the level's
+  features are upsampled to stride 4 (`upsample`: 'nearest' by default, or 'bilinear') and
+  concatenated (4 * channels = 512), then a 3x3 conv of `fused_channels` (256) + ReLU and a 1x1 conv
+  to `num_outputs` (17 heatmaps + 1 person mask).
+
+  Intermediate supervision: a 1x1 conv to `num_outputs` on each level at native resolution, applied
+  to the level's subnet features (`intermediate_on='subnet'`, so the loss reaches the per-level
+  convs) or directly to the FPN output ('fpn').
+
+  Returns (final [B, h2, w2, num_outputs], [4 x [B, h_l, w_l, num_outputs]] for l = 2..5).
+  """
+  channels: int = 128
+  fused_channels: int = 256
+  num_outputs: int = 18
+  upsample: str = "nearest"
+  intermediate_on: str = "subnet"
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, pyramid):
+    if self.intermediate_on not in ("subnet", "fpn"):
+      raise ValueError("keypoint_head.intermediate_on must be 'subnet' or 'fpn', got "
+                       f"{self.intermediate_on!r}")
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    size = pyramid["P2"].shape[1:3]
+    upsampled, intermediate = [], []
+    for l in (2, 3, 4, 5):
+      p = pyramid[f"P{l}"]
+      d = nn.relu(_conv3(self.channels, f"level{l}_conv0", **kw)(p))
+      d = nn.relu(_conv3(self.channels, f"level{l}_conv1", **kw)(d))
+      src = d if self.intermediate_on == "subnet" else p
+      intermediate.append(nn.Conv(self.num_outputs, (1, 1), kernel_init=fpn.fpn_init,
+                                  name=f"level{l}_out", **kw)(src))
+      upsampled.append(d if l == 2 else fpn.upsample(d, 2**(l - 2), size, self.upsample))
+    x = jnp.concatenate(upsampled, axis=-1)
+    x = nn.relu(_conv3(self.fused_channels, "fuse", **kw)(x))
+    x = nn.Conv(self.num_outputs, (1, 1), kernel_init=fpn.fpn_init, name="out", **kw)(x)
+    return x, intermediate
+
+
+class RetinaHead(nn.Module):
+  """RetinaNet classification and box subnets, shared across pyramid levels.
+
+  Each subnet: `num_convs` x (3x3 conv `channels` + ReLU), then a 3x3 conv to A*K class logits
+  (bias -log((1 - prior) / prior)) or A*4 box deltas. Levels are concatenated in the anchor order of
+  CONTRACTS.md: level by level, each flattened [h, w, A] row-major.
+
+  Returns (cls_logits [B, sum_l h_l w_l A, K], box_deltas [B, sum_l h_l w_l A, 4]).
+  """
+  num_classes: int = 1
+  num_anchors: int = 9
+  channels: int = 256
+  num_convs: int = 4
+  prior_prob: float = 0.01
+  levels: tuple = (3, 4, 5, 6, 7)
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, pyramid):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=head_init)
+    # Modules are created once and applied to every level: the weights are shared.
+    cls_convs = [_conv3(self.channels, f"cls_conv{i}", **kw) for i in range(self.num_convs)]
+    box_convs = [_conv3(self.channels, f"box_conv{i}", **kw) for i in range(self.num_convs)]
+    prior_bias = -math.log((1.0 - self.prior_prob) / self.prior_prob)
+    cls_out = _conv3(self.num_anchors * self.num_classes, "cls_out",
+                     bias_init=nn.initializers.constant(prior_bias), **kw)
+    box_out = _conv3(self.num_anchors * 4, "box_out", **kw)
+    all_cls, all_box = [], []
+    for l in self.levels:
+      p = pyramid[f"P{l}"]
+      c, b = p, p
+      for conv in cls_convs:
+        c = nn.relu(conv(c))
+      for conv in box_convs:
+        b = nn.relu(conv(b))
+      n = p.shape[0]
+      # Channel a * K + k of cell (y, x) -> row (y * w + x) * A + a: [h, w, A] row-major.
+      all_cls.append(cls_out(c).reshape(n, -1, self.num_classes))
+      all_box.append(box_out(b).reshape(n, -1, 4))
+    return jnp.concatenate(all_cls, axis=1), jnp.concatenate(all_box, axis=1)

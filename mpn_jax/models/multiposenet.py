@@ -1,0 +1,162 @@
+"""MultiPoseNet: one ResNet pass feeding the keypoint subnet and the RetinaNet person detector.
+
+Configs (ml_collections) and builders:
+
+  cfg = multiposenet_config()            # paper defaults: ResNet-50 v1.5, FPN 256, 128-ch subnet
+  cfg = multiposenet_config("tiny")      # same architecture, a few channels: for tests / CPU smoke
+  cfg.backbone.depth = 101               # any field can be overridden afterwards
+  model = build_multiposenet(cfg)
+  variables = model.init(rng, images, train=False)
+  out, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
+
+  prn = build_prn(prn_config())          # the paper's residual MLP (1024 hidden, dropout 0.5)
+
+Tiny variants only shrink widths / depths (backbone.width, backbone.stage_sizes, fpn channels,
+subnet channels, PRN hidden sizes); the wiring, strides and output shapes are those of the paper.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+
+from mpn_jax.models import fpn
+from mpn_jax.models import heads
+from mpn_jax.models import prn as prn_lib
+from mpn_jax.models import resnet
+
+NUM_OUTPUTS = 18  # 17 keypoint heatmaps + 1 person mask
+SIZES = ("full", "tiny")
+
+
+def _dtype(name):
+  try:
+    return jnp.dtype(name)
+  except TypeError as e:
+    raise ValueError(f"model dtype/param_dtype must be e.g. 'float32' or 'bfloat16', got {name!r}") from e
+
+
+def multiposenet_config(size="full"):
+  """The branches network's config: `size='full'` (paper defaults) or 'tiny' (tests, CPU)."""
+  if size not in SIZES:
+    raise ValueError(f"multiposenet_config: size must be one of {SIZES}, got {size!r}")
+  c = ml_collections.ConfigDict()
+  c.dtype = "float32"        # compute dtype; 'bfloat16' on GPU/TPU. Outputs are always float32.
+  c.param_dtype = "float32"
+
+  c.backbone = ml_collections.ConfigDict()
+  c.backbone.depth = 50            # 50 | 101 (| 152)
+  c.backbone.stage_sizes = ()      # () = from depth; e.g. (1, 1, 1, 1) for a tiny trunk
+  c.backbone.width = 64            # first-stage inner width; C2..C5 have 4w, 8w, 16w, 32w channels
+  c.backbone.variant = "v1.5"      # 'v1.5' torchvision | 'v1' Keras/Caffe (see mpn_jax.weights)
+  c.backbone.bn_epsilon = 1e-5     # torchvision 1e-5; Keras 1.001e-5
+  c.backbone.bn_momentum = 0.9
+  c.backbone.frozen_bn = True      # BN uses running stats and never updates them (also in training)
+  c.backbone.freeze_at = 0         # stop_gradient below: 1 stem, k>=2 stem+layer1..layer(k-1)
+
+  c.fpn_channels = 256
+
+  c.keypoint_head = ml_collections.ConfigDict()
+  c.keypoint_head.channels = 128
+  c.keypoint_head.fused_channels = 256
+  c.keypoint_head.upsample = "nearest"       # 'nearest' | 'bilinear' (to stride 4)
+  c.keypoint_head.intermediate_on = "subnet"  # 'subnet' | 'fpn'
+
+  c.detection_fpn = ml_collections.ConfigDict()
+  c.detection_fpn.p6_input = "C5"  # 'C5' (RetinaNet paper) | 'P5'
+
+  c.retina_head = ml_collections.ConfigDict()
+  c.retina_head.num_classes = 1
+  c.retina_head.num_anchors = 9    # 3 ratios x 3 scales, as mpn_jax.boxes.generate_anchors
+  c.retina_head.channels = 256
+  c.retina_head.num_convs = 4
+  c.retina_head.prior_prob = 0.01
+
+  if size == "tiny":
+    c.backbone.stage_sizes = (1, 1, 1, 1)
+    c.backbone.width = 4
+    c.fpn_channels = 16
+    c.keypoint_head.channels = 8
+    c.keypoint_head.fused_channels = 16
+    c.retina_head.channels = 16
+    c.retina_head.num_convs = 1
+  return c
+
+
+def prn_config(size="full"):
+  """The PRN's config: `size='full'` (paper: one 1024-unit hidden layer) or 'tiny'."""
+  if size not in SIZES:
+    raise ValueError(f"prn_config: size must be one of {SIZES}, got {size!r}")
+  c = ml_collections.ConfigDict()
+  c.dtype = "float32"
+  c.param_dtype = "float32"
+  c.hidden_sizes = (1024,)
+  c.dropout_rate = 0.5
+  c.conv_dilations = ()   # e.g. (1, 2, 4): dilated 3x3 convs before (or, hidden_sizes=(), instead of) the MLP
+  c.conv_channels = 64
+  if size == "tiny":
+    c.hidden_sizes = (16,)
+  return c
+
+
+class MultiPoseNet(nn.Module):
+  """Backbone once, then keypoint FPN + subnet and detection FPN + RetinaNet head.
+
+  __call__(images [B, H, W, 3] float32 ImageNet-normalised, train) -> dict of float32 arrays:
+    'keypoints' [B, ceil(H/4), ceil(W/4), 18], 'keypoints_intermediate' 4 x [B, ceil(H/2^l), .., 18]
+    (l = 2..5), 'cls_logits' [B, A, num_classes], 'box_deltas' [B, A, 4] (anchor order of
+    mpn_jax.boxes.generate_anchors).
+  """
+  backbone: resnet.ResNet
+  keypoint_fpn: fpn.KeypointFPN
+  keypoint_head: heads.KeypointHead
+  detection_fpn: fpn.DetectionFPN
+  retina_head: heads.RetinaHead
+
+  def __call__(self, images, train: bool = False):
+    feats = self.backbone(images, train=train)
+    keypoints, intermediate = self.keypoint_head(self.keypoint_fpn(feats))
+    cls_logits, box_deltas = self.retina_head(self.detection_fpn(feats))
+    f32 = lambda x: jnp.asarray(x, jnp.float32)  # losses in float32 whatever the compute dtype
+    return {
+        "keypoints": f32(keypoints),
+        "keypoints_intermediate": [f32(x) for x in intermediate],
+        "cls_logits": f32(cls_logits),
+        "box_deltas": f32(box_deltas),
+    }
+
+
+def build_backbone(backbone_cfg, dtype="float32", param_dtype="float32"):
+  """ResNet from a `multiposenet_config().backbone` ConfigDict."""
+  b = backbone_cfg
+  stage_sizes = tuple(b.stage_sizes) or resnet.stage_sizes_for_depth(b.depth)
+  return resnet.ResNet(
+      stage_sizes=stage_sizes, width=b.width, variant=b.variant, bn_epsilon=b.bn_epsilon,
+      bn_momentum=b.bn_momentum, frozen_bn=b.frozen_bn, freeze_at=b.freeze_at,
+      dtype=_dtype(dtype), param_dtype=_dtype(param_dtype))
+
+
+def build_multiposenet(cfg):
+  """MultiPoseNet from `multiposenet_config()` (possibly overridden)."""
+  kw: dict[str, Any] = dict(dtype=_dtype(cfg.dtype), param_dtype=_dtype(cfg.param_dtype))
+  kh, rh = cfg.keypoint_head, cfg.retina_head
+  return MultiPoseNet(
+      backbone=build_backbone(cfg.backbone, cfg.dtype, cfg.param_dtype),
+      keypoint_fpn=fpn.KeypointFPN(channels=cfg.fpn_channels, **kw),
+      keypoint_head=heads.KeypointHead(
+          channels=kh.channels, fused_channels=kh.fused_channels, num_outputs=NUM_OUTPUTS,
+          upsample=kh.upsample, intermediate_on=kh.intermediate_on, **kw),
+      detection_fpn=fpn.DetectionFPN(channels=cfg.fpn_channels,
+                                     p6_input=cfg.detection_fpn.p6_input, **kw),
+      retina_head=heads.RetinaHead(
+          num_classes=rh.num_classes, num_anchors=rh.num_anchors, channels=rh.channels,
+          num_convs=rh.num_convs, prior_prob=rh.prior_prob, **kw))
+
+
+def build_prn(cfg):
+  """PoseResidualNet from `prn_config()` (possibly overridden)."""
+  return prn_lib.PoseResidualNet(
+      hidden_sizes=tuple(cfg.hidden_sizes), dropout_rate=cfg.dropout_rate,
+      conv_dilations=tuple(cfg.conv_dilations), conv_channels=cfg.conv_channels,
+      dtype=_dtype(cfg.dtype), param_dtype=_dtype(cfg.param_dtype))

@@ -1,0 +1,123 @@
+"""Bottleneck ResNet-50/101 backbone returning the C2..C5 feature maps (Flax Linen, NHWC).
+
+Layer names follow torchvision (`conv1`, `bn1`, `layer1_0/conv1`, `layer1_0/downsample_0`, ...: a
+torchvision key `layer1.0.downsample.0.weight` is the Flax path `layer1_0/downsample_0/kernel`), so
+that `mpn_jax.weights` can import ImageNet checkpoints by name.
+
+Two stride placements:
+  'v1.5' (torchvision, default): the stride of a downsampling block sits on its 3x3 conv;
+  'v1'   (the original paper, Keras applications, Caffe): the stride sits on the first 1x1 conv.
+Weights have the same shapes in both, so a checkpoint must be used with the variant it was trained
+with (the importer records it).
+
+Padding is explicit and symmetric like torchvision/Keras (7x7: 3, 3x3: 1, max-pool: 1), so a side
+of H gives ceil(H / 2^l) at level l (480 -> 240, 120, 60, 30, 15) and imported weights see exactly
+the borders they were trained with (SAME padding would pad stride-2 convs asymmetrically).
+"""
+
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+STAGE_SIZES = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+EXPANSION = 4  # bottleneck output channels = EXPANSION * inner width
+VARIANTS = ("v1", "v1.5")
+
+# torchvision initialises convs with kaiming_normal(mode='fan_out', nonlinearity='relu').
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def stage_sizes_for_depth(depth):
+  """Blocks per stage for a bottleneck ResNet of `depth` (50, 101 or 152)."""
+  sizes = STAGE_SIZES.get(depth)
+  if sizes is None:
+    raise ValueError(f"backbone depth {depth} is not a bottleneck ResNet; use 50, 101 or 152 "
+                     "(or give backbone.stage_sizes explicitly)")
+  return sizes
+
+
+class Bottleneck(nn.Module):
+  """1x1 -> 3x3 -> 1x1 (x4 channels) residual block; [B, H, W, C] -> [B, H/s, W/s, 4 * features]."""
+  features: int
+  strides: int = 1
+  variant: str = "v1.5"
+  norm: Any = nn.BatchNorm
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype,
+                             param_dtype=self.param_dtype)
+    s1, s2 = (self.strides, 1) if self.variant == "v1" else (1, self.strides)
+    y = conv(self.features, (1, 1), strides=s1, padding="VALID", name="conv1")(x)
+    y = nn.relu(self.norm(name="bn1")(y))
+    y = conv(self.features, (3, 3), strides=s2, padding=((1, 1), (1, 1)), name="conv2")(y)
+    y = nn.relu(self.norm(name="bn2")(y))
+    y = conv(self.features * EXPANSION, (1, 1), padding="VALID", name="conv3")(y)
+    y = self.norm(name="bn3")(y)
+    if x.shape[-1] != self.features * EXPANSION or self.strides != 1:
+      x = conv(self.features * EXPANSION, (1, 1), strides=self.strides, padding="VALID",
+               name="downsample_0")(x)
+      x = self.norm(name="downsample_1")(x)
+    return nn.relu(x + y)
+
+
+class ResNet(nn.Module):
+  """Bottleneck ResNet trunk (no classifier).
+
+  Attributes:
+    stage_sizes: blocks per stage, (3, 4, 6, 3) for ResNet-50, (3, 4, 23, 3) for ResNet-101.
+    width: inner width of the first stage (64); stage i has width * 2^i inner and 4x that out.
+    variant: 'v1.5' (stride on the 3x3 conv, torchvision) or 'v1' (stride on the first 1x1, Keras).
+    bn_epsilon: 1e-5 (torchvision) or 1.001e-5 (Keras applications).
+    bn_momentum: running-average decay (torchvision's momentum 0.1 is 0.9 here).
+    frozen_bn: BatchNorm always normalises with the running averages and never updates them, also
+      when train=True (detection practice with small per-device batches). Scale/bias remain params:
+      exclude them from the optimizer if they should stay fixed too.
+    freeze_at: stop gradients below this point: 0 nothing, 1 the stem (conv1/bn1), k >= 2 the stem
+      and layer1..layer(k-1) (5 = the whole backbone).
+  """
+  stage_sizes: Sequence[int] = (3, 4, 6, 3)
+  width: int = 64
+  variant: str = "v1.5"
+  bn_epsilon: float = 1e-5
+  bn_momentum: float = 0.9
+  frozen_bn: bool = True
+  freeze_at: int = 0
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    """[B, H, W, 3] images -> {'C2': [B, H/4, W/4, 4w], ..., 'C5': [B, H/32, W/32, 32w]} (dtype)."""
+    if self.variant not in VARIANTS:
+      raise ValueError(f"backbone.variant must be one of {VARIANTS}, got {self.variant!r}")
+    if not 0 <= self.freeze_at <= len(self.stage_sizes) + 1:
+      raise ValueError(f"backbone.freeze_at must be in 0..{len(self.stage_sizes) + 1}, "
+                       f"got {self.freeze_at}")
+    norm = functools.partial(
+        nn.BatchNorm, use_running_average=(not train) or self.frozen_bn,
+        momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype,
+        param_dtype=self.param_dtype)
+    x = jnp.asarray(x, self.dtype)
+    x = nn.Conv(self.width, (7, 7), strides=2, padding=((3, 3), (3, 3)), use_bias=False,
+                kernel_init=conv_init, dtype=self.dtype, param_dtype=self.param_dtype,
+                name="conv1")(x)
+    x = nn.relu(norm(name="bn1")(x))
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    if self.freeze_at >= 1:
+      x = jax.lax.stop_gradient(x)
+    features = {}
+    for i, num_blocks in enumerate(self.stage_sizes):
+      for j in range(num_blocks):
+        x = Bottleneck(self.width * 2**i, strides=2 if (i > 0 and j == 0) else 1,
+                       variant=self.variant, norm=norm, dtype=self.dtype,
+                       param_dtype=self.param_dtype, name=f"layer{i + 1}_{j}")(x)
+      if self.freeze_at >= i + 2:
+        x = jax.lax.stop_gradient(x)
+      features[f"C{i + 2}"] = x
+    return features

@@ -1,0 +1,348 @@
+r"""The trained model on images: restore both stages, run the jitted pipeline, draw the people.
+
+Library (used by `mpn_jax.evaluate` too): `load_pipeline` restores the branches and PRN checkpoints
+and jits `inference.make_predict_fn` over every device; `image_batches` letterboxes image files into
+fixed-size batches, skipping the unreadable ones with a warning; `run_batch` returns host numpy
+predictions in original image pixels.
+
+Command: pictures of any folder of images
+
+  python -m mpn_jax.predict --config=configs/prn.py --workdir=runs/prn \
+      --config.eval.branches_workdir=runs/branches --images=FOLDER --output=OUT_DIR
+
+writes OUT_DIR/<image name>.png (skeletons, keypoints, boxes, scores) and OUT_DIR/predictions.json
+(per image: people's keypoints [17 x (x, y, score)], box [x1, y1, x2, y2], score).
+"""
+
+import dataclasses
+import importlib.util
+import json
+import os
+import sys
+from typing import Any, Callable
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from jax.experimental import multihost_utils
+import ml_collections
+import numpy as np
+
+from mpn_jax import inference
+from mpn_jax import parallel
+from mpn_jax import visualize
+from mpn_jax.data import preprocess
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+TRAIN_COMMANDS = {
+    "branches": "python train.py --config=configs/branches.py --workdir={workdir}",
+    "prn": "python train.py --config=configs/prn.py --workdir={workdir}",
+}
+
+
+# --- checkpoints and configs --------------------------------------------------------------------
+
+
+def require_checkpoint(workdir, stage):
+  """Raises a clear FileNotFoundError when `workdir` holds no checkpoint of `stage`."""
+  ckpt_dir = os.path.join(os.path.abspath(os.path.expanduser(workdir)), "checkpoints") \
+      if workdir else ""
+  has = bool(ckpt_dir) and os.path.isdir(ckpt_dir) and any(
+      name.isdigit() for name in os.listdir(ckpt_dir))
+  if not has:
+    cmd = TRAIN_COMMANDS[stage].format(workdir=workdir or "DIR")
+    hint = " and pass that workdir as --config.eval.branches_workdir" if stage == "branches" else ""
+    raise FileNotFoundError(
+        f"no {stage} checkpoint in workdir {workdir or '(none given)'!r} (expected "
+        f"{ckpt_dir or 'WORKDIR/checkpoints'}/<step>/): train it first with `{cmd}`{hint}")
+
+
+def restore(workdir, stage):
+  """(variables {'params'[, 'batch_stats']}, saved config dict or None) of workdir's latest step."""
+  require_checkpoint(workdir, stage)
+  from mpn_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
+  params, batch_stats, saved = checkpoints.restore_variables(workdir)
+  variables = {"params": params}
+  if batch_stats:
+    variables["batch_stats"] = batch_stats
+  return variables, saved
+
+
+def load_config_file(spec):
+  """get_config(arg) of a config file given as 'path/to/config.py[:arg]'."""
+  path, _, arg = str(spec).partition(":")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config file {path} does not exist (config.eval.branches_config)")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+  if root not in sys.path:  # configs import each other as `from configs import ...`
+    sys.path.insert(0, root)
+  module_spec = importlib.util.spec_from_file_location("_mpn_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def _overlay(base, other):
+  """base's fields take other's values where other has them (lists become tuples)."""
+  for k in base:
+    if other is not None and k in other:
+      v = other[k]
+      base[k] = tuple(v) if isinstance(v, list) else v
+  return base
+
+
+def inference_settings(config, branches_cfg, method=""):
+  """The inference config: defaults < branches run's < this config's `inference`.
+
+  Without a `config.inference`, the PRN input is drawn like the PRN's training samples
+  (config.data.input_sigma / widen). `method` (if set) overrides the assignment method.
+  """
+  icfg = inference.inference_config()
+  _overlay(icfg, branches_cfg.get("inference") if branches_cfg is not None else None)
+  if config.get("inference") is not None:
+    _overlay(icfg, config.inference)
+  elif config.get("data") is not None:
+    icfg.prn_sigma = float(config.data.get("input_sigma", icfg.prn_sigma))
+    icfg.box_widen = float(config.data.get("widen", icfg.box_widen))
+  if method:
+    icfg.assign_method = method
+  return icfg
+
+
+# --- the pipeline -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Pipeline:
+  """A restored model ready to run on letterboxed batches."""
+  fn: Callable[..., Any]       # (images [B, S, S, 3], scales [B]) -> dict of global arrays
+  image_size: int              # S
+  batch_size: int              # global batch (a multiple of the device count)
+  mesh: Any
+  inference: ml_collections.ConfigDict
+  branches_config: ml_collections.ConfigDict
+
+
+def branches_setup(branches_workdir, branches_config_file):
+  """Restores the branches stage: (variables, its config: the one saved with the checkpoint, else
+  `branches_config_file`)."""
+  variables, saved = restore(branches_workdir, "branches")
+  if saved:
+    bcfg = ml_collections.ConfigDict(saved)
+  else:
+    logging.warning("no config saved in %s; using %s", branches_workdir, branches_config_file)
+    bcfg = load_config_file(branches_config_file)
+  return variables, bcfg
+
+
+def load_pipeline(config, workdir, branches_workdir, branches_config_file="configs/branches.py",
+                  method="", batch_size=8):
+  """Restores the branches (branches_workdir) and the PRN (workdir) and jits the whole pipeline.
+
+  Args:
+    config: the PRN config (configs/prn.py): config.model builds the PRN.
+    workdir: the PRN training workdir.
+    branches_workdir: the branches training workdir.
+    branches_config_file: config of the branches run if its checkpoint saved none.
+    method: assignment method ('' = the inference config's).
+    batch_size: global images per step, rounded up to a multiple of the device count.
+  """
+  from mpn_jax import models  # pylint: disable=g-import-not-at-top
+  prn_vars, _ = restore(workdir, "prn")
+  branch_vars, bcfg = branches_setup(branches_workdir, branches_config_file)
+  icfg = inference_settings(config, bcfg, method)
+  predict = inference.make_predict_fn(models.build_multiposenet(bcfg.model),
+                                      models.build_prn(config.model), icfg)
+  mesh = parallel.create_mesh()
+  branch_vars, prn_vars = parallel.replicate((branch_vars, prn_vars), mesh)
+  fn = lambda images, scales: predict(branch_vars, prn_vars, images, scales)
+  return Pipeline(fn=fn, image_size=int(bcfg.input.size), batch_size=round_batch(batch_size),
+                  mesh=mesh, inference=icfg, branches_config=bcfg)
+
+
+def round_batch(batch_size):
+  """batch_size rounded up to a multiple of the number of devices."""
+  n = jax.device_count()
+  return max(n, -(-int(batch_size) // n) * n)
+
+
+def run_batch(pipeline, batch):
+  """One host-local batch ('image', 'scale', 'image_id', 'valid') -> numpy outputs of the whole
+  global batch (every process gets all of them), plus 'image_id' and 'image_valid'."""
+  arrays = parallel.shard_batch({"image": np.asarray(batch["image"], np.float32),
+                                 "scale": np.asarray(batch["scale"], np.float32)}, pipeline.mesh)
+  out = pipeline.fn(arrays["image"], arrays["scale"])
+  out["image_id"] = np.asarray(batch["image_id"], np.int64)
+  out["scale"] = np.asarray(batch["scale"], np.float32)
+  out["image_valid"] = np.asarray(batch["valid"], bool)
+  if jax.process_count() > 1:
+    return {k: np.asarray(multihost_utils.process_allgather(v, tiled=True)) for k, v in out.items()}
+  return {k: np.asarray(v) for k, v in out.items()}
+
+
+# --- images -------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Skipped:
+  """Images that could not be read: their paths (the count is len(paths))."""
+  paths: list = dataclasses.field(default_factory=list)
+
+
+def image_batches(items, size, batch_size, skipped, keep_originals=0):
+  """Letterboxed host-local batches of image files.
+
+  Args:
+    items: list of (image_id int, path); this process takes items[process_index::process_count].
+    size: S.
+    batch_size: GLOBAL batch; each process yields batch_size // process_count images per batch.
+    skipped: a `Skipped`; unreadable images are appended there with a warning and left out.
+    keep_originals: keep the decoded [H, W, 3] uint8 images of the first this-many images of this
+      process (in 'originals', a list aligned with the batch, None elsewhere).
+  Yields:
+    dicts 'image' [b, S, S, 3] float32, 'image_id' [b] int64, 'scale' [b] float32, 'valid' [b]
+    bool (False on padding), 'path' list of b str, 'originals' list; every process yields the same
+    number of batches (padding batches at the end).
+  """
+  pc, pi = jax.process_count(), jax.process_index()
+  local = batch_size // pc
+  mine = items[pi::pc]
+  num_batches = max(1, -(-len(items[::pc]) // local))
+  kept = 0
+
+  def empty():
+    return {"image": [], "image_id": [], "scale": [], "valid": [], "path": [], "originals": []}
+
+  def finish(b):
+    n = len(b["valid"])
+    for _ in range(local - n):
+      b["image"].append(np.zeros((size, size, 3), np.float32))
+      b["image_id"].append(-1)
+      b["scale"].append(1.0)
+      b["valid"].append(False)
+      b["path"].append("")
+      b["originals"].append(None)
+    return {"image": np.stack(b["image"]), "image_id": np.asarray(b["image_id"], np.int64),
+            "scale": np.asarray(b["scale"], np.float32), "valid": np.asarray(b["valid"], bool),
+            "path": b["path"], "originals": b["originals"]}
+
+  count = 0
+  batch = empty()
+  for image_id, path in mine:
+    try:
+      rgb = preprocess.load_image(path)
+    except ValueError as e:
+      logging.warning("skipping unreadable image: %s", e)
+      print(f"warning: skipping unreadable image {path}: {e}", file=sys.stderr)
+      skipped.paths.append(str(path))
+      continue
+    image, scale = preprocess.letterbox(rgb, size)
+    batch["image"].append(image)
+    batch["image_id"].append(image_id)
+    batch["scale"].append(scale)
+    batch["valid"].append(True)
+    batch["path"].append(str(path))
+    batch["originals"].append(rgb if kept < keep_originals else None)
+    kept += 1
+    if len(batch["valid"]) == local:
+      yield finish(batch)
+      count += 1
+      batch = empty()
+  if batch["valid"] or count == 0:
+    yield finish(batch)
+    count += 1
+  while count < num_batches:  # skipped images: keep every process in step
+    yield finish(empty())
+    count += 1
+
+
+def list_images(folder):
+  """Sorted image files of a folder (by extension); clear error when there is none."""
+  if not os.path.isdir(folder):
+    raise FileNotFoundError(f"--images={folder} is not a folder")
+  names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS))
+  if not names:
+    raise FileNotFoundError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in --images={folder}")
+  return [os.path.join(folder, n) for n in names]
+
+
+def people_of(out, b, min_score=0.0):
+  """Image b's valid people from `run_batch` outputs: (keypoints [n, 17, 3], scores [n], boxes
+  [n, 4]) in original pixels, in decreasing score order."""
+  keep = out["valid"][b] & (out["scores"][b] >= min_score)
+  order = np.argsort(-out["scores"][b][keep], kind="stable")
+  return (out["keypoints"][b][keep][order], out["scores"][b][keep][order],
+          out["boxes"][b][keep][order])
+
+
+def draw_prediction(original, out, b, min_score=0.0):
+  """Picture of image b of a `run_batch` output on its original pixels [H, W, 3] uint8."""
+  kps, scores, boxes = people_of(out, b, min_score)
+  return visualize.draw_people(original, keypoints=kps, boxes=boxes, scores=scores, threshold=0.0)
+
+
+def predict_folder(config, workdir, images, output, branches_workdir, min_score=0.1):
+  """Runs the pipeline on every image of a folder, writes PNGs and predictions.json.
+
+  Returns:
+    (number of images drawn, list of unreadable image paths).
+  """
+  ec = config.get("eval") or {}
+  pipe = load_pipeline(config, workdir, branches_workdir,
+                       ec.get("branches_config", "configs/branches.py"), ec.get("method", ""),
+                       ec.get("batch_size", 8))
+  paths = list_images(images)
+  skipped = Skipped()
+  predictions, drawn = {}, 0
+  for batch in image_batches(list(enumerate(paths)), pipe.image_size, pipe.batch_size, skipped,
+                             keep_originals=len(paths)):
+    out = run_batch(pipe, batch)
+    offset = jax.process_index() * len(batch["valid"])
+    for i, path in enumerate(batch["path"]):
+      if not batch["valid"][i]:
+        continue
+      b = offset + i
+      name = os.path.splitext(os.path.basename(path))[0]
+      visualize.save_png(draw_prediction(batch["originals"][i], out, b, min_score),
+                         os.path.join(output, name + ".png"))
+      drawn += 1
+      kps, scores, boxes = people_of(out, b)
+      predictions[os.path.basename(path)] = [
+          {"keypoints": np.round(k, 3).tolist(), "box": np.round(x, 3).tolist(),
+           "score": float(s)} for k, s, x in zip(kps, scores, boxes)]
+  if jax.process_count() > 1:
+    output = os.path.join(output, f"process_{jax.process_index()}")
+  os.makedirs(output, exist_ok=True)
+  with open(os.path.join(output, "predictions.json"), "w") as f:
+    json.dump(predictions, f)
+  print(f"{drawn} pictures written to {output}; {len(skipped.paths)} unreadable image(s) skipped")
+  return drawn, skipped.paths
+
+
+# --- command ------------------------------------------------------------------------------------
+
+if __name__ == "__main__":
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  config_flags.DEFINE_config_file("config", None, "The PRN config (configs/prn.py).",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "PRN training workdir (its checkpoint is restored).")
+  flags.DEFINE_string("images", None, "Folder of images to run on.")
+  flags.DEFINE_string("output", None, "Folder for the pictures and predictions.json.")
+  flags.DEFINE_string("branches_workdir", "", "Branches training workdir (default "
+                      "config.eval.branches_workdir).")
+  flags.DEFINE_float("min_score", 0.1, "Draw people with at least this score.")
+  flags.mark_flags_as_required(["config", "workdir", "images", "output"])
+
+  def main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    f = flags.FLAGS
+    ec = f.config.get("eval") or {}
+    branches_workdir = f.branches_workdir or ec.get("branches_workdir", "")
+    try:
+      predict_folder(f.config, f.workdir, f.images, f.output, branches_workdir, f.min_score)
+    except (FileNotFoundError, ValueError) as e:
+      raise SystemExit(f"predict: error: {e}") from e
+
+  app.run(main)

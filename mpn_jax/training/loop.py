@@ -1,0 +1,450 @@
+"""The training loop of both stages: init or resume, jitted steps, logging, evaluation, checkpoints.
+
+`train_and_evaluate(config, workdir)` builds the stage's `Task` (model, loss, data, evaluation) and
+runs the generic `run(config, workdir, task)`, which knows nothing about either stage:
+
+  * one ("data",) mesh over every device of every process; state replicated, batches sharded;
+  * resume from workdir/checkpoints when it holds a step, else start from config.init_from;
+  * SIGTERM: the loop finishes the current step, saves a checkpoint and returns;
+  * a non-finite loss or gradient stops training with an error naming the step and the last
+    good checkpoint; a non-finite state is never saved.
+"""
+
+import dataclasses
+import functools
+import inspect
+import itertools
+import os
+import signal
+import threading
+import time
+from typing import Any, Callable, Optional
+
+from absl import logging
+from clu import metric_writers
+import jax
+from jax.experimental import multihost_utils
+import ml_collections
+import numpy as np
+
+from mpn_jax import parallel
+from mpn_jax.training import checkpoints
+from mpn_jax.training import state as state_lib
+from mpn_jax.training import steps
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training produced a NaN/Inf loss or gradient."""
+
+
+@dataclasses.dataclass
+class Task:
+  """What `run` needs from a stage.
+
+  init_variables: rng -> {'params': ..., 'batch_stats': ...} (traced under jit).
+  loss_fn: see mpn_jax.training.steps.
+  train_iterator: start_step -> iterator of host-local numpy batches (batch `start_step` first).
+  evaluate: optional (state, eval_step) -> dict of float metrics.
+  frozen: optional path -> bool of variables that must not change.
+  batch_size: the global training batch size (checked against the device count).
+  """
+  init_variables: Callable[[Any], dict]
+  loss_fn: Callable
+  train_iterator: Callable[[int], Any]
+  evaluate: Optional[Callable] = None
+  frozen: Optional[Callable[[tuple], bool]] = None
+  batch_size: int = 0
+
+
+@dataclasses.dataclass
+class Result:
+  state: Any
+  losses: dict          # step -> training loss of the update that produced that step
+  eval_metrics: dict    # step -> evaluation metrics
+  stopped_early: bool   # True after SIGTERM
+
+
+class _StopFlag:
+  """Set by SIGTERM; the loop checkpoints and returns at the next step boundary."""
+
+  def __init__(self):
+    self.event = threading.Event()
+    self.previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self.previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    logging.warning("signal %d received: checkpointing and stopping after this step", signum)
+    self.event.set()
+
+  def __exit__(self, *exc):
+    if self.previous is not None:
+      signal.signal(signal.SIGTERM, self.previous)
+
+  def requested(self, sync):
+    """Whether any process was asked to stop (a collective across processes when `sync`)."""
+    local = self.event.is_set()
+    if jax.process_count() == 1:
+      return local
+    # Every process must take the same branch (saving is collective): agree at sync points only.
+    return sync and bool(np.any(multihost_utils.process_allgather(np.int32(local))))
+
+
+def _host(x):
+  """A replicated global array -> numpy (works when it spans devices of other processes)."""
+  return np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else np.asarray(x)
+
+
+def create_state(task, tx, rng, mesh):
+  """Initialises the variables and optimiser state directly replicated on the mesh."""
+  repl = parallel.replicated_sharding(mesh)
+
+  def init(rng):
+    variables = task.init_variables(rng)
+    return state_lib.TrainState.create(variables["params"], variables.get("batch_stats", {}), tx,
+                                       frozen_stats=task.frozen)
+
+  return jax.jit(init, out_shardings=repl)(rng)
+
+
+def _check_finite(pending, losses, last_good, ckpt_dir):
+  """Fetches the pending per-step metrics; raises NonFiniteLossError at the first bad step."""
+  if not pending:
+    return {}
+  fetched = [(s, jax.tree.map(_host, m)) for s, m in pending]
+  for s, m in fetched:
+    if not bool(m["finite"]):
+      where = (f"the last good checkpoint is step {last_good} in {ckpt_dir} (left intact)"
+               if last_good is not None else "no checkpoint was written yet")
+      raise NonFiniteLossError(
+          f"non-finite loss or gradient at step {s} (loss={float(m['loss'])}, "
+          f"grad_norm={float(m['grad_norm'])}): training stopped; {where}. Lower "
+          "--config.train.learning_rate, set --config.train.grad_clip_norm, or check the data.")
+    losses[s] = float(m["loss"])
+  keys = [k for k in fetched[-1][1] if k != "finite"]
+  summary = {k: float(np.mean([m[k] for _, m in fetched])) for k in keys}
+  if "learning_rate" in summary:
+    summary["learning_rate"] = float(fetched[-1][1]["learning_rate"])
+  return summary
+
+
+def run(config, workdir, task, mesh=None):
+  """Trains `task` for config.train.num_steps; returns a Result. See the module docstring."""
+  tcfg = config.train
+  mesh = mesh if mesh is not None else parallel.create_mesh()
+  if task.batch_size:
+    parallel.local_batch_size(task.batch_size, mesh)
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  os.makedirs(workdir, exist_ok=True)
+  tx, schedule = state_lib.make_optimizer(tcfg, task.frozen)
+  rng = jax.random.key(config.seed)
+  init_rng, train_rng = jax.random.split(rng)
+  state = create_state(task, tx, init_rng, mesh)
+
+  ckpt = checkpoints.StageCheckpoints(workdir, keep=tcfg.keep_checkpoints,
+                                      best_metric=tcfg.get("best_metric", ""),
+                                      best_mode=tcfg.get("best_mode", "min"))
+  latest = ckpt.latest_step()
+  if latest is not None:
+    state = ckpt.restore(state, latest)
+    logging.info("resumed from %s/%d", ckpt.directory, latest)
+  elif config.get("init_from"):
+    state = checkpoints.init_from(state, config.init_from, mesh)
+    logging.info("initialised from %s", config.init_from)
+  start = int(_host(state.step))
+
+  train_step = steps.make_train_step(task.loss_fn, mesh, schedule)
+  train_rng = parallel.replicate(train_rng, mesh)
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  if start == 0:
+    writer.write_hparams({k: v for k, v in _flat_config(config).items()})
+
+  num_steps, log_every = tcfg.num_steps, max(1, tcfg.log_every_steps)
+  eval_every, ckpt_every = tcfg.eval_every_steps, tcfg.checkpoint_every_steps
+  losses, evals, pending = {}, {}, []
+  last_good = latest
+  stopped = False
+  data = task.train_iterator(start)
+  t0, s0 = time.time(), start
+  try:
+    with _StopFlag() as stop:
+      for step in range(start, num_steps):
+        batch = parallel.shard_batch(next(data), mesh)
+        state, metrics = train_step(state, batch, train_rng)
+        pending.append((step + 1, metrics))
+        done = step + 1
+        last = done == num_steps
+        do_log = done % log_every == 0 or last
+        do_eval = task.evaluate is not None and (
+            (eval_every and done % eval_every == 0) or last)
+        do_ckpt = (ckpt_every and done % ckpt_every == 0) or last or do_eval
+        stopping = stop.requested(sync=do_log)
+        if not (do_log or do_eval or do_ckpt or stopping):
+          continue
+        summary = _check_finite(pending, losses, last_good, ckpt.directory)
+        pending = []
+        if do_log or stopping:
+          rate = (done - s0) / max(time.time() - t0, 1e-9)
+          eta = (num_steps - done) / max(rate, 1e-9)
+          summary["steps_per_sec"] = rate
+          writer.write_scalars(done, {f"train/{k}": v for k, v in summary.items()})
+          logging.info("step %d/%d: loss %.5f, %.2f steps/s, ETA %s", done, num_steps,
+                       summary["loss"], rate, _duration(eta))
+          t0, s0 = time.time(), done
+        eval_metrics = None
+        if do_eval:
+          eval_metrics = task.evaluate(state, done)
+          evals[done] = eval_metrics
+          writer.write_scalars(done, {f"eval/{k}": v for k, v in eval_metrics.items()})
+          logging.info("eval at step %d: %s", done, eval_metrics)
+        if do_ckpt or stopping:
+          ckpt.save(state, config, eval_metrics)
+          last_good = done
+        if stopping:
+          logging.warning("stopped at step %d on request; checkpoint saved in %s", done,
+                          ckpt.directory)
+          stopped = True
+          break
+  finally:
+    ckpt.close()
+    writer.flush()
+  return Result(state=state, losses=losses, eval_metrics=evals, stopped_early=stopped)
+
+
+def _duration(seconds):
+  seconds = int(seconds)
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
+
+
+def _flat_config(config, prefix=""):
+  out = {}
+  for k, v in config.items():
+    if isinstance(v, ml_collections.ConfigDict):
+      out.update(_flat_config(v, f"{prefix}{k}."))
+    elif isinstance(v, (int, float, str, bool)):
+      out[f"{prefix}{k}"] = v
+    else:
+      out[f"{prefix}{k}"] = str(v)
+  return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation helpers.
+
+
+def evaluate_loss(eval_step, state, batches, mesh):
+  """Weighted mean of eval-step metrics over host-local batches ('weight' metric, default 1)."""
+  totals, weight = {}, 0.0
+  for batch in batches:
+    m = jax.tree.map(_host, eval_step(state, parallel.shard_batch(batch, mesh)))
+    w = float(m.pop("weight", 1.0))
+    for k, v in m.items():
+      totals[k] = totals.get(k, 0.0) + float(v) * w
+    weight += w
+  return {f"val_{k}": v / max(weight, 1e-12) for k, v in totals.items()}
+
+
+def host_variables(state):
+  """{'params', 'batch_stats'} of a (replicated) state as numpy, for single-device inference."""
+  variables = {"params": jax.tree.map(_host, state.params)}
+  if state.batch_stats:
+    variables["batch_stats"] = jax.tree.map(_host, state.batch_stats)
+  return variables
+
+
+# --------------------------------------------------------------------------------------------------
+# The two stages.
+
+
+def _with_seed(config, seed):
+  cfg = config.copy_and_resolve_references()
+  with cfg.unlocked():
+    cfg.seed = seed
+  return cfg
+
+
+def check_dataset(dataset_cfg):
+  """Raises FileNotFoundError naming the path and the build command when the data is missing."""
+  from mpn_jax.data import datasets  # pylint: disable=g-import-not-at-top
+  builder = datasets.make_builder(dataset_cfg)
+  prepared = os.path.exists(os.path.join(os.fspath(builder.data_path), "dataset_info.json"))
+  if prepared or dataset_cfg.name != "coco_keypoints":
+    return  # mpn_synthetic builds itself in seconds
+  coco_dir = os.path.expanduser(dataset_cfg.get("coco_dir") or "")
+  needed = [os.path.join(coco_dir, "annotations")]
+  missing = [p for p in needed if not os.path.isdir(p)]
+  if missing:
+    raise FileNotFoundError(
+        f"dataset coco_keypoints: no prepared records in {builder.data_path} and no COCO "
+        f"annotations at {missing[0]}: set --config.dataset.coco_dir to the COCO 2017 root "
+        "(annotations/, train2017/, val2017/), the records are then built into "
+        f"--config.dataset.data_dir={dataset_cfg.data_dir} on the first run; or use "
+        "--config=configs/branches.py:synthetic")
+
+
+def branches_task(config, mesh):
+  """MultiPoseNet (backbone + keypoint subnet + RetinaNet) on the TFDS pipeline."""
+  from mpn_jax import boxes  # pylint: disable=g-import-not-at-top
+  from mpn_jax import models  # pylint: disable=g-import-not-at-top
+  from mpn_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  check_dataset(config.dataset)
+  size = config.input.size
+  model = models.build_multiposenet(config.model)
+  anchors = boxes.generate_anchors((size, size))
+  loss_fn = steps.branches_loss_fn(model, anchors, config.loss, config.train.trainable)
+
+  def init_variables(rng):
+    return model.init(rng, np.zeros((1, size, size, 3), np.float32), train=False)
+
+  def train_iterator(start_step):
+    # The tf.data stream cannot jump to a position: a resumed run continues with a stream seeded
+    # by (seed, start_step) -- reproducible, but not the batches an uninterrupted run would see.
+    seed = config.seed if start_step == 0 else int(np.random.SeedSequence(
+        [config.seed, start_step]).generate_state(1)[0] % (2**31))
+    return pipeline.make_train_iterator(_with_seed(config, seed), mesh)
+
+  eval_step = steps.make_eval_step(loss_fn, mesh)
+
+  def evaluate(state, step):
+    del step
+    n = config.train.eval_batches
+    if not n:
+      return {}
+    cfg = _eval_input_config(config)
+    batches = itertools.islice(pipeline.make_train_iterator(cfg, mesh), n)
+    return evaluate_loss(eval_step, state, batches, mesh)
+
+  return Task(init_variables=init_variables, loss_fn=loss_fn, train_iterator=train_iterator,
+              evaluate=evaluate if config.train.eval_batches else None,
+              frozen=state_lib.frozen_fn(config.train.trainable),
+              batch_size=config.input.batch_size)
+
+
+def _eval_input_config(config):
+  """The training pipeline on the eval split with every augmentation switched off."""
+  cfg = config.copy_and_resolve_references()
+  with cfg.unlocked():
+    cfg.dataset.train_split = config.dataset.eval_split
+    aug = cfg.input.augment
+    aug.scale_min = aug.scale_max = 1.0
+    aug.rotation = aug.translate = aug.flip = 0.0
+    for k in aug.color_jitter:
+      aug.color_jitter[k] = 0.0
+    cfg.input.shuffle_buffer = 0
+    cfg.input.batch_size = config.input.get("eval_batch_size", 0) or config.input.batch_size
+  return cfg
+
+
+def resolve_prn_files(config):
+  """For dataset.name='mpn_synthetic', points the PRN samples at that dataset's annotation files."""
+  if config.data.get("name") != "mpn_synthetic":
+    return config
+  from mpn_jax.data import datasets  # pylint: disable=g-import-not-at-top
+  syn = dict(config.data.synthetic)
+  syn["name"] = "mpn_synthetic"
+  cfg = config.copy_and_resolve_references()
+  with cfg.unlocked():
+    cfg.data.train_files = (datasets.annotation_file(syn, "train"),)
+    cfg.data.val_file = datasets.annotation_file(syn, "validation")
+  return cfg
+
+
+def prn_task(config, mesh):
+  """The Pose Residual Network on samples rendered from keypoint annotations."""
+  from mpn_jax import models  # pylint: disable=g-import-not-at-top
+  from mpn_jax import prn_grid  # pylint: disable=g-import-not-at-top
+  from mpn_jax.data import prn_samples  # pylint: disable=g-import-not-at-top
+  config = resolve_prn_files(config)
+  model = models.build_prn(config.model)
+  loss_fn = steps.prn_loss_fn(model)
+  k = 17
+  shape = (1, prn_grid.GRID_H, prn_grid.GRID_W, k)
+
+  def init_variables(rng):
+    return model.init(rng, np.zeros(shape, np.float32), train=False)
+
+  def train_iterator(start_step):
+    make = prn_samples.make_prn_iterator
+    if "start_step" in inspect.signature(make).parameters:
+      return make(config, mesh, start_step=start_step)
+    return itertools.islice(make(config, mesh), start_step, None)
+
+  def weighted_loss_fn(params, batch_stats, batch, rng, train):
+    loss, (stats, metrics) = loss_fn(params, batch_stats, batch, rng, train)
+    return loss, (stats, dict(metrics, weight=batch["target_valid"].sum()))
+
+  eval_step = steps.make_eval_step(weighted_loss_fn, mesh)
+  val_set = {}
+
+  def evaluate(state, step):
+    del step
+    if not val_set:
+      val_set.update(prn_samples.make_prn_eval_set(config.data))
+    metrics = evaluate_loss(eval_step, state, _prn_eval_batches(val_set, config, mesh), mesh)
+    if config.train.get("prn_gt_ap"):
+      metrics.update(prn_gt_metrics(config, model, state))
+    return metrics
+
+  return Task(init_variables=init_variables, loss_fn=loss_fn, train_iterator=train_iterator,
+              evaluate=evaluate, batch_size=config.data.batch_size)
+
+
+def _prn_eval_batches(val_set, config, mesh):
+  """This process's slices of fixed-size global batches over the validation samples (zero padded;
+  padding has target_valid 0 and so no weight)."""
+  gb = config.train.get("eval_batch_size", 0) or config.data.batch_size
+  gb = max(mesh.size, gb // mesh.size * mesh.size)
+  local = gb // jax.process_count()
+  lo = jax.process_index() * local
+  n = len(val_set["inputs"])
+  num = -(-n // gb)
+  if config.train.get("eval_batches"):
+    num = min(num, config.train.eval_batches)
+  for b in range(num):
+    out = {}
+    for key, arr in val_set.items():
+      chunk = arr[b * gb + lo: b * gb + lo + local]
+      pad = local - len(chunk)
+      if pad:
+        chunk = np.concatenate([chunk, np.zeros((pad,) + arr.shape[1:], arr.dtype)])
+      out[key] = chunk
+    yield out
+
+
+def prn_gt_metrics(config, model, state):
+  """COCO keypoint AP of the PRN-on-ground-truth protocol on the validation file."""
+  from mpn_jax import models  # pylint: disable=g-import-not-at-top
+  from mpn_jax import prn_protocol  # pylint: disable=g-import-not-at-top
+  from mpn_jax.data import prn_samples  # pylint: disable=g-import-not-at-top
+  variables = host_variables(state)
+  apply = jax.jit(lambda x: models.prn_probabilities(model.apply(variables, x, train=False)))
+  ann_file = prn_samples.resolve(config.data.data_dir, config.data.val_file)
+  stats, _ = prn_protocol.evaluate_prn_gt(
+      ann_file, assign="prn", prn_apply=apply, method=config.inference.assign_method,
+      window=config.inference.assign_window, widen=config.data.widen,
+      input_sigma=config.data.input_sigma)
+  return {f"prn_gt_{k}": float(v) for k, v in stats.items()}
+
+
+TASKS = {"branches": branches_task, "prn": prn_task}
+
+
+def train_and_evaluate(config, workdir, mesh=None):
+  """Trains the stage `config.stage` ('branches' or 'prn') in `workdir`; returns a Result."""
+  if config.get("stage") not in TASKS:
+    raise ValueError(f"config.stage={config.get('stage')!r}: use one of {sorted(TASKS)} "
+                     "(configs/branches.py or configs/prn.py)")
+  if not workdir:
+    raise ValueError("--workdir is required: the folder for checkpoints and TensorBoard logs")
+  dist = config.get("distributed", {})
+  parallel.maybe_initialize_distributed(dist.get("coordinator_address", ""),
+                                        dist.get("num_processes", 0), dist.get("process_id", -1))
+  mesh = mesh if mesh is not None else parallel.create_mesh()
+  logging.info("stage %s on %d devices (%d processes), workdir %s", config.stage, mesh.size,
+               jax.process_count(), workdir)
+  task = TASKS[config.stage](config, mesh)
+  return run(config, workdir, task, mesh)

@@ -1,0 +1,130 @@
+r"""Draws augmented examples with their training targets, to check them by eye.
+
+Each example becomes one row of two panels:
+  left:  the augmented input with boxes (green person, red crowd) and the transformed keypoints
+         (left side blue, right side orange, skeleton lines);
+  right: the same picture, dimmed, with the 17 heatmaps (max over channels, yellow), the person mask
+         (green tint) and the cells left out of the loss (weights = 0, red tint).
+Stride-4 maps are shown as 4x4 blocks, exactly the input pixels their cell covers.
+
+  python scripts/show_targets.py --coco_dir=../shared/data/coco --output=/tmp/targets.png
+  python scripts/show_targets.py --dataset=mpn_synthetic --data_dir=/tmp/tfds --output=/tmp/t.png
+"""
+
+import pathlib
+
+from absl import app
+from absl import flags
+import numpy as np
+from PIL import Image, ImageDraw
+import tensorflow as tf
+
+from mpn_jax import coco
+from mpn_jax.data import pipeline
+
+_COCO_DIR = flags.DEFINE_string("coco_dir", None, "COCO root (annotations/, train2017/, val2017/).")
+_ANN = flags.DEFINE_string("annotations", "person_keypoints_train2017_sample.json",
+                           "annotation file in coco_dir/annotations (or an absolute path)")
+_IMAGES = flags.DEFINE_string("images", "train2017", "image folder inside coco_dir")
+_DATASET = flags.DEFINE_string("dataset", None, "a TFDS dataset name instead of --coco_dir "
+                               "(coco_keypoints or mpn_synthetic)")
+_DATA_DIR = flags.DEFINE_string("data_dir", "/tmp/mpn_tfds", "TFDS data_dir for --dataset")
+_SPLIT = flags.DEFINE_string("split", "train", "TFDS split for --dataset")
+_OUTPUT = flags.DEFINE_string("output", "/tmp/targets.png", "PNG to write")
+_NUM = flags.DEFINE_integer("num", 4, "examples to draw (images with keypoints first)")
+_SIZE = flags.DEFINE_integer("size", 480, "input size S")
+_SIGMA = flags.DEFINE_float("sigma", 2.0, "heatmap sigma in stride-4 cells")
+_SEED = flags.DEFINE_integer("seed", 0, "augmentation seed")
+_NO_AUG = flags.DEFINE_bool("no_augment", False, "plain letterbox, no augmentation")
+
+_STRIDE = 4
+
+
+def load_examples(num):
+  """Decoded examples (numpy dicts) from --coco_dir or --dataset."""
+  if _COCO_DIR.value:
+    from mpn_jax.data import coco_keypoints  # pylint: disable=g-import-not-at-top
+    root = pathlib.Path(_COCO_DIR.value).expanduser()
+    ann = pathlib.Path(_ANN.value)
+    ann = ann if ann.is_absolute() else root / "annotations" / ann
+    _, items = coco_keypoints.load_annotations(ann)
+    # Images with keypoints first, and among them those with a crowd region (to see the ignores).
+    items = sorted(items, key=lambda it: (not any(a["num_keypoints"] for a in it[1]),
+                                          not any(a["iscrowd"] for a in it[1])))[:num]
+    return [pipeline.example_from_coco(rec, anns, root / _IMAGES.value) for rec, anns in items]
+  if _DATASET.value:
+    from mpn_jax.data import datasets  # pylint: disable=g-import-not-at-top
+    builder = datasets.load_builder(dict(name=_DATASET.value, data_dir=_DATA_DIR.value))
+    return list(builder.as_dataset(split=_SPLIT.value).take(num).as_numpy_iterator())
+  raise app.UsageError("give --coco_dir=... or --dataset=...")
+
+
+def denormalize(image):
+  """[S, S, 3] ImageNet-normalised float -> uint8 RGB."""
+  rgb = image * coco.IMAGENET_STD_RGB + coco.IMAGENET_MEAN_RGB
+  return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def upsample(x):
+  """[h, w] stride-4 map -> [4h, 4w] (each cell a 4x4 block)."""
+  return np.repeat(np.repeat(x, _STRIDE, 0), _STRIDE, 1)
+
+
+def draw_left(rgb, t):
+  im = Image.fromarray(rgb)
+  d = ImageDraw.Draw(im)
+  for box, label in zip(t["boxes"], t["box_labels"]):
+    if label:
+      d.rectangle(list(box), outline=(0, 255, 0) if label > 0 else (255, 0, 0), width=2)
+  for kp in t["keypoints"]:
+    for a, b in coco.SKELETON:
+      if kp[a, 2] > 0 and kp[b, 2] > 0:
+        d.line([tuple(kp[a, :2]), tuple(kp[b, :2])], fill=(255, 255, 255), width=1)
+    for k, (x, y, v) in enumerate(kp):
+      if v > 0:
+        name = coco.KEYPOINT_NAMES[k]
+        color = (60, 120, 255) if name.startswith("left") else (
+            (255, 150, 0) if name.startswith("right") else (255, 0, 255))
+        d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=color)
+  return np.asarray(im)
+
+
+def draw_right(rgb, t):
+  out = rgb.astype(np.float32) * 0.4
+  heat = upsample(t["heatmaps"].max(-1))[..., None]
+  mask = upsample(t["mask"][..., 0])[..., None]
+  ignored = upsample(1.0 - t["weights"][..., 0])[..., None]
+  out = out + mask * np.array([0, 90, 0]) + ignored * np.array([120, 0, 0])
+  out = out * (1 - heat) + heat * np.array([255, 255, 0])
+  return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def main(argv):
+  del argv
+  cfg = pipeline.input_config()
+  cfg.size = _SIZE.value
+  cfg.heatmap_sigma = _SIGMA.value
+  rows = []
+  for i, example in enumerate(load_examples(_NUM.value)):
+    example = tf.nest.map_structure(tf.convert_to_tensor, example)
+    if _NO_AUG.value:
+      cfg.augment.update(dict(scale_min=1.0, scale_max=1.0, rotation=0.0, translate=0.0, flip=0.0))
+      cfg.augment.color_jitter.update(dict(brightness=0., contrast=0., saturation=0., hue=0.))
+    seed = pipeline.example_seed(_SEED.value, 0, i)
+    t = tf.nest.map_structure(np.asarray, pipeline.preprocess_train(example, seed, cfg))
+    rgb = denormalize(t["image"])
+    rows.append(np.concatenate([draw_left(rgb, t), draw_right(rgb, t)], 1))
+    print(f"example {i} (image {int(example['image_id'])}): "
+          f"{int((t['box_labels'] > 0).sum())} person boxes, "
+          f"{int((t['box_labels'] < 0).sum())} crowd boxes, "
+          f"{int((t['keypoints'][..., 2] > 0).sum())} visible keypoints, "
+          f"heatmap max {t['heatmaps'].max():.3f}, ignored cells {(t['weights'] == 0).mean():.1%}")
+  if not rows:
+    raise app.UsageError("no examples found")
+  pathlib.Path(_OUTPUT.value).parent.mkdir(parents=True, exist_ok=True)
+  Image.fromarray(np.concatenate(rows, 0)).save(_OUTPUT.value)
+  print(f"wrote {_OUTPUT.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)

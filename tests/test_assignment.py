@@ -1,0 +1,143 @@
+"""Keypoint assignment: window scores, the assignment methods against hand cases and scipy."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.optimize import linear_sum_assignment
+
+from mpn_jax import assignment
+from mpn_jax import prn_grid
+
+
+@pytest.mark.parametrize("window", [1, 3, 5, 15])
+def test_window_sums_match_brute_force(window):
+  rng = np.random.default_rng(0)
+  probs = rng.random((2, 9, 7, 3)).astype(np.float32)
+  got = np.asarray(assignment.window_sums(jnp.asarray(probs), window))
+  r = window // 2
+  want = np.zeros_like(probs)
+  for i in range(9):
+    for j in range(7):
+      want[:, i, j] = probs[:, max(i - r, 0):i + r + 1, max(j - r, 0):j + r + 1].sum((1, 2))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_window_must_be_odd():
+  with pytest.raises(ValueError, match="odd"):
+    assignment.window_sums(jnp.zeros((1, 4, 4, 1)), 2)
+
+
+def test_candidate_scores_hand_case():
+  # One widened box 0..36 x 0..56 px: grid cell (r, c) covers x in [c, c+1), y in [r, r+1).
+  box = np.array([[0, 0, 36, 56]], np.float32)
+  probs = np.zeros((1, 56, 36, 2), np.float32)
+  probs[0, 10, 20, 0] = 0.7
+  probs[0, 11, 20, 0] = 0.2
+  probs[0, 30, 5, 1] = 1.0
+  cand_xy = np.array([[[20.5, 10.5], [20.9, 11.2], [40.0, 10.0]],   # type 0: on, next, outside
+                      [[5.5, 30.5], [5.5, 30.5], [0.0, 0.0]]], np.float32)  # type 1
+  cand_valid = np.array([[True, True, True], [True, False, False]])
+  s1 = np.asarray(assignment.candidate_scores(probs, cand_xy, cand_valid, box, window=1))
+  np.testing.assert_allclose(s1[0], [[0.7, 0.2, 0.0], [1.0, 0.0, 0.0]], atol=1e-6)
+  s3 = np.asarray(assignment.candidate_scores(probs, cand_xy, cand_valid, box, window=3))
+  np.testing.assert_allclose(s3[0], [[0.9, 0.9, 0.0], [1.0, 0.0, 0.0]], atol=1e-6)
+
+
+def test_candidate_scores_use_each_boxs_grid():
+  boxes = prn_grid.widen_boxes(np.array([[0, 0, 36, 56], [100, 0, 136, 56]], np.float32))
+  probs = np.full((2, 56, 36, 1), 1.0 / (56 * 36), np.float32)
+  cand_xy = np.array([[[10, 10], [110, 10]]], np.float32)
+  s = np.asarray(assignment.candidate_scores(probs, cand_xy, np.ones((1, 2), bool), boxes))
+  assert s[0, 0, 0] > 0 and s[0, 0, 1] == 0 and s[1, 0, 0] == 0 and s[1, 0, 1] > 0
+
+
+# Two boxes both prefer candidate 0; box 1 is the better one for it.
+CONTESTED = np.array([[[0.5, 0.4, 0.0]],
+                      [[0.6, 0.1, 0.0]]], np.float32)  # [N=2, K=1, C=3]
+VALID = np.array([[True, True, False]])
+
+
+@pytest.mark.parametrize("method,want_idx", [
+    ("greedy", [[0], [0]]),          # independent: both take candidate 0
+    ("mutual", [[1], [0]]),          # box 0 is not candidate 0's best box: takes its next, 1
+    ("global_greedy", [[1], [0]]),   # 0.6 first, then box 0 takes 0.4
+    ("hungarian", [[1], [0]]),       # 0.4 + 0.6 = 1.0 > 0.5 + 0.1
+])
+def test_methods_hand_case(method, want_idx):
+  idx, score = assignment.assign(CONTESTED, VALID, np.ones(2, bool), method)
+  np.testing.assert_array_equal(idx, want_idx)
+  np.testing.assert_allclose(score, np.take_along_axis(CONTESTED[..., 0:3], np.array(want_idx)[..., None], 2)[..., 0])
+
+
+def test_hungarian_beats_global_greedy_when_it_should():
+  scores = np.array([[[0.9, 0.8]], [[0.7, 0.0]]], np.float32)  # greedy 0.9 alone; optimal 0.8 + 0.7
+  valid = np.ones((1, 2), bool)
+  g, _ = assignment.assign(scores, valid, np.ones(2, bool), "global_greedy")
+  h, _ = assignment.assign(scores, valid, np.ones(2, bool), "hungarian")
+  np.testing.assert_array_equal(g, [[0], [-1]])
+  np.testing.assert_array_equal(h, [[1], [0]])
+
+
+def test_invalid_boxes_and_candidates_get_nothing():
+  scores = np.array([[[0.5, 0.9]], [[0.8, 0.3]]], np.float32)
+  valid = np.array([[True, False]])
+  for method in assignment.METHODS:
+    idx, score = assignment.assign(scores, valid, np.array([False, True]), method)
+    np.testing.assert_array_equal(idx, [[-1], [0]], err_msg=method)
+    np.testing.assert_allclose(score, [[0.0], [0.8]], err_msg=method)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_hungarian_is_optimal_and_one_to_one_vs_scipy(seed):
+  rng = np.random.default_rng(seed)
+  n, k, c = 5, 3, 4
+  scores = rng.random((n, k, c)).astype(np.float32)
+  scores[rng.random((n, k, c)) < 0.3] = 0.0  # outside-the-box pairs
+  valid = rng.random((k, c)) < 0.85
+  idx, score = assignment.assign(scores, valid, np.ones(n, bool), "hungarian")
+  idx = np.asarray(idx)
+  for t in range(k):
+    taken = idx[:, t][idx[:, t] >= 0]
+    assert len(taken) == len(set(taken.tolist()))  # one-to-one
+    w = np.where(valid[t][None] & (scores[:, t] > 0), scores[:, t], 0.0)
+    rows, cols = linear_sum_assignment(w, maximize=True)
+    np.testing.assert_allclose(np.asarray(score)[:, t].sum(), w[rows, cols].sum(), rtol=1e-5)
+  g_idx, _ = assignment.assign(scores, valid, np.ones(n, bool), "global_greedy")
+  for t in range(k):
+    taken = np.asarray(g_idx)[:, t]
+    taken = taken[taken >= 0]
+    assert len(taken) == len(set(taken.tolist()))
+
+
+@pytest.mark.parametrize("method", assignment.METHODS)
+def test_jit_matches_eager(method):
+  rng = np.random.default_rng(3)
+  scores = rng.random((4, 2, 5)).astype(np.float32)
+  valid = rng.random((2, 5)) < 0.8
+  box_valid = np.array([True, True, False, True])
+  eager = assignment.assign(scores, valid, box_valid, method)
+  jitted = jax.jit(assignment.assign, static_argnames="method")(scores, valid, box_valid,
+                                                                 method=method)
+  for a, b in zip(eager, jitted):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b))
+
+
+def test_unknown_method_is_an_error():
+  with pytest.raises(ValueError, match="greedy"):
+    assignment.assign(CONTESTED, VALID, np.ones(2, bool), "nearest")
+
+
+def test_gather_keypoints_and_instance_scores():
+  cand_xy = np.array([[[1, 2], [3, 4]], [[5, 6], [7, 8]]], np.float32)  # [K=2, C=2, 2]
+  cand_scores = np.array([[0.9, 0.5], [0.8, 0.4]], np.float32)
+  idx = np.array([[1, -1], [0, 1]], np.int32)
+  kps = np.asarray(assignment.gather_keypoints(cand_xy, cand_scores, idx))
+  np.testing.assert_allclose(kps, [[[3, 4, 0.5], [0, 0, 0]], [[1, 2, 0.9], [7, 8, 0.4]]])
+  asc = np.array([[0.5, 0.0], [1.0, 0.25]], np.float32)
+  np.testing.assert_allclose(assignment.instance_scores(kps[..., 2], asc), [0.25, 0.65])
+  np.testing.assert_allclose(assignment.instance_scores(kps[..., 2], asc, mode="assignment"),
+                             [0.125, 0.5])
+  np.testing.assert_allclose(
+      assignment.instance_scores(kps[..., 2], asc, np.array([0.5, 1.0]), mode="box"),
+      [0.125, 0.65])

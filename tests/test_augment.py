@@ -1,0 +1,308 @@
+"""Augmentation and targets on real COCO samples: geometry against hand-computed values and invariants."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+import tensorflow as tf
+
+from mpn_jax import coco
+from mpn_jax.data import augment
+from mpn_jax.data import coco_keypoints
+from mpn_jax.data import pipeline
+from mpn_jax.data import targets
+
+S = 128
+SIGMA = 1.5
+IDENTITY = dict(scale=1.0, angle=0.0, translate=(0.0, 0.0), flip=False)
+CASES = {
+    "letterbox": {},
+    "scale": dict(scale=1.4),
+    "rotation": dict(angle=35.0),
+    "translation": dict(translate=(0.15, -0.1)),
+    "flip": dict(flip=True),
+    "combined": dict(scale=0.8, angle=-25.0, translate=(-0.1, 0.05), flip=True),
+}
+
+
+def _params(case):
+  return dict(IDENTITY, **CASES[case])
+
+
+@pytest.fixture(scope="module")
+def samples(coco_dir):
+  """Two real train2017 examples: most labelled people, and one with a crowd region."""
+  _, items = coco_keypoints.load_annotations(
+      coco_dir / "annotations" / "person_keypoints_train2017_sample.json")
+  by_people = max(items, key=lambda it: sum(a["num_keypoints"] > 0 for a in it[1]))
+  crowd = next(it for it in items
+               if any(a["iscrowd"] for a in it[1]) and any(a["num_keypoints"] for a in it[1]))
+  make = lambda it: (pipeline.example_from_coco(it[0], it[1], coco_dir / "train2017"), it[1])
+  return {"people": make(by_people), "crowd": make(crowd)}
+
+
+def _tf(example):
+  return tf.nest.map_structure(tf.convert_to_tensor, example)
+
+
+def _bilinear(image, xy):
+  """Samples [H, W, C] at continuous points [N, 2] (pixel centres at i + 0.5) in numpy."""
+  x, y = xy[:, 0] - 0.5, xy[:, 1] - 0.5
+  x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+  fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+  g = lambda yy, xx: image[yy, xx]
+  return ((1 - fy) * ((1 - fx) * g(y0, x0) + fx * g(y0, x0 + 1)) +
+          fy * ((1 - fx) * g(y0 + 1, x0) + fx * g(y0 + 1, x0 + 1)))
+
+
+def _iou(a, b):
+  inter = np.prod(np.clip(np.minimum(a[2:], b[2:]) - np.maximum(a[:2], b[:2]), 0, None))
+  area = lambda x: np.prod(x[2:] - x[:2])
+  return inter / (area(a) + area(b) - inter)
+
+
+def test_affine_matrix_hand_computed():
+  h, w = 100, 200  # letterbox scale 128 / 200 = 0.64, picture 64 x 128 in the top-left corner
+  m = lambda **kw: augment.affine_matrix(h, w, S, **dict(IDENTITY, **kw))
+  pts = lambda mat, p: augment.transform_points(np.asarray(p, np.float32), mat).numpy()
+  np.testing.assert_allclose(pts(m(), [[0, 0], [200, 100], [50, 10]]),
+                             [[0, 0], [128, 64], [32, 6.4]], atol=1e-4)
+  # Flip mirrors the original first: x -> W - x.
+  np.testing.assert_allclose(pts(m(flip=True), [[0, 0], [50, 10]]), [[128, 0], [96, 6.4]],
+                             atol=1e-4)
+  # Zoom about the picture centre (64, 32).
+  np.testing.assert_allclose(pts(m(scale=2.0), [[0, 0], [100, 50]]), [[-64, -32], [64, 32]],
+                             atol=1e-4)
+  # 90 degrees counter-clockwise on screen: a point right of the centre moves above it.
+  np.testing.assert_allclose(pts(m(angle=90.0), [[150, 50]]), [[64, 32 - 32]], atol=1e-4)
+  np.testing.assert_allclose(pts(m(translate=(0.25, -0.5)), [[0, 0]]), [[32, -64]], atol=1e-4)
+
+
+def test_sample_params_deterministic_and_in_range():
+  aug = augment.augment_config()
+  draws = [augment.sample_params(tf.constant([3, i], tf.int64), aug) for i in range(64)]
+  again = augment.sample_params(tf.constant([3, 5], tf.int64), aug)
+  for k in again:
+    np.testing.assert_array_equal(np.asarray(again[k]), np.asarray(draws[5][k]))
+  scales = np.array([d["scale"] for d in draws])
+  angles = np.array([d["angle"] for d in draws])
+  flips = np.array([bool(d["flip"]) for d in draws])
+  assert scales.min() >= aug.scale_min and scales.max() <= aug.scale_max
+  assert np.abs(angles).max() <= aug.rotation and np.abs(angles).max() > aug.rotation / 2
+  assert 0 < flips.sum() < len(flips)
+  assert len(np.unique(scales)) == len(scales)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_image_warp_agrees_with_keypoints(samples, case):
+  """Warp an image whose pixels hold their own coordinates: at each moved keypoint it reads the
+  keypoint's original position. Checks the pixel path (inverse sampling, antialiased pre-resize)
+  against the point path (forward matrix, flip permutation) independently."""
+  example, _ = samples["people"]
+  h, w = example["image"].shape[:2]
+  ys, xs = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5
+  field = dict(example, image=np.stack([xs, ys, np.zeros_like(xs)], -1))
+  p = _params(case)
+  matrix = augment.affine_matrix(h, w, S, **p)
+  out = tf.nest.map_structure(np.asarray, augment.apply_affine(_tf(field), matrix, p["flip"],
+                                                                (S, S)))
+  src = example["people"]["keypoints"]
+  if p["flip"]:
+    src = src[:, coco.FLIP_PERM]
+  vis = out["keypoints"][..., 2] > 0
+  zoom = np.sqrt(abs(np.linalg.det(np.asarray(matrix)[:2, :2])))
+  # Away from the border, where bilinear sampling mixes in the zero padding.
+  margin = 8.0 / zoom
+  interior = ((src[..., 0] > margin) & (src[..., 0] < w - margin) & (src[..., 1] > margin) &
+              (src[..., 1] < h - margin))
+  xy_out = out["keypoints"][vis & interior][:, :2]
+  assert len(xy_out) >= 10
+  got = _bilinear(out["image"], xy_out)[:, :2]
+  # One output pixel is 1 / zoom original pixels; ask for 2% of that.
+  np.testing.assert_allclose(got, src[vis & interior][:, :2], atol=0.02 / zoom)
+  # Labelled keypoints that stay on the canvas keep their visibility flag; the rest become 0.
+  xy_all = augment.transform_points(example["people"]["keypoints"][..., :2], matrix).numpy()
+  on = np.all((xy_all >= 0) & (xy_all < S), -1) & (example["people"]["keypoints"][..., 2] > 0)
+  if p["flip"]:
+    on = on[:, coco.FLIP_PERM]
+  np.testing.assert_array_equal(vis, on)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_heatmap_peaks_at_keypoints(samples, case):
+  example, _ = samples["people"]
+  aug = augment.augment_example(_tf(example), S, _params(case))
+  t = tf.nest.map_structure(np.asarray, targets.make_targets(aug, SIGMA, 50, 20))
+  hm = t["heatmaps"]
+  assert hm.shape == (S // 4, S // 4, 17) and hm.max() <= 1.0
+  kps = np.asarray(aug["keypoints"])
+  checked = 0
+  for p, person in enumerate(kps):
+    for k, (x, y, v) in enumerate(person):
+      others = np.delete(kps[:, k], p, axis=0)
+      others = others[others[:, 2] > 0]
+      if v <= 0 or np.any(np.hypot(*(others[:, :2] - [x, y]).T) < 4 * 3 * SIGMA):
+        continue  # the max over people may let a close neighbour's peak win; skip those
+      u, vv = x / 4, y / 4  # heatmap coordinates, cell j centred at j + 0.5
+      j0, i0 = int(u), int(vv)
+      lo_i, lo_j = max(i0 - 2, 0), max(j0 - 2, 0)
+      win = hm[lo_i:i0 + 3, lo_j:j0 + 3, k]
+      i, j = np.unravel_index(np.argmax(win), win.shape)
+      assert abs(lo_j + j + 0.5 - u) <= 1.0 and abs(lo_i + i + 0.5 - vv) <= 1.0, (k, x, y)
+      # The Gaussian is centred on the keypoint, so the peak cell holds at least the value half a
+      # cell diagonal away from it.
+      assert win.max() >= np.exp(-0.5 / (2 * SIGMA**2)) - 1e-5
+      checked += 1
+  assert checked >= 10
+  # Away from every keypoint the maps are ~0.
+  far = np.ones(hm.shape[:2], bool)
+  for x, y, v in kps.reshape(-1, 3):
+    if v > 0:
+      yy, xx = np.mgrid[0:S // 4, 0:S // 4] + 0.5
+      far &= (xx - x / 4)**2 + (yy - y / 4)**2 > (4 * SIGMA)**2
+  assert hm.max(-1)[far].max(initial=0) < 1e-3
+
+
+def test_heatmap_subpixel_centre():
+  """A lone keypoint's sampled Gaussian has its centroid at x / 4 (not at a snapped cell)."""
+  kp = np.zeros((1, 17, 3), np.float32)
+  kp[0, 3] = [45.3, 70.9, 2]
+  hm = targets.gaussian_heatmaps(kp, (32, 32), SIGMA).numpy()
+  assert hm[..., [c for c in range(17) if c != 3]].max() == 0
+  m = hm[..., 3]
+  yy, xx = np.mgrid[0:32, 0:32] + 0.5
+  np.testing.assert_allclose([(m * xx).sum() / m.sum(), (m * yy).sum() / m.sum()],
+                             [45.3 / 4, 70.9 / 4], atol=1e-3)
+  # The value at a cell is the Gaussian of its distance to the keypoint.
+  np.testing.assert_allclose(m[17, 11], np.exp(-((11.5 - 45.3 / 4)**2 + (17.5 - 70.9 / 4)**2) /
+                                               (2 * SIGMA**2)), rtol=1e-5)
+
+
+def test_flip_twice_is_identity(samples):
+  example, _ = samples["crowd"]
+  h, w = example["image"].shape[:2]
+  m = augment.flip_matrix(w)
+  once = augment.apply_affine(_tf(example), m, True, (h, w))
+  to_example = lambda o: dict(
+      image=o["image"], person_mask=o["person_mask"], ignore_mask=o["ignore_mask"],
+      people=dict(bbox=tf.concat([o["boxes"][:, :2], o["boxes"][:, 2:] - o["boxes"][:, :2]], -1),
+                  keypoints=o["keypoints"], iscrowd=o["iscrowd"]))
+  twice = tf.nest.map_structure(np.asarray, augment.apply_affine(to_example(once), m, True, (h, w)))
+  once = tf.nest.map_structure(np.asarray, once)
+  # One flip, by hand: mirrored pixels, x -> W - x with left/right swapped, x1' = W - x2.
+  np.testing.assert_allclose(once["image"], example["image"][:, ::-1], atol=1e-3)
+  np.testing.assert_array_equal(once["ignore_mask"], example["ignore_mask"][:, ::-1])
+  kp = example["people"]["keypoints"][:, coco.FLIP_PERM]
+  lab = kp[..., 2] > 0
+  np.testing.assert_allclose(once["keypoints"][lab][:, 0], w - kp[lab][:, 0], atol=1e-3)
+  x, y, bw, bh = example["people"]["bbox"].T
+  np.testing.assert_allclose(once["boxes"][:, 0], np.maximum(w - (x + bw), 0), atol=1e-3)
+  np.testing.assert_allclose(once["boxes"][:, 2], np.minimum(w - x, w), atol=1e-3)
+  # Twice: the identity on every field.
+  np.testing.assert_allclose(twice["image"], example["image"], atol=1e-3)
+  np.testing.assert_array_equal(twice["person_mask"], example["person_mask"])
+  np.testing.assert_array_equal(twice["ignore_mask"], example["ignore_mask"])
+  np.testing.assert_allclose(twice["keypoints"], example["people"]["keypoints"], atol=1e-3)
+  np.testing.assert_allclose(
+      twice["boxes"], np.clip(np.stack([x, y, x + bw, y + bh], -1), 0, [w, h, w, h]), atol=1e-3)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_ignored_regions_have_zero_weight(samples, case):
+  example, anns = samples["crowd"]
+  p = _params(case)
+  aug = augment.augment_example(_tf(example), S, p)
+  t = tf.nest.map_structure(np.asarray, targets.make_targets(aug, SIGMA, 50, 20))
+  weights = t["weights"][..., 0]
+  assert set(np.unique(weights)) <= {0.0, 1.0}
+  assert (t["box_labels"] == -1).sum() == sum(a["iscrowd"] for a in anns)
+  # Independently of the warp: move original pixels with the matrix and look up their cell.
+  # Pixels far enough inside an ignored region must land in weight-0 cells, pixels far enough from
+  # any must land in weight-1 cells (a cell spans 4 input pixels; nearest sampling moves <= 1).
+  ignore = example["ignore_mask"][..., 0] > 0
+  matrix = np.asarray(aug["matrix"])
+  zoom = np.sqrt(abs(np.linalg.det(matrix[:2, :2])))
+  rng = np.random.default_rng(0)
+  # An ignored pixel's output pixel copies a source within half an output pixel diagonal of it; a
+  # kept pixel's cell holds sources up to a cell diagonal (4 sqrt 2 input pixels) further away.
+  for region, expected, margin in ((ignore, 0.0, 1.0 / zoom), (~ignore, 1.0, 7.0 / zoom)):
+    deep = ndimage.distance_transform_edt(region) > margin
+    ys, xs = np.nonzero(deep)
+    assert len(ys) > 0
+    pick = rng.choice(len(ys), min(len(ys), 3000), replace=False)
+    pts = np.stack([xs[pick], ys[pick]], -1) + 0.5
+    out = pts @ matrix[:2, :2].T + matrix[:2, 2]
+    cells = np.floor(out / 4).astype(int)
+    on = np.all((cells >= 0) & (cells < S // 4), -1)
+    assert on.sum() > 20
+    np.testing.assert_array_equal(weights[cells[on, 1], cells[on, 0]], expected)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_boxes_follow_people(samples, case):
+  example, anns = samples["people"]
+  p = _params(case)
+  h, w = example["image"].shape[:2]
+  matrix = augment.affine_matrix(h, w, S, **p)
+  out = tf.nest.map_structure(np.asarray, augment.apply_affine(_tf(example), matrix, p["flip"],
+                                                                (S, S)))
+  m = np.asarray(matrix)
+  x, y, bw, bh = example["people"]["bbox"].T
+  corners = np.stack([np.stack([x, y], -1), np.stack([x + bw, y], -1),
+                      np.stack([x, y + bh], -1), np.stack([x + bw, y + bh], -1)], 1)
+  moved = corners @ m[:2, :2].T + m[:2, 2]
+  # The rule (augment.py): labelled keypoints always end up inside their person's box.
+  kp = example["people"]["keypoints"]
+  kp_xy = kp[..., :2] @ m[:2, :2].T + m[:2, 2]
+  lab = (kp[..., 2] > 0)[..., None]
+  lo = np.minimum(moved.min(1), np.where(lab, kp_xy, np.inf).min(1))
+  hi = np.maximum(moved.max(1), np.where(lab, kp_xy, -np.inf).max(1))
+  corner_box = np.clip(np.concatenate([lo, hi], -1), 0, S)
+  boxes, valid = out["boxes"], out["box_valid"]
+  assert valid.sum() >= 3
+  kps = out["keypoints"]
+  ious = []
+  for i in np.nonzero(valid)[0]:
+    vis = kps[i][kps[i, :, 2] > 0][:, :2]
+    assert np.all(vis >= boxes[i, :2] - 1e-3) and np.all(vis <= boxes[i, 2:] + 1e-3)
+    if p["angle"] == 0:
+      # No rotation: the box is exactly the moved (clipped) COCO box (with its keypoints).
+      np.testing.assert_allclose(boxes[i], corner_box[i], atol=1e-3)
+    else:
+      # Rotated: never looser than the moved corners, and still holding most of the person.
+      assert np.all(boxes[i, :2] >= corner_box[i, :2] - 1e-3)
+      assert np.all(boxes[i, 2:] <= corner_box[i, 2:] + 1e-3)
+      seg = coco_keypoints.segmentation_mask(anns[i], h, w)
+      ys, xs = np.nonzero(seg)
+      pts = np.stack([xs, ys], -1) + 0.5
+      pts = pts @ m[:2, :2].T + m[:2, 2]
+      pts = pts[np.all((pts >= 0) & (pts < S), -1)]
+      if len(pts) > 50:
+        inside = np.all((pts >= boxes[i, :2] - 0.5) & (pts <= boxes[i, 2:] + 0.5), -1)
+        assert inside.mean() > 0.8, (i, inside.mean())
+        true = np.concatenate([pts.min(0), pts.max(0)])
+        ious.append((_iou(boxes[i], true), _iou(corner_box[i], true)))
+  if ious:
+    # Tighter than the rotated corners: closer to the box of the rotated person itself.
+    ours, corners_iou = np.mean(ious, 0)
+    assert ours > corners_iou + 0.02, (ours, corners_iou)
+  # Invalid boxes are those pushed (almost) off the canvas.
+  side = np.minimum(corner_box[:, 2] - corner_box[:, 0], corner_box[:, 3] - corner_box[:, 1])
+  assert np.all(side[~valid] < 2.0 + 1e-3)
+
+
+def test_letterbox_padding_is_zero_and_matches_preprocess(samples):
+  from mpn_jax.data import preprocess  # pylint: disable=g-import-not-at-top
+  example, _ = samples["people"]
+  aug = augment.augment_example(_tf(example), S, None,
+                                color_seed=tf.constant([1, 2], tf.int64))
+  image = np.asarray(aug["image"])
+  ref, scale = preprocess.letterbox(example["image"], S)
+  h, w = example["image"].shape[:2]
+  nh, nw = round(h * scale), round(w * scale)
+  assert np.all(image[nh + 1:] == 0) and np.all(image[:, nw + 1:] == 0)
+  # Without colour jitter the geometry-only warp reproduces preprocess.letterbox (PIL resize).
+  plain = np.asarray(augment.augment_example(_tf(example), S)["image"])
+  diff = np.abs(plain[:nh - 1, :nw - 1] - ref[:nh - 1, :nw - 1])
+  assert diff.mean() < 0.05, diff.mean()
+  # Colour jitter changed the colours but not the layout.
+  assert np.abs(image[:nh - 1, :nw - 1] - plain[:nh - 1, :nw - 1]).mean() > 1e-3

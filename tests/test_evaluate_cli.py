@@ -1,0 +1,247 @@
+"""evaluate.py: the PRN-on-ground-truth protocol from the command line, and its error messages."""
+
+import json
+import os
+import subprocess
+import sys
+
+import ml_collections
+import numpy as np
+import pytest
+
+from mpn_jax import evaluate as evaluate_lib
+from mpn_jax import evaluation
+from mpn_jax.data import prn_samples
+
+from conftest import REPO
+
+PRN_VAL = "annotations/person_keypoints_val2017_prn_val.json"
+
+
+def _run(*args):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, str(REPO / "evaluate.py"), *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300, check=False)
+
+
+def _config(**eval_fields):
+  config = ml_collections.ConfigDict()
+  config.stage = "prn"
+  config.data = prn_samples.prn_data_config()
+  config.eval = evaluate_lib.eval_config()
+  config.eval.update(eval_fields)
+  return config
+
+
+def test_prn_gt_center_from_the_command_line(coco_dir, tmp_path):
+  out = tmp_path / "OUT.json"
+  proc = _run("--config=configs/prn.py", f"--workdir={tmp_path / 'wd'}",
+              "--config.eval.mode=prn_gt", "--config.eval.assign=center",
+              f"--config.eval.ann_file={coco_dir / PRN_VAL}", f"--config.eval.output={out}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(out) as f:
+    stats = json.load(f)
+  assert list(stats) == list(evaluation.STAT_NAMES)
+  assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in stats.values()), stats
+  # The non-learned centre rule groups most people right (~0.73-0.76 on this split) but not all.
+  assert 0.6 < stats["AP"] < 0.9, stats
+  assert "AP50" in proc.stdout  # the printed table
+  # The results file holds ground-truth positions only: rescoring it reproduces the statistics.
+  results_file = tmp_path / "wd" / "eval" / "prn_gt_results.json"
+  rescored = evaluation.run_coco_eval(str(coco_dir / PRN_VAL), str(results_file),
+                                      image_ids={r["image_id"] for r in json.load(
+                                          open(results_file))})
+  np.testing.assert_allclose(list(rescored.values()), list(stats.values()))
+
+
+def test_missing_checkpoint_names_the_workdir_and_the_train_command(coco_dir, tmp_path):
+  proc = _run("--config=configs/prn.py", f"--workdir={tmp_path / 'empty'}",
+              "--config.eval.mode=prn_gt", f"--config.eval.ann_file={coco_dir / PRN_VAL}")
+  assert proc.returncode != 0
+  assert str(tmp_path / "empty") in proc.stderr
+  assert "python train.py --config=configs/prn.py" in proc.stderr
+  assert "Traceback" not in proc.stderr
+
+
+def test_missing_annotation_file_is_a_clear_error(tmp_path):
+  missing = tmp_path / "nope.json"
+  config = _config(mode="prn_gt", assign="center", ann_file=str(missing))
+  with pytest.raises(FileNotFoundError, match=r"nope\.json does not exist.*config\.eval\.ann_file"):
+    evaluate_lib.evaluate(config, str(tmp_path))
+
+
+def test_unknown_mode_is_a_clear_error(tmp_path):
+  with pytest.raises(ValueError, match="config.eval.mode"):
+    evaluate_lib.evaluate(_config(mode="nonsense"), str(tmp_path))
+
+
+def test_missing_branches_checkpoint_is_named(tmp_path):
+  with pytest.raises(FileNotFoundError, match="configs/branches.py"):
+    evaluate_lib.require_checkpoint(str(tmp_path / "b"), "branches")
+
+
+# --- the whole pipeline on real images, with tiny randomly initialised networks ------------------
+
+
+def _random_variables(model, shape):
+  """Variables of `model` with random weights, built from jax.eval_shape (no XLA compilation of
+  the init: much faster on a busy CPU). BatchNorm scales/variances are 1, biases/means 0."""
+  import jax  # pylint: disable=g-import-not-at-top
+  abstract = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)},
+                                               np.zeros(shape, np.float32), train=False))
+  rng = np.random.default_rng(0)
+
+  def make(path, leaf):
+    name = str(path[-1].key)
+    if name in ("scale", "var"):
+      return np.ones(leaf.shape, leaf.dtype)
+    if name in ("bias", "mean"):
+      return np.zeros(leaf.shape, leaf.dtype)
+    fan_in = int(np.prod(leaf.shape[:-1])) or 1
+    return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(leaf.dtype)
+  return jax.tree_util.tree_map_with_path(make, abstract)
+
+
+def _save_stage(workdir, model, config, shape):
+  """Saves random variables of `model` the way training does (a TrainState checkpoint)."""
+  import optax  # pylint: disable=g-import-not-at-top
+  from mpn_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
+  from mpn_jax.training import state as state_lib  # pylint: disable=g-import-not-at-top
+  variables = _random_variables(model, shape)
+  st = state_lib.TrainState.create(variables["params"], variables.get("batch_stats", {}),
+                                   optax.sgd(0.1))
+  ckpt = checkpoints.StageCheckpoints(str(workdir))
+  ckpt.save(st, config=config)
+  ckpt.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_stages(tmp_path_factory):
+  """(branches workdir, prn workdir, PRN config) of tiny untrained networks."""
+  from mpn_jax import models  # pylint: disable=g-import-not-at-top
+  from mpn_jax import predict  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp("stages")
+  bcfg = predict.load_config_file(str(REPO / "configs" / "branches.py") + ":smoke")
+  bcfg.model = models.multiposenet_config("tiny")
+  bcfg.input.size = 96
+  _save_stage(root / "branches", models.build_multiposenet(bcfg.model), bcfg, (1, 96, 96, 3))
+  pcfg = predict.load_config_file(str(REPO / "configs" / "prn.py") + ":smoke")
+  pcfg.model = models.prn_config("tiny")
+  _save_stage(root / "prn", models.build_prn(pcfg.model), pcfg, (1, 56, 36, 17))
+  return root / "branches", root / "prn", pcfg, bcfg
+
+
+@pytest.fixture()
+def image_set(coco_dir, tmp_path):
+  """A COCO file of 3 real val images (linked, not copied) + 1 broken file, and its folder."""
+  with open(coco_dir / "annotations" / "person_keypoints_val2017_sample.json") as f:
+    ann = json.load(f)
+  images = sorted(ann["images"], key=lambda i: i["id"])[:3]
+  folder = tmp_path / "images"
+  folder.mkdir()
+  for im in images:
+    os.symlink(coco_dir / "val2017" / im["file_name"], folder / im["file_name"])
+  broken = dict(images[0], id=999999999, file_name="broken.jpg")
+  (folder / "broken.jpg").write_bytes(b"not a jpeg")
+  ids = {im["id"] for im in images}
+  sub = dict(ann, images=images + [broken],
+             annotations=[a for a in ann["annotations"] if a["image_id"] in ids])
+  ann_file = tmp_path / "ann.json"
+  ann_file.write_text(json.dumps(sub))
+  return ann_file, folder, [im["id"] for im in images]
+
+
+def _pipeline_config(pcfg, branches, tmp_path, ann_file, folder, **fields):
+  config = ml_collections.ConfigDict(pcfg.to_dict())
+  config.eval = evaluate_lib.eval_config("pipeline")
+  config.eval.update(dict(branches_workdir=str(branches), ann_file=str(ann_file),
+                          image_dir=str(folder), batch_size=4, pictures=2,
+                          output=str(tmp_path / "stats.json")))
+  config.eval.update(fields)
+  return config
+
+
+def test_pipeline_on_real_images(tiny_stages, image_set, tmp_path, capsys):
+  branches, prn, pcfg, _ = tiny_stages
+  ann_file, folder, ids = image_set
+  config = _pipeline_config(pcfg, branches, tmp_path, ann_file, folder, picture_min_score=0.0)
+  stats = evaluate_lib.evaluate(config, str(prn))
+  printed = capsys.readouterr()
+  assert list(stats) == list(evaluation.STAT_NAMES)
+  assert all(0.0 <= v <= 1.0 for v in stats.values())
+  assert json.load(open(tmp_path / "stats.json")) == stats
+  assert "broken.jpg" in printed.err and "1 unreadable image(s) skipped" in printed.out
+  assert "3 images evaluated" in printed.out
+  results = json.load(open(prn / "eval" / "pipeline_results.json"))
+  assert {r["image_id"] for r in results} <= set(ids)
+  for r in results:  # people in original pixels: inside (a margin around) their image
+    assert len(r["keypoints"]) == 51 and 0.0 <= r["score"] <= 1.0
+  pictures = sorted((prn / "eval" / "pictures").glob("*.png"))
+  assert [p.name for p in pictures] == [f"{i:012d}.png" for i in ids[:2]]
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  info = {im["id"]: im for im in json.load(open(ann_file))["images"]}
+  assert Image.open(pictures[0]).size == (info[ids[0]]["width"], info[ids[0]]["height"])
+
+
+def test_pipeline_without_people_gives_no_results(tiny_stages, image_set, tmp_path):
+  from mpn_jax import inference  # pylint: disable=g-import-not-at-top
+  branches, prn, pcfg, _ = tiny_stages
+  ann_file, folder, _ = image_set
+  config = _pipeline_config(pcfg, branches, tmp_path, ann_file, folder, pictures=0,
+                            results_file=str(tmp_path / "res.json"))
+  config.inference = inference.inference_config()
+  config.inference.score_threshold = 2.0  # no box can pass: no people at all
+  stats = evaluate_lib.evaluate(config, str(prn))
+  assert stats == {k: 0.0 for k in evaluation.STAT_NAMES}
+  assert json.load(open(tmp_path / "res.json")) == []
+
+
+def test_pipeline_missing_branches_checkpoint(tiny_stages, image_set, tmp_path):
+  _, prn, pcfg, _ = tiny_stages
+  ann_file, folder, _ = image_set
+  config = _pipeline_config(pcfg, tmp_path / "nothing", tmp_path, ann_file, folder)
+  with pytest.raises(FileNotFoundError, match="configs/branches.py.*branches_workdir"):
+    evaluate_lib.evaluate(config, str(prn))
+
+
+def test_detector_mode_on_real_images(tiny_stages, image_set, tmp_path):
+  branches, _, _, bcfg = tiny_stages
+  ann_file, folder, ids = image_set
+  config = ml_collections.ConfigDict(bcfg.to_dict())
+  config.eval = evaluate_lib.eval_config("detector")
+  config.eval.update(dict(ann_file=str(ann_file), image_dir=str(folder), batch_size=4,
+                          pictures=1, output=str(tmp_path / "det.json")))
+  stats = evaluate_lib.evaluate(config, str(branches))
+  names = ([f"bbox/{k}" for k in evaluation.BBOX_STAT_NAMES] +
+           [f"peaks_oracle/{k}" for k in evaluation.STAT_NAMES])
+  assert list(stats) == names
+  assert all(0.0 <= v <= 1.0 for v in stats.values())
+  results = json.load(open(branches / "eval" / "detector_results.json"))
+  assert results and all(len(r["bbox"]) == 4 for r in results)
+  assert {r["image_id"] for r in results} <= set(ids)
+  assert len(list((branches / "eval" / "pictures").glob("*.png"))) == 1
+
+
+def test_predict_command_on_a_folder(tiny_stages, coco_dir, tmp_path):
+  branches, prn, _, _ = tiny_stages
+  folder = tmp_path / "photos"
+  folder.mkdir()
+  names = sorted(os.listdir(coco_dir / "val2017"))[:2]
+  for n in names:
+    os.symlink(coco_dir / "val2017" / n, folder / n)
+  (folder / "zz_broken.png").write_bytes(b"\x89PNG broken")
+  out = tmp_path / "out"
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+      [sys.executable, "-m", "mpn_jax.predict", "--config=configs/prn.py:smoke",
+       "--config.model.hidden_sizes=(16,)", f"--workdir={prn}", f"--branches_workdir={branches}",
+       f"--images={folder}", f"--output={out}", "--min_score=0"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "zz_broken.png" in proc.stderr and "1 unreadable image(s) skipped" in proc.stdout
+  assert sorted(p.name for p in out.glob("*.png")) == [n.replace(".jpg", ".png") for n in names]
+  predictions = json.load(open(out / "predictions.json"))
+  assert sorted(predictions) == names
+  for people in predictions.values():
+    for p in people:
+      assert np.shape(p["keypoints"]) == (17, 3) and len(p["box"]) == 4

@@ -1,0 +1,134 @@
+"""COCO evaluation: the golden pycocotools case, results encoding, and peaks -> COCO results end to end."""
+
+import json
+
+import numpy as np
+import pytest
+
+from mpn_jax import coco
+from mpn_jax import evaluation
+from mpn_jax.data import preprocess
+
+
+def test_golden_case_gives_the_expected_statistics(coco_dir):
+  golden = coco_dir / "golden"
+  with open(golden / "keypoints_expected_stats.json") as f:
+    expected = json.load(f)["stats"]
+  with open(golden / "keypoints_dt.json") as f:
+    results = json.load(f)
+  for res in (str(golden / "keypoints_dt.json"), results):
+    stats = evaluation.run_coco_eval(str(golden / "keypoints_gt.json"), res, "keypoints")
+    assert list(stats) == list(evaluation.STAT_NAMES)
+    np.testing.assert_allclose([stats[k] for k in evaluation.STAT_NAMES], expected, rtol=0,
+                               atol=1e-12)
+  table = evaluation.format_table(stats)
+  assert "AP50" in table and f"{expected[0]:6.3f}" in table
+
+
+def test_box_conversions_by_hand():
+  xyxy = np.array([[10, 20, 40, 80], [0.5, 1.5, 2.5, 4.5]], np.float32)
+  xywh = np.array([[10, 20, 30, 60], [0.5, 1.5, 2, 3]], np.float32)
+  np.testing.assert_array_equal(evaluation.xyxy_to_xywh(xyxy), xywh)
+  np.testing.assert_array_equal(evaluation.xywh_to_xyxy(xywh), xyxy)
+
+
+def test_keypoint_results_encoding():
+  kps = np.arange(2 * 17 * 3, dtype=np.float32).reshape(2, 17, 3)
+  res = evaluation.keypoint_results(7, kps, [0.9, 0.1], boxes=[[1, 2, 4, 8], [0, 0, 1, 1]])
+  assert len(res) == 2
+  assert res[0]["image_id"] == 7 and res[0]["category_id"] == 1 and res[1]["score"] == 0.1
+  assert res[1]["keypoints"] == [float(v) for v in range(51, 102)]
+  assert res[0]["bbox"] == [1.0, 2.0, 3.0, 6.0]
+  json.dumps(res)  # plain Python types only
+  with pytest.raises(ValueError, match="scores"):
+    evaluation.keypoint_results(7, kps, [0.9])
+
+
+def _image_ids(ann):
+  return [img["id"] for img in ann["images"]]
+
+
+def test_ground_truth_encoded_as_results_scores_one_and_shift_lowers_it(coco_dir):
+  ann_file = coco_dir / "annotations" / "person_keypoints_val2017_sample.json"
+  gt = evaluation.load_coco(str(ann_file))
+  perfect, shifted = [], []
+  for image_id in gt.getImgIds():
+    people = evaluation.ground_truth_people(gt, image_id)
+    keep = ~people["iscrowd"] & (people["num_keypoints"] > 0)
+    kps = people["keypoints"][keep]
+    perfect += evaluation.keypoint_results(image_id, kps, np.ones(len(kps)))
+    moved = kps.copy()
+    moved[..., 0] += 8.0  # 8 pixels: OKS drops well below 1 for most people
+    shifted += evaluation.keypoint_results(image_id, moved, np.ones(len(kps)))
+  assert evaluation.run_coco_eval(gt, perfect)["AP"] == pytest.approx(1.0)
+  assert evaluation.run_coco_eval(gt, shifted)["AP"] < 0.8
+
+
+def test_empty_results_score_zero(coco_dir):
+  stats = evaluation.run_coco_eval(str(coco_dir / "golden" / "keypoints_gt.json"), [])
+  assert stats == {k: 0.0 for k in evaluation.STAT_NAMES}
+
+
+def test_oracle_keypoints_by_hand():
+  # 2 keypoint types (K=2), 3 candidates each, 2 people.
+  cand_xy = np.array([[[0, 0], [10, 0], [20, 0]], [[0, 5], [10, 5], [99, 99]]], np.float32)
+  cand_s = np.array([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]], np.float32)
+  cand_valid = np.array([[True, True, True], [True, True, False]])
+  gt = np.array([[[9, 1, 2], [98, 98, 2]],      # nearest (10, 0); (99, 99) is invalid -> (10, 5)
+                 [[19, 0, 2], [0, 0, 0]]], np.float32)  # second type unlabelled
+  kps, score = evaluation.oracle_keypoints(cand_xy, cand_s, cand_valid, gt)
+  np.testing.assert_allclose(kps[0], [[10, 0, 0.2], [10, 5, 0.5]])
+  np.testing.assert_allclose(kps[1], [[20, 0, 0.3], [0, 0, 0]])
+  np.testing.assert_allclose(score, [0.35, 0.3], rtol=1e-6)
+
+
+def _render_heatmaps(people_xy, people_v, size, stride, sigma):
+  """Gaussians (max 1) at the continuous heatmap coordinates of input-pixel keypoints.
+
+  people_xy [P, 17, 2] input pixels, people_v [P, 17]; returns [size/stride, size/stride, 17].
+  """
+  n = size // stride
+  centres = np.arange(n, dtype=np.float32) + 0.5
+  hm = np.zeros((n, n, coco.NUM_KEYPOINTS), np.float32)
+  for xy, v in zip(people_xy, people_v):
+    hxy = preprocess.image_to_heatmap(xy, stride)
+    for k in np.flatnonzero(v > 0):
+      g = np.exp(-((centres[None, :] - hxy[k, 0]) ** 2 + (centres[:, None] - hxy[k, 1]) ** 2)
+                 / (2 * sigma ** 2))
+      hm[..., k] = np.maximum(hm[..., k], g)
+  return hm
+
+
+def test_peaks_to_coco_results_end_to_end(coco_dir):
+  """Heatmaps rendered from the annotations -> find_peaks -> oracle assignment -> original pixels
+  -> COCO results: keypoint AP close to 1 checks peak finding, the letterbox/stride coordinate
+  mapping and the encoding together (an offset of half a cell or a wrong scale drops it far)."""
+  from mpn_jax import inference  # pylint: disable=g-import-not-at-top
+  size, stride, top_k = 480, 4, 20
+  ann_file = coco_dir / "annotations" / "person_keypoints_val2017_sample.json"
+  gt = evaluation.load_coco(str(ann_file))
+  image_ids = sorted(gt.getImgIds())
+  results = []
+  for start in range(0, len(image_ids), 16):
+    chunk = image_ids[start:start + 16]
+    heatmaps, people, scales = [], [], []
+    for image_id in chunk:
+      info = gt.loadImgs([image_id])[0]
+      scale = preprocess.letterbox_scale(info["height"], info["width"], size)
+      p = evaluation.ground_truth_people(gt, image_id)
+      heatmaps.append(_render_heatmaps(p["keypoints"][..., :2] * scale, p["keypoints"][..., 2],
+                                       size, stride, sigma=1.5))
+      people.append(p)
+      scales.append(scale)
+    xy, scores, valid = inference.find_peaks(np.stack(heatmaps), threshold=0.1, top_k=top_k,
+                                             stride=stride)
+    xy, scores, valid = np.asarray(xy), np.asarray(scores), np.asarray(valid)
+    assert xy.shape == (len(chunk), 17, top_k, 2) and valid.dtype == bool
+    for b, image_id in enumerate(chunk):
+      p = people[b]
+      keep = ~p["iscrowd"] & (p["num_keypoints"] > 0)
+      kps, person_scores = evaluation.oracle_keypoints(xy[b] / scales[b], scores[b], valid[b],
+                                                       p["keypoints"][keep])
+      results += evaluation.keypoint_results(image_id, kps, person_scores)
+  stats = evaluation.run_coco_eval(gt, results)
+  assert stats["AP"] >= 0.95, stats

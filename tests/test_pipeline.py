@@ -1,0 +1,158 @@
+"""Branches input pipeline: shapes/dtypes of the contract, determinism, eval letterbox, host split."""
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from mpn_jax.data import coco_keypoints
+from mpn_jax.data import pipeline
+from mpn_jax.data import preprocess
+
+S = 64
+M, P = 20, 8
+
+
+def _input_cfg(**kw):
+  cfg = pipeline.input_config()
+  cfg.update(dict(dict(size=S, batch_size=4, max_boxes=M, max_people=P, shuffle_buffer=8), **kw))
+  return cfg
+
+
+def _load(coco_dir, split, num):
+  name = {"train": "train2017", "val": "val2017"}[split]
+  _, items = coco_keypoints.load_annotations(
+      coco_dir / "annotations" / f"person_keypoints_{name}_sample.json")
+  items = [it for it in items if it[1]][:num]
+  return items, [pipeline.example_from_coco(r, a, coco_dir / name) for r, a in items]
+
+
+@pytest.fixture(scope="module")
+def train_examples(coco_dir):
+  return _load(coco_dir, "train", 6)[1]
+
+
+def _take(ds, n):
+  return list(ds.take(n).as_numpy_iterator())
+
+
+def test_input_config_has_the_documented_fields():
+  cfg = pipeline.input_config()
+  for field in ("size", "batch_size", "heatmap_sigma", "max_boxes", "max_people", "shuffle_buffer"):
+    assert field in cfg
+  for field in ("scale_min", "scale_max", "rotation", "translate", "flip", "color_jitter"):
+    assert field in cfg.augment
+  assert cfg.size % 4 == 0 and cfg.augment.scale_min <= cfg.augment.scale_max
+
+
+def test_train_batches_contract_and_determinism(train_examples):
+  cfg = _input_cfg()
+  ds = lambda seed: pipeline.train_batches(pipeline.examples_dataset(train_examples), cfg, 4, seed)
+  a, b, c = _take(ds(0), 3), _take(ds(0), 3), _take(ds(1), 3)
+  expected = {
+      "image": ((4, S, S, 3), np.float32), "heatmaps": ((4, S // 4, S // 4, 17), np.float32),
+      "mask": ((4, S // 4, S // 4, 1), np.float32), "weights": ((4, S // 4, S // 4, 1), np.float32),
+      "boxes": ((4, M, 4), np.float32), "box_labels": ((4, M), np.int32),
+      "keypoints": ((4, P, 17, 3), np.float32)}
+  for batch in a:
+    assert {k: (v.shape, v.dtype) for k, v in batch.items()} == expected
+    assert 0 <= batch["heatmaps"].min() and batch["heatmaps"].max() <= 1
+    assert set(np.unique(batch["weights"])) <= {0.0, 1.0}
+    assert 0 <= batch["mask"].min() and batch["mask"].max() <= 1
+    assert set(np.unique(batch["box_labels"])) <= {-1, 0, 1}
+    real = batch["box_labels"] != 0
+    boxes = batch["boxes"]
+    assert np.all(boxes[real][:, 2:] >= boxes[real][:, :2]) and np.all((boxes >= 0) & (boxes <= S))
+    assert np.all(boxes[~real] == 0)
+    kp = batch["keypoints"]
+    vis = kp[..., 2] > 0
+    assert np.all((kp[vis][:, :2] >= 0) & (kp[vis][:, :2] < S)) and np.all(kp[~vis] == 0)
+  assert sum((batch["box_labels"] == 1).sum() for batch in a) > 0
+  # Same seed: the same stream, bit for bit; another seed: other draws.
+  for x, y in zip(a, b):
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+  assert not np.array_equal(a[0]["image"], c[0]["image"])
+
+
+def test_train_batches_without_augmentation_are_the_eval_letterbox(train_examples):
+  cfg = _input_cfg(shuffle_buffer=0)
+  cfg.augment.update(dict(scale_min=1.0, scale_max=1.0, rotation=0.0, translate=0.0, flip=0.0))
+  cfg.augment.color_jitter.update(dict(brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0))
+  batch = _take(pipeline.train_batches(pipeline.examples_dataset(train_examples[:4]), cfg, 4, 0),
+                1)[0]
+  for i, ex in enumerate(train_examples[:4]):
+    ref, scale = preprocess.letterbox(ex["image"], S)
+    h, w = ex["image"].shape[:2]
+    nh, nw = round(h * scale), round(w * scale)
+    diff = np.abs(batch["image"][i, :nh - 1, :nw - 1] - ref[:nh - 1, :nw - 1])
+    assert diff.mean() < 0.06, diff.mean()
+    # Keypoints are the originals times the letterbox scale.
+    kp = ex["people"]["keypoints"]
+    people = kp[(kp[..., 2] > 0).any(-1) & ~ex["people"]["iscrowd"]][:P]
+    lab = people[..., 2] > 0
+    np.testing.assert_allclose(batch["keypoints"][i, :len(people)][lab][:, :2],
+                               people[lab][:, :2] * scale, rtol=1e-5, atol=1e-4)
+
+
+def test_eval_batches_letterbox_and_padding(coco_dir):
+  items, examples = _load(coco_dir, "val", 5)
+  cfg = _input_cfg()
+  batches = list(pipeline.eval_batches(pipeline.examples_dataset(examples), cfg, 4, num_batches=3))
+  assert len(batches) == 3
+  valid = np.concatenate([b["valid"] for b in batches])
+  assert valid.tolist() == [True] * 5 + [False] * 7
+  ids = np.concatenate([b["image_id"] for b in batches])[valid]
+  assert ids.tolist() == [rec["id"] for rec, _ in items]
+  scales = np.concatenate([b["scale"] for b in batches])[valid]
+  sizes = np.concatenate([b["image_size"] for b in batches])[valid]
+  images = np.concatenate([b["image"] for b in batches])
+  assert images.shape == (12, S, S, 3) and images.dtype == np.float32
+  for i, (rec, _) in enumerate(items):
+    assert sizes[i].tolist() == [rec["height"], rec["width"]]
+    np.testing.assert_allclose(scales[i], S / max(rec["height"], rec["width"]), rtol=1e-6)
+    ref, ref_scale = preprocess.letterbox(examples[i]["image"], S)
+    assert ref_scale == pytest.approx(scales[i])
+    assert np.abs(images[i] - ref).mean() < 0.05
+  assert np.all(images[~valid] == 0)
+
+
+@pytest.fixture(scope="module")
+def synthetic_config(tmp_path_factory):
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.dataset = ml_collections.ConfigDict(dict(
+      name="mpn_synthetic", data_dir=str(tmp_path_factory.mktemp("tfds")), image_size=64,
+      num_train=8, num_val=5, train_split="train", eval_split="validation"))
+  config.input = _input_cfg()
+  return config
+
+
+def test_make_train_iterator_from_tfds(synthetic_config):
+  first = [next(pipeline.make_train_iterator(synthetic_config)) for _ in range(2)]
+  for k, v in first[0].items():
+    np.testing.assert_array_equal(v, first[1][k])
+  assert first[0]["image"].shape == (4, S, S, 3)
+  assert (first[0]["box_labels"] == 1).any() and first[0]["heatmaps"].max() > 0.5
+  with pytest.raises(ValueError, match="batch_size"):
+    bad = ml_collections.ConfigDict(synthetic_config.to_dict())
+    bad.input.batch_size = 6  # not a multiple of the 4 test devices
+    pipeline.make_train_iterator(bad)
+
+
+def test_make_eval_iterator_splits_over_hosts(synthetic_config, monkeypatch):
+  single = list(pipeline.make_eval_iterator(synthetic_config, "validation"))
+  ids = np.concatenate([b["image_id"][b["valid"]] for b in single])
+  assert len(ids) == 5 and len(set(ids)) == 5
+  assert all(b["image"].shape == (4, S, S, 3) for b in single)
+  # Two hosts: each reads its own part with half the batch, both yield the same number of batches,
+  # and together they see every image exactly once.
+  per_host = []
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  for p in range(2):
+    monkeypatch.setattr(jax, "process_index", lambda p=p: p)
+    per_host.append(list(pipeline.make_eval_iterator(synthetic_config, "validation")))
+  assert len(per_host[0]) == len(per_host[1]) == 2
+  assert all(b["image"].shape[0] == 2 for host in per_host for b in host)
+  seen = np.concatenate([b["image_id"][b["valid"]] for host in per_host for b in host])
+  assert sorted(seen.tolist()) == sorted(ids.tolist())
