@@ -78,7 +78,8 @@ def evaluate(config, workdir):
   else:
     stats = evaluate_detector(config, ec, workdir)
   output = ec.output or os.path.join(workdir, "eval", f"{ec.mode}_stats.json")
-  evaluation.write_json(output, stats)
+  if jax.process_index() == 0:  # every process holds the same statistics
+    evaluation.write_json(output, stats)
   logging.info("evaluation (%s) took %.1f s; statistics written to %s", ec.mode,
                time.time() - start, output)
   print(f"statistics written to {output}")
@@ -105,18 +106,27 @@ def prn_apply_fn(config, workdir):
 # --- prn_gt -------------------------------------------------------------------------------------
 
 
-def _prn_data(config):
-  return config.get("data", None) or ml_collections.ConfigDict()
+def _default_prn_ann_file(config):
+  """The PRN config's validation annotations (config.data.val_file; for the synthetic dataset,
+  its validation annotation file, built on first use), or '' when there is none."""
+  data = config.get("data", None)
+  if data is None:
+    return ""
+  if data.get("name") == "mpn_synthetic":
+    from mpn_jax.training import loop  # pylint: disable=g-import-not-at-top
+    data = loop.resolve_prn_files(config).data
+  if not data.get("val_file"):
+    return ""
+  from mpn_jax.data import prn_samples  # pylint: disable=g-import-not-at-top
+  return prn_samples.resolve(os.path.expanduser(data.get("data_dir", "") or ""),
+                             os.path.expanduser(data.val_file))
 
 
 def evaluate_prn_gt(config, ec, workdir):
   """The PRN-on-ground-truth protocol on ec.ann_file (default: the PRN config's val_file)."""
   from mpn_jax import prn_protocol  # pylint: disable=g-import-not-at-top
-  data = _prn_data(config)
-  ann_file = ec.ann_file
-  if not ann_file and data.get("val_file"):
-    from mpn_jax.data import prn_samples  # pylint: disable=g-import-not-at-top
-    ann_file = prn_samples.resolve(data.get("data_dir", ""), data.val_file)
+  data = config.get("data", None) or ml_collections.ConfigDict()
+  ann_file = ec.ann_file or _default_prn_ann_file(config)
   _require_file(ann_file, "config.eval.ann_file")
   prn_apply = prn_apply_fn(config, workdir) if ec.assign == "prn" else None
   method = _method(config, ec)
@@ -147,7 +157,8 @@ def _require_file(path, flag):
 
 def _write_results(ec, workdir, results):
   path = ec.results_file or os.path.join(workdir, "eval", f"{ec.mode}_results.json")
-  evaluation.write_json(path, results)
+  if jax.process_index() == 0:
+    evaluation.write_json(path, results)
   logging.info("%d COCO results written to %s", len(results), path)
   return path
 
@@ -216,7 +227,7 @@ class _Pictures:
     self.count = 0
 
   def add(self, batch, out, draw):
-    """draw(batch, i, b) -> (keypoints, scores, boxes) of local row i / global row b."""
+    """draw(i, b) -> (keypoints, scores, boxes) of the batch's local row i = global row b."""
     offset = jax.process_index() * len(batch["valid"])
     for i in range(len(batch["valid"])):
       if self.count >= self.limit:
@@ -231,10 +242,16 @@ class _Pictures:
 
 
 def _report_images(num_images, skipped):
+  """Prints how many images were evaluated and how many were unreadable (over all processes)."""
+  num_skipped = len(skipped.paths)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    num_skipped = int(np.sum(multihost_utils.process_allgather(np.int32(num_skipped))))
   msg = f"{num_images} images evaluated"
-  if skipped.paths:
-    msg += (f"; {len(skipped.paths)} unreadable image(s) skipped (not evaluated), first: "
-            f"{skipped.paths[0]}")
+  if num_skipped:
+    msg += f"; {num_skipped} unreadable image(s) skipped (not evaluated)"
+    if skipped.paths:
+      msg += f", e.g. {skipped.paths[0]}"
   print(msg)
   logging.info(msg)
 

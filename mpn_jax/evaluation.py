@@ -158,6 +158,7 @@ def run_coco_eval(gt, results, iou_type="keypoints", image_ids=None, verbose=Fal
   Returns:
     dict name -> float for the named statistics (STAT_NAMES for keypoints, BBOX_STAT_NAMES for bbox).
     With no results at all every statistic is 0.0 (pycocotools cannot load an empty result list).
+    A statistic is -1.0 where the ground truth has nobody in its area range (COCOeval's convention).
   """
   from pycocotools.cocoeval import COCOeval  # pylint: disable=g-import-not-at-top
   names = STAT_NAMES if iou_type == "keypoints" else BBOX_STAT_NAMES

@@ -37,6 +37,7 @@ from mpn_jax import prn_grid
 HEATMAP_STRIDE = 4
 PRN_INPUTS = ("peaks", "heatmaps")
 REFINE_MODES = ("quadratic", "quarter", "none")
+_SCALE_MULTIPLE = 32
 
 
 def inference_config():
@@ -103,7 +104,8 @@ def _refine_offset(left, center, right, has_both, mode):
 def find_peaks(heatmaps, threshold, top_k, stride=HEATMAP_STRIDE, refine="quadratic"):
   """Local maxima of keypoint heatmaps, per keypoint type, in input-image pixels.
 
-  A peak is a cell equal to the maximum of its 3x3 neighbourhood and > threshold. Its position is
+  A peak is a cell equal to the maximum of its 3x3 neighbourhood and > threshold (of equal
+  neighbouring maxima only the first in raster order counts). Its position is
   refined along x and y separately: 'quadratic' fits a parabola through the cell and its two
   neighbours (exact for a quadratic, close for a Gaussian peak), 'quarter' moves a quarter cell
   toward the higher neighbour (the SimpleBaseline rule), 'none' keeps the cell centre. Cell j's
@@ -125,8 +127,14 @@ def find_peaks(heatmaps, threshold, top_k, stride=HEATMAP_STRIDE, refine="quadra
   hm = jnp.asarray(heatmaps, jnp.float32)
   b, h, w, k = hm.shape
   pooled = jax.lax.reduce_window(hm, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 1, 1, 1), "SAME")
+  # Plateaus (equal neighbouring maxima, e.g. a Gaussian centred between two cells) give one peak:
+  # a cell must be strictly above its neighbours that come before it in raster order.
+  padded = jnp.pad(hm, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+  earlier = jnp.maximum(jnp.maximum(padded[:, :h, :w], padded[:, :h, 1:w + 1]),
+                        jnp.maximum(padded[:, :h, 2:], padded[:, 1:h + 1, :w]))
+  is_peak = (hm == pooled) & (hm > earlier) & (hm > threshold)
   flat = jnp.transpose(hm, (0, 3, 1, 2)).reshape(b, k, h * w)
-  is_peak = jnp.transpose((hm == pooled) & (hm > threshold), (0, 3, 1, 2)).reshape(b, k, h * w)
+  is_peak = jnp.transpose(is_peak, (0, 3, 1, 2)).reshape(b, k, h * w)
   n = min(top_k, h * w)
   scores, idx = jax.lax.top_k(jnp.where(is_peak, flat, -jnp.inf), n)
   valid = scores > -jnp.inf
@@ -286,8 +294,22 @@ def flip_heatmaps(heatmaps):
   return heatmaps[:, :, ::-1, :][..., perm]
 
 
+def _scaled_size(n, scale):
+  # Extra scales are rounded to a multiple of 32 (the P5 stride): the FPN's feature maps then nest
+  # exactly and flipping stays exact; boxes are mapped back with the actual factor.
+  if scale == 1.0:
+    return n
+  return max(_SCALE_MULTIPLE, int(round(n * scale / _SCALE_MULTIPLE)) * _SCALE_MULTIPLE)
+
+
 def merge_outputs(apply_fn, images, config):
   """Runs the network on every TTA variant and merges the outputs on the base input grid.
+
+  Variants: each scale in `config.scales` (the image resized bilinearly, sides rounded to a multiple
+  of 32 unless the scale is 1), each also mirrored when `config.flip`. Heatmaps of a mirrored run are
+  mirrored back with the left/right channels swapped; all are resized to the base stride-4 grid and
+  averaged. Box candidates are mirrored / rescaled back to the base input and concatenated, so NMS
+  (in `select_people`) merges the variants' detections.
 
   Args:
     apply_fn: images [B, H', W', 3] -> MultiPoseNet output dict ('keypoints', 'cls_logits',
@@ -299,10 +321,13 @@ def merge_outputs(apply_fn, images, config):
     [B, V*P, 4] float32 in base input pixels and their scores [B, V*P].
   """
   b, h, w, _ = images.shape
+  if config.flip and w % HEATMAP_STRIDE:
+    raise ValueError(f"inference.flip needs an input width that is a multiple of {HEATMAP_STRIDE} "
+                     f"(got {w}): set input.size accordingly or turn flip off")
   base = (-(-h // HEATMAP_STRIDE), -(-w // HEATMAP_STRIDE))
   heat, cand_boxes, cand_scores = [], [], []
   for s in config.scales:
-    sh, sw = max(1, int(round(h * s))), max(1, int(round(w * s)))
+    sh, sw = _scaled_size(h, s), _scaled_size(w, s)
     scaled = images if (sh, sw) == (h, w) else jax.image.resize(images, (b, sh, sw, 3), "bilinear")
     for flip in ((False, True) if config.flip else (False,)):
       out = apply_fn(scaled[:, :, ::-1] if flip else scaled)

@@ -100,11 +100,16 @@ def inference_settings(config, branches_cfg, method=""):
   """
   icfg = inference.inference_config()
   _overlay(icfg, branches_cfg.get("inference") if branches_cfg is not None else None)
+  data = config.get("data")
   if config.get("inference") is not None:
     _overlay(icfg, config.inference)
-  elif config.get("data") is not None:
-    icfg.prn_sigma = float(config.data.get("input_sigma", icfg.prn_sigma))
-    icfg.box_widen = float(config.data.get("widen", icfg.box_widen))
+    for field, train_field in (("prn_sigma", "input_sigma"), ("box_widen", "widen")):
+      if data is not None and train_field in data and data[train_field] != icfg[field]:
+        logging.warning("inference.%s=%s differs from data.%s=%s the PRN was trained with",
+                        field, icfg[field], train_field, data[train_field])
+  elif data is not None:
+    icfg.prn_sigma = float(data.get("input_sigma", icfg.prn_sigma))
+    icfg.box_widen = float(data.get("widen", icfg.box_widen))
   if method:
     icfg.assign_method = method
   return icfg
@@ -233,7 +238,6 @@ def image_batches(items, size, batch_size, skipped, keep_originals=0):
     try:
       rgb = preprocess.load_image(path)
     except ValueError as e:
-      logging.warning("skipping unreadable image: %s", e)
       print(f"warning: skipping unreadable image {path}: {e}", file=sys.stderr)
       skipped.paths.append(str(path))
       continue

@@ -51,7 +51,9 @@ def draw_people(image, keypoints=None, boxes=None, scores=None, threshold=0.0, l
   if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
     raise ValueError(f"draw_people expects an [H, W, 3] uint8 RGB image, got {image.shape} "
                      f"{image.dtype}")
-  n = max(0 if keypoints is None else len(keypoints), 0 if boxes is None else len(boxes))
+  if keypoints is not None and boxes is not None and len(keypoints) != len(boxes):
+    raise ValueError(f"draw_people: {len(keypoints)} keypoint sets but {len(boxes)} boxes")
+  n = len(keypoints) if keypoints is not None else (0 if boxes is None else len(boxes))
   colors = colors or person_colors(n)
   width = line_width or _line_width(image.shape[:2])
   radius = width + 1

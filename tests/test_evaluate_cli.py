@@ -124,6 +124,9 @@ def tiny_stages(tmp_path_factory):
   bcfg = predict.load_config_file(str(REPO / "configs" / "branches.py") + ":smoke")
   bcfg.model = models.multiposenet_config("tiny")
   bcfg.input.size = 96
+  # A tiny synthetic TFDS dataset (prepared only by the test that evaluates a TFDS split).
+  bcfg.dataset.update(dict(name="mpn_synthetic", data_dir=str(root / "tfds"), image_size=64,
+                           num_train=4, num_val=5))
   _save_stage(root / "branches", models.build_multiposenet(bcfg.model), bcfg, (1, 96, 96, 3))
   pcfg = predict.load_config_file(str(REPO / "configs" / "prn.py") + ":smoke")
   pcfg.model = models.prn_config("tiny")
@@ -202,6 +205,44 @@ def test_pipeline_missing_branches_checkpoint(tiny_stages, image_set, tmp_path):
   config = _pipeline_config(pcfg, tmp_path / "nothing", tmp_path, ann_file, folder)
   with pytest.raises(FileNotFoundError, match="configs/branches.py.*branches_workdir"):
     evaluate_lib.evaluate(config, str(prn))
+
+
+def test_pipeline_on_the_tfds_split_of_the_branches_run(tiny_stages, tmp_path, capsys):
+  branches, prn, pcfg, _ = tiny_stages
+  config = ml_collections.ConfigDict(pcfg.to_dict())
+  config.eval = evaluate_lib.eval_config("pipeline")
+  config.eval.update(dict(branches_workdir=str(branches), batch_size=4, pictures=1,
+                          picture_min_score=0.0, pictures_dir=str(tmp_path / "pics"),
+                          output=str(tmp_path / "stats.json"),
+                          results_file=str(tmp_path / "results.json")))
+  stats = evaluate_lib.evaluate(config, str(prn))
+  assert "5 images evaluated" in capsys.readouterr().out  # 2 batches of 4, the last padded
+  assert list(stats) == list(evaluation.STAT_NAMES)
+  # -1 is COCOeval's "no ground truth in this area range" (the synthetic people are all small).
+  assert all(0.0 <= v <= 1.0 or v == -1.0 for v in stats.values())
+  results = json.load(open(tmp_path / "results.json"))
+  assert len({r["image_id"] for r in results}) <= 5
+  # The synthetic 64x64 images are drawn on the letterboxed input, cropped to the image (96x96).
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  pictures = list((tmp_path / "pics").glob("*.png"))
+  assert len(pictures) == 1 and Image.open(pictures[0]).size == (96, 96)
+
+
+def test_prn_gt_with_a_restored_prn(tiny_stages, coco_dir, tmp_path):
+  _, prn, pcfg, _ = tiny_stages
+  config = ml_collections.ConfigDict(pcfg.to_dict())
+  config.eval = evaluate_lib.eval_config("prn_gt")
+  config.eval.update(dict(ann_file=str(coco_dir / PRN_VAL), output=str(tmp_path / "o.json"),
+                          results_file=str(tmp_path / "r.json")))
+  stats = evaluate_lib.evaluate(config, str(prn))
+  assert list(stats) == list(evaluation.STAT_NAMES)
+  assert all(0.0 <= v <= 1.0 for v in stats.values())
+  # Every person box of the images with a labelled keypoint is a person to fill.
+  ann = json.load(open(coco_dir / PRN_VAL))
+  labelled = {a["image_id"] for a in ann["annotations"] if a["num_keypoints"] > 0}
+  boxes = sum(a["image_id"] in labelled for a in ann["annotations"])
+  results = json.load(open(tmp_path / "r.json"))
+  assert len(results) == boxes and {r["image_id"] for r in results} == labelled
 
 
 def test_detector_mode_on_real_images(tiny_stages, image_set, tmp_path):

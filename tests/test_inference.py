@@ -71,6 +71,15 @@ def test_refinement_on_a_gaussian(refine, tol_cells):
   assert float(scores[0, 0, 1]) == 0.0  # one peak only: second slot empty
 
 
+def test_plateau_gives_one_peak_at_its_middle():
+  u, v = _cell_grid(10, 10)
+  x0, y0 = 5.0, 4.0  # between cells 4 and 5 along x, between cells 3 and 4 along y: 4 equal cells
+  hm = np.exp(-((u - x0) ** 2 + (v - y0) ** 2) / 2.0).astype(np.float32)[None, :, :, None]
+  xy, _, valid = inference.find_peaks(hm, 0.1, 3, stride=4)
+  np.testing.assert_array_equal(np.asarray(valid[0, 0]), [True, False, False])
+  np.testing.assert_allclose(np.asarray(xy[0, 0, 0]), [4 * x0, 4 * y0], atol=0.05)
+
+
 def test_peaks_threshold_padding_and_border():
   hm = np.zeros((1, 2, 3, 2), np.float32)
   hm[0, 0, 0, 0] = 0.9  # corner peak: no refinement possible
@@ -147,6 +156,19 @@ def test_crop_reproduces_a_linear_ramp():
   want = np.stack([0.3 * pts[..., 0] - 0.2 * pts[..., 1] + 1.0,
                    -0.1 * pts[..., 0] + 0.05 * pts[..., 1]], -1)
   np.testing.assert_allclose(crops, want, atol=1e-4)
+
+
+def test_crop_matches_scipy_map_coordinates():
+  rng = np.random.default_rng(9)
+  hm = rng.uniform(size=(20, 15, 2)).astype(np.float32)
+  xy = rng.uniform(1, 25, (5, 2))
+  box = np.concatenate([xy, xy + rng.uniform(5, 30, (5, 2))], 1).astype(np.float32)  # x < 60 = 4 w
+  got = np.asarray(inference.crop_heatmaps(hm, box, 4))
+  pts = prn_grid.cell_centers(box) / 4.0 - 0.5  # index coordinates: cell j centred at j
+  for c in range(2):
+    want = ndimage.map_coordinates(hm[..., c], [pts[..., 1].ravel(), pts[..., 0].ravel()], order=1,
+                                   mode="nearest").reshape(pts.shape[:-1])
+    np.testing.assert_allclose(got[..., c], want, atol=1e-5)
 
 
 def test_crop_of_the_whole_map_is_the_map():
@@ -276,6 +298,8 @@ def test_flip_tta_pipeline_is_mirror_equivariant(flip_tta_run):
                              np.asarray(box_lib.flip_horizontal(a["boxes"], S)), atol=1e-3)
   ka, kb = np.asarray(a["keypoints"]), np.asarray(b["keypoints"])
   v = np.asarray(a["valid"])
+  centres = (np.asarray(a["boxes"])[..., :2] + np.asarray(a["boxes"])[..., 2:]) / 2
+  assert (np.abs(ka[..., :2] - centres[:, :, None]).sum(-1) > 1e-3)[v].mean() > 0.5  # assigned
   mirrored = ka[:, :, coco.FLIP_PERM]
   mirrored[..., 0] = S - mirrored[..., 0]
   np.testing.assert_allclose(kb[v], mirrored[v], atol=1e-3)
@@ -301,7 +325,9 @@ def _sum_prn(x):
   return x / jnp.maximum(x.sum(axis=(1, 2), keepdims=True), 1e-9)
 
 
-def test_pipeline_on_letterboxed_images_of_different_sizes():
+@pytest.mark.parametrize("method,prn_input", [("greedy", "peaks"), ("hungarian", "peaks"),
+                                              ("mutual", "heatmaps")])
+def test_pipeline_on_letterboxed_images_of_different_sizes(method, prn_input):
   rng = np.random.default_rng(6)
   sizes = [(48, 80), (64, 32), (40, 40)]
   gt_boxes = [[(2, 4, 30, 44), (46, 6, 78, 46)], [(4, 10, 28, 60)], [(8, 6, 34, 38)]]
@@ -324,7 +350,7 @@ def test_pipeline_on_letterboxed_images_of_different_sizes():
   scaled_boxes = [[tuple(np.array(b) * s) for b in people] for people, s in zip(gt_boxes, scales)]
   cls, deltas = _detector_outputs(scaled_boxes, [[3.0, 2.0], [2.0], [1.0]])
   outputs = {"keypoints": jnp.asarray(np.stack(heat)), "cls_logits": cls, "box_deltas": deltas}
-  cfg = _config(max_people=3, peaks_per_keypoint=4)
+  cfg = _config(max_people=3, peaks_per_keypoint=4, assign_method=method, prn_input=prn_input)
   out = jax.jit(lambda o, s: inference.predict_from_outputs(o, s, _sum_prn, cfg))(
       outputs, jnp.asarray(scales, jnp.float32))
   assert out["keypoints"].shape == (3, 3, K, 3)
@@ -375,6 +401,8 @@ def test_bad_config_is_rejected():
   with pytest.raises(ValueError, match="prn_input"):
     inference.predict_people(jnp.zeros((1, 4, 4, K)), jnp.zeros((1, 2, 4)), jnp.zeros((1, 2)),
                              jnp.ones((1,)), _sum_prn, _config(prn_input="boxes"), (16, 16))
+  with pytest.raises(ValueError, match="multiple of 4"):
+    inference.merge_outputs(lambda x: None, jnp.zeros((1, 16, 30, 3)), _config(flip=True))
 
 
 # ------------------------------------------------------------------------------------------------

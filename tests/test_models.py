@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mpn_jax import boxes
 from mpn_jax import models
 from mpn_jax.models import fpn
 
@@ -58,10 +59,13 @@ def test_full_model_output_shapes(height, width):
                        jax.ShapeDtypeStruct((2, height, width, 3), jnp.float32))
   size = lambda l: (math.ceil(height / 2**l), math.ceil(width / 2**l))
   assert out["keypoints"].shape == (2, *size(2), 18)
-  assert [o.shape for o in out["keypoints_intermediate"]] == [(2, *size(l), 18) for l in (2, 3, 4, 5)]
+  assert [o.shape for o in out["keypoints_intermediate"]] == [
+      (2, *size(l), 18) for l in (2, 3, 4, 5)]
   num_anchors = 9 * sum(size(l)[0] * size(l)[1] for l in (3, 4, 5, 6, 7))
   if (height, width) == (480, 480):
     assert num_anchors == 9 * (60**2 + 30**2 + 15**2 + 8**2 + 4**2)
+  anchors = jax.eval_shape(lambda: boxes.generate_anchors((height, width)))
+  assert anchors.shape == (num_anchors, 4)  # the head's outputs pair one-to-one with the anchors
   assert out["cls_logits"].shape == (2, num_anchors, 1)
   assert out["box_deltas"].shape == (2, num_anchors, 4)
   assert all(o.dtype == jnp.float32 for o in jax.tree.leaves(out))
@@ -194,7 +198,9 @@ def test_bfloat16_compute(tiny):
   cfg.dtype = "bfloat16"
   model16 = models.build_multiposenet(cfg)
   model32 = models.build_multiposenet(models.multiposenet_config("tiny"))
-  out16, state = jax.jit(lambda v, x: model16.apply(v, x, train=False, capture_intermediates=True))(
+  capture = lambda mdl, _: mdl.name == "conv2"
+  out16, state = jax.jit(lambda v, x: model16.apply(v, x, train=False,
+                                                    capture_intermediates=capture))(
       variables, images)
   out32 = jax.jit(lambda v, x: model32.apply(v, x, train=False))(variables, images)
   for a, b in zip(jax.tree.leaves(out16), jax.tree.leaves(out32)):
@@ -210,8 +216,9 @@ def test_frozen_batchnorm(frozen_bn):
   backbone = models.ResNet(stage_sizes=(1, 1), width=4, frozen_bn=frozen_bn)
   x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3)) * 3.0 + 1.0
   variables = _random_variables(backbone, x.shape)
-  out, updates = backbone.apply(variables, x, train=True, mutable=["batch_stats"])
-  eval_out = backbone.apply(variables, x, train=False)
+  out, updates = jax.jit(lambda v, x: backbone.apply(v, x, train=True, mutable=["batch_stats"]))(
+      variables, x)
+  eval_out = jax.jit(lambda v, x: backbone.apply(v, x, train=False))(variables, x)
   changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), variables["batch_stats"],
                          updates["batch_stats"])
   if frozen_bn:
@@ -248,7 +255,7 @@ def test_freeze_at_stops_gradients(freeze_at, frozen, trained):
     out = backbone.apply({"params": params, "batch_stats": variables["batch_stats"]}, x)
     return sum(jnp.sum(f**2) for f in out.values())
 
-  grads = flax.traverse_util.flatten_dict(jax.grad(loss)(variables["params"]), sep="/")
+  grads = flax.traverse_util.flatten_dict(jax.jit(jax.grad(loss))(variables["params"]), sep="/")
   norm = lambda prefix: sum(float(jnp.abs(g).sum()) for k, g in grads.items()
                             if k.startswith(prefix + "/"))
   for name in frozen:
@@ -269,3 +276,83 @@ def test_bad_config_values():
   cfg.backbone.depth = 34
   with pytest.raises(ValueError, match="depth 34"):
     models.build_multiposenet(cfg)
+
+
+def _np_conv_nhwc(x, kernel, bias, stride=1):
+  """Symmetric-padding ('k // 2') cross-correlation in numpy: [B, H, W, C] x [k, k, C, O]."""
+  k = kernel.shape[0]
+  x = np.pad(x, ((0, 0), (k // 2, k // 2), (k // 2, k // 2), (0, 0)))
+  h, w = (x.shape[1] - k) // stride + 1, (x.shape[2] - k) // stride + 1
+  out = np.zeros((x.shape[0], h, w, kernel.shape[-1]))
+  for i in range(k):
+    for j in range(k):
+      out += x[:, i:i + stride * h:stride, j:j + stride * w:stride] @ kernel[i, j]
+  return out + bias
+
+
+def test_fpns_match_numpy():
+  rng = np.random.default_rng(0)
+  sizes = {2: (13, 9), 3: (7, 5), 4: (4, 3), 5: (2, 2)}  # ceil(52 / 2^l), ceil(36 / 2^l)
+  feats = {f"C{l}": rng.normal(size=(1, *hw, 3 + l)).astype(np.float32) for l, hw in sizes.items()}
+  nearest_up = lambda x, shape: x.repeat(2, 1).repeat(2, 2)[:, :shape[0], :shape[1]]
+
+  kfpn = models.KeypointFPN(channels=4)
+  abstract = jax.eval_shape(lambda: kfpn.init(jax.random.key(0), feats))
+  params = jax.tree.map(lambda a: rng.normal(size=a.shape).astype(np.float32), abstract)
+  out = kfpn.apply(params, feats)
+  p = params["params"]
+  lat = {l: _np_conv_nhwc(feats[f"C{l}"], p[f"lateral{l}"]["kernel"], p[f"lateral{l}"]["bias"])
+         for l in sizes}
+  merged = {5: lat[5]}
+  for l in (4, 3, 2):
+    merged[l] = lat[l] + nearest_up(merged[l + 1], sizes[l])
+  for l in sizes:
+    want = _np_conv_nhwc(merged[l], p[f"smooth{l}"]["kernel"], p[f"smooth{l}"]["bias"])
+    np.testing.assert_allclose(out[f"P{l}"], want, rtol=1e-4, atol=1e-4)
+
+  dfpn = models.DetectionFPN(channels=4)
+  abstract = jax.eval_shape(lambda: dfpn.init(jax.random.key(0), feats))
+  params = jax.tree.map(lambda a: rng.normal(size=a.shape).astype(np.float32), abstract)
+  out = dfpn.apply(params, feats)
+  p = params["params"]
+  assert "lateral2" not in p
+  p6 = _np_conv_nhwc(feats["C5"], p["p6"]["kernel"], p["p6"]["bias"], stride=2)
+  p7 = _np_conv_nhwc(np.maximum(p6, 0), p["p7"]["kernel"], p["p7"]["bias"], stride=2)
+  np.testing.assert_allclose(out["P6"], p6, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(out["P7"], p7, rtol=1e-4, atol=1e-4)
+  assert out["P3"].shape == (1, 7, 5, 4)
+
+
+@pytest.mark.parametrize("intermediate_on", ["fpn", "subnet"])
+def test_keypoint_head_matches_numpy(intermediate_on):
+  rng = np.random.default_rng(1)
+  sizes = {2: (13, 9), 3: (7, 5), 4: (4, 3), 5: (2, 2)}
+  pyramid = {f"P{l}": rng.normal(size=(1, *hw, 3)).astype(np.float32) for l, hw in sizes.items()}
+  head = models.KeypointHead(channels=2, fused_channels=3, num_outputs=5,
+                             intermediate_on=intermediate_on)
+  abstract = jax.eval_shape(lambda: head.init(jax.random.key(0), pyramid))
+  variables = jax.tree.map(lambda a: (0.5 * rng.normal(size=a.shape)).astype(np.float32), abstract)
+  final, intermediate = head.apply(variables, pyramid)
+  p = variables["params"]
+  conv = lambda x, name: _np_conv_nhwc(x, p[name]["kernel"], p[name]["bias"])
+  ups = []
+  for i, l in enumerate(sizes):
+    d = np.maximum(conv(np.maximum(conv(pyramid[f"P{l}"], f"level{l}_conv0"), 0),
+                        f"level{l}_conv1"), 0)
+    src = pyramid[f"P{l}"] if intermediate_on == "fpn" else d
+    np.testing.assert_allclose(intermediate[i], conv(src, f"level{l}_out"), rtol=1e-4, atol=1e-4)
+    f = 2**(l - 2)
+    ups.append(d.repeat(f, 1).repeat(f, 2)[:, :13, :9])
+  want = conv(np.maximum(conv(np.concatenate(ups, -1), "fuse"), 0), "out")
+  assert final.shape == (1, 13, 9, 5)
+  np.testing.assert_allclose(final, want, rtol=1e-4, atol=1e-4)
+
+
+def test_zero_init_residual():
+  backbone = models.ResNet(stage_sizes=(1, 1), width=4, zero_init_residual=True)
+  x = jax.random.normal(jax.random.key(0), (1, 16, 16, 3))
+  variables = backbone.init(jax.random.key(1, impl="rbg"), x)
+  block = variables["params"]["layer1_0"]
+  np.testing.assert_array_equal(block["bn3"]["scale"], 0.0)
+  np.testing.assert_array_equal(block["bn1"]["scale"], 1.0)
+  np.testing.assert_array_equal(block["downsample_1"]["scale"], 1.0)

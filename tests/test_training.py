@@ -3,6 +3,7 @@ and `python train.py` end to end on both stages' smoke presets."""
 
 import itertools
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -149,7 +150,7 @@ def test_init_from_copies_matching_subtrees_and_lists_mismatches(tmp_path):
   mesh = parallel.create_mesh()
   task = toy_task()
   tx, _ = state_lib.make_optimizer(toy_config().train)
-  state = loop.create_state(task, tx, jax.random.key(0), mesh)
+  state = loop.create_state(task, tx, 0, mesh)
   kernel = np.full((4, 16), 0.5, np.float32)
   good = tmp_path / "backbone_only"
   with ocp.StandardCheckpointer() as ckptr:  # closing waits for the (async) writes
@@ -225,6 +226,35 @@ def test_missing_coco_dataset_is_a_clear_error(tmp_path):
   assert str(tmp_path / "no_coco" / "annotations") in msg and "--config.dataset.coco_dir" in msg
 
 
+def _prn_smoke_config():
+  sys.path.insert(0, REPO)
+  from configs import prn  # pylint: disable=g-import-not-at-top
+  config = prn.get_config("smoke")
+  config.data.data_dir = os.path.join(REPO, config.data.data_dir)
+  return config
+
+
+def test_prn_steps_lower_the_loss(tmp_path, coco_dir):
+  del coco_dir  # the smoke preset reads the prn_train / prn_val files in ../shared
+  from mpn_jax.data import prn_samples  # pylint: disable=g-import-not-at-top
+  config = _prn_smoke_config()
+  config.train.num_steps, config.train.learning_rate = 12, 1e-2
+  config.train.checkpoint_every_steps = 12
+  config.model.dropout_rate = 0.0  # a smooth descent on one batch
+  task = loop.prn_task(config, parallel.create_mesh())
+  batch = next(prn_samples.make_prn_iterator(config))
+  task.train_iterator = lambda start: itertools.repeat(batch)  # fit one batch
+  r = loop.run(config, tmp_path, task)
+  assert np.mean([r.losses[s] for s in (10, 11, 12)]) < r.losses[1] - 0.2
+  assert "val_loss" in r.eval_metrics[12]  # evaluation at the end on the prn_val file
+
+
+def _logged_losses(stderr):
+  """{step: loss} from the loop's 'step N/M: loss X' log lines."""
+  return {int(m.group(1)): float(m.group(2))
+          for m in re.finditer(r"step (\d+)/\d+: loss ([-\d.eE+naif]+)", stderr)}
+
+
 def _train_cli(config, workdir, *overrides):
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
   cmd = [sys.executable, "train.py", f"--config={config}", f"--workdir={workdir}", *overrides]
@@ -248,6 +278,8 @@ def test_train_cli_branches_smoke(tmp_path):
   proc = _train_cli("configs/branches.py:smoke", tmp_path / "work",
                     f"--config.dataset.data_dir={tmp_path / 'tfds'}")
   assert proc.returncode == 0, proc.stderr[-3000:]
+  losses = _logged_losses(proc.stderr)
+  assert sorted(losses) == [1, 2, 3] and losses[3] < losses[1]  # a few steps lower the loss
   params, batch_stats, cfg = checkpoints.restore_variables(tmp_path / "work")
   assert cfg["stage"] == "branches"
   assert {"backbone", "keypoint_head", "retina_head"} <= set(params) and batch_stats

@@ -285,8 +285,9 @@ def batch_at(source, step, global_batch_size, seed, process_index=0, process_cou
   return _stack(samples)
 
 
-def make_prn_iterator(config, mesh=None):
-  """Infinite iterator of host-local training batches.
+def make_prn_iterator(config, mesh=None, start_step=0):
+  """Infinite iterator of host-local training batches, from global batch number `start_step` on
+  (a resumed run continues the same sequence).
 
   Reads config.data (`prn_data_config` fields; batch_size is the global batch) and config.seed.
   Yields dicts: 'inputs' [b, 56, 36, 17], 'targets' [b, 56, 36, 17], 'target_valid' [b, 17] float32,
@@ -300,7 +301,7 @@ def make_prn_iterator(config, mesh=None):
   source = _source(dcfg, list(dcfg.train_files), dcfg.augment)
   seed = int(config.get("seed", 0))
   pid, pcount = jax.process_index(), jax.process_count()
-  step = 0
+  step = int(start_step)
   while True:
     yield batch_at(source, step, global_bs, seed, pid, pcount)
     step += 1

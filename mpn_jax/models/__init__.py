@@ -1,4 +1,5 @@
-"""MultiPoseNet networks (Flax Linen, NHWC): ResNet backbone, FPNs, keypoint/RetinaNet heads, PRN."""
+"""MultiPoseNet networks (Flax Linen, NHWC): ResNet backbone, FPNs, keypoint and RetinaNet heads,
+and the Pose Residual Network."""
 
 from mpn_jax.models.fpn import DetectionFPN
 from mpn_jax.models.fpn import KeypointFPN

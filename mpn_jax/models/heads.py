@@ -27,8 +27,9 @@ class KeypointHead(nn.Module):
   to `num_outputs` (17 heatmaps + 1 person mask).
 
   Intermediate supervision: a 1x1 conv to `num_outputs` on each level at native resolution, applied
-  to the level's subnet features (`intermediate_on='subnet'`, so the loss reaches the per-level
-  convs) or directly to the FPN output ('fpn').
+  to the FPN output P_l (`intermediate_on='fpn'`, default, as in public MultiPoseNet
+  reimplementations) or to the level's subnet features ('subnet', so that loss also reaches the
+  per-level convs).
 
   Returns (final [B, h2, w2, num_outputs], [4 x [B, h_l, w_l, num_outputs]] for l = 2..5).
   """
@@ -36,7 +37,7 @@ class KeypointHead(nn.Module):
   fused_channels: int = 256
   num_outputs: int = 18
   upsample: str = "nearest"
-  intermediate_on: str = "subnet"
+  intermediate_on: str = "fpn"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 

@@ -34,7 +34,8 @@ def _dtype(name):
   try:
     return jnp.dtype(name)
   except TypeError as e:
-    raise ValueError(f"model dtype/param_dtype must be e.g. 'float32' or 'bfloat16', got {name!r}") from e
+    raise ValueError("model dtype/param_dtype must be e.g. 'float32' or 'bfloat16', "
+                     f"got {name!r}") from e
 
 
 def multiposenet_config(size="full"):
@@ -54,6 +55,7 @@ def multiposenet_config(size="full"):
   c.backbone.bn_momentum = 0.9
   c.backbone.frozen_bn = True      # BN uses running stats and never updates them (also in training)
   c.backbone.freeze_at = 0         # stop_gradient below: 1 stem, k>=2 stem+layer1..layer(k-1)
+  c.backbone.zero_init_residual = False  # last BN scale of each block = 0 (training from scratch)
 
   c.fpn_channels = 256
 
@@ -61,7 +63,7 @@ def multiposenet_config(size="full"):
   c.keypoint_head.channels = 128
   c.keypoint_head.fused_channels = 256
   c.keypoint_head.upsample = "nearest"       # 'nearest' | 'bilinear' (to stride 4)
-  c.keypoint_head.intermediate_on = "subnet"  # 'subnet' | 'fpn'
+  c.keypoint_head.intermediate_on = "fpn"  # 1x1 supervision conv on P_l ('fpn') | 'subnet'
 
   c.detection_fpn = ml_collections.ConfigDict()
   c.detection_fpn.p6_input = "C5"  # 'C5' (RetinaNet paper) | 'P5'
@@ -93,7 +95,8 @@ def prn_config(size="full"):
   c.param_dtype = "float32"
   c.hidden_sizes = (1024,)
   c.dropout_rate = 0.5
-  c.conv_dilations = ()   # e.g. (1, 2, 4): dilated 3x3 convs before (or, hidden_sizes=(), instead of) the MLP
+  # e.g. (1, 2, 4): dilated 3x3 convs before the MLP (or, with hidden_sizes=(), instead of it).
+  c.conv_dilations = ()
   c.conv_channels = 64
   if size == "tiny":
     c.hidden_sizes = (16,)
@@ -134,6 +137,7 @@ def build_backbone(backbone_cfg, dtype="float32", param_dtype="float32"):
   return resnet.ResNet(
       stage_sizes=stage_sizes, width=b.width, variant=b.variant, bn_epsilon=b.bn_epsilon,
       bn_momentum=b.bn_momentum, frozen_bn=b.frozen_bn, freeze_at=b.freeze_at,
+      zero_init_residual=b.get("zero_init_residual", False),
       dtype=_dtype(dtype), param_dtype=_dtype(param_dtype))
 
 

@@ -45,6 +45,7 @@ class Bottleneck(nn.Module):
   strides: int = 1
   variant: str = "v1.5"
   norm: Any = nn.BatchNorm
+  zero_init_residual: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -58,7 +59,10 @@ class Bottleneck(nn.Module):
     y = conv(self.features, (3, 3), strides=s2, padding=((1, 1), (1, 1)), name="conv2")(y)
     y = nn.relu(self.norm(name="bn2")(y))
     y = conv(self.features * EXPANSION, (1, 1), padding="VALID", name="conv3")(y)
-    y = self.norm(name="bn3")(y)
+    # Zero-initialised bn3 scale: every block starts as the identity (Goyal et al. 2017), which keeps
+    # activations bounded when training from scratch with frozen (identity) BatchNorm.
+    last_scale = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
+    y = self.norm(name="bn3", scale_init=last_scale)(y)
     if x.shape[-1] != self.features * EXPANSION or self.strides != 1:
       x = conv(self.features * EXPANSION, (1, 1), strides=self.strides, padding="VALID",
                name="downsample_0")(x)
@@ -80,6 +84,8 @@ class ResNet(nn.Module):
       exclude them from the optimizer if they should stay fixed too.
     freeze_at: stop gradients below this point: 0 nothing, 1 the stem (conv1/bn1), k >= 2 the stem
       and layer1..layer(k-1) (5 = the whole backbone).
+    zero_init_residual: initialise each block's last BN scale to 0 (only matters without
+      pretrained weights).
   """
   stage_sizes: Sequence[int] = (3, 4, 6, 3)
   width: int = 64
@@ -88,6 +94,7 @@ class ResNet(nn.Module):
   bn_momentum: float = 0.9
   frozen_bn: bool = True
   freeze_at: int = 0
+  zero_init_residual: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -115,7 +122,8 @@ class ResNet(nn.Module):
     for i, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):
         x = Bottleneck(self.width * 2**i, strides=2 if (i > 0 and j == 0) else 1,
-                       variant=self.variant, norm=norm, dtype=self.dtype,
+                       variant=self.variant, norm=norm,
+                       zero_init_residual=self.zero_init_residual, dtype=self.dtype,
                        param_dtype=self.param_dtype, name=f"layer{i + 1}_{j}")(x)
       if self.freeze_at >= i + 2:
         x = jax.lax.stop_gradient(x)

@@ -57,13 +57,13 @@ class StageCheckpoints:
     }
     if config is not None:
       items["config"] = ocp.args.JsonSave(json.loads(config.to_json_best_effort()))
-    if metrics is not None and self.best_metric:
-      metrics = {k: float(v) for k, v in metrics.items()}
-      if self.best_metric not in metrics:
-        raise KeyError(f"best metric {self.best_metric!r} (config.eval.best_metric) is not among "
-                       f"the evaluation metrics {sorted(metrics)}")
-    else:
+    if metrics and self.best_metric and self.best_metric not in metrics:
+      # Saving matters more than ranking: keep the checkpoint, say why it is not ranked.
+      logging.warning("config.train.best_metric=%r is not among the evaluation metrics %s: "
+                      "step %d is kept as one of the last N only", self.best_metric,
+                      sorted(metrics), step)
       metrics = None
+    metrics = {k: float(v) for k, v in metrics.items()} if metrics and self.best_metric else None
     self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
     return step
 
@@ -75,7 +75,7 @@ class StageCheckpoints:
         variables=ocp.args.StandardRestore({"params": abstract.params,
                                             "batch_stats": abstract.batch_stats}),
         opt_state=ocp.args.StandardRestore(abstract.opt_state)))
-    return state.replace(step=jax.device_put(np.int32(step), state.step.sharding),
+    return state.replace(step=replicate(np.int32(step), state.step.sharding.mesh),
                          params=restored.variables["params"],
                          batch_stats=restored.variables["batch_stats"],
                          opt_state=restored.opt_state)
@@ -114,7 +114,8 @@ def restore_variables(path):
   """
   var_dir, step_dir = _variables_dir(path)
   try:
-    tree = ocp.StandardCheckpointer().restore(var_dir)
+    with ocp.StandardCheckpointer() as ckptr:
+      tree = ckptr.restore(var_dir, _single_device_target(ckptr, var_dir))
   except Exception as e:  # orbax raises several types for a folder that is no checkpoint
     raise ValueError(f"{path} is not a training workdir or an Orbax checkpoint of "
                      f"{{'params', 'batch_stats'}}: {e}") from e
@@ -127,6 +128,16 @@ def restore_variables(path):
       config = json.load(f)
   tree = jax.device_get(tree)
   return tree["params"], tree.get("batch_stats", {}) or {}, config
+
+
+def _single_device_target(ckptr, directory):
+  """Shapes/dtypes of a saved tree, placed on this process's first device: restores a checkpoint
+  written by any number of processes/devices."""
+  meta = ckptr.metadata(directory).item_metadata
+  tree = getattr(meta, "tree", meta)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device),
+                      tree)
 
 
 def restore_latest(workdir):
@@ -166,5 +177,15 @@ def init_from(state, path, mesh):
   if batch_stats:
     new_stats = merge_pretrained(jax.device_get(state.batch_stats), batch_stats,
                                  f"init_from={path} batch_stats")
-  return state.replace(params=parallel.replicate(new_params, mesh),
-                       batch_stats=parallel.replicate(new_stats, mesh))
+  return state.replace(params=replicate(new_params, mesh),
+                       batch_stats=replicate(new_stats, mesh))
+
+
+def replicate(tree, mesh):
+  """Host numpy pytree (the same on every process) -> arrays replicated over the whole mesh.
+
+  Unlike jax.device_put, this also works when the mesh spans devices of other processes.
+  """
+  sharding = parallel.replicated_sharding(mesh)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
+                      tree)

@@ -99,16 +99,16 @@ def _host(x):
   return np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else np.asarray(x)
 
 
-def create_state(task, tx, rng, mesh):
-  """Initialises the variables and optimiser state directly replicated on the mesh."""
+def create_state(task, tx, seed, mesh):
+  """Initialises the variables (from key(seed)) and optimiser state replicated on the mesh."""
   repl = parallel.replicated_sharding(mesh)
 
-  def init(rng):
-    variables = task.init_variables(rng)
+  def init():
+    variables = task.init_variables(jax.random.key(seed))
     return state_lib.TrainState.create(variables["params"], variables.get("batch_stats", {}), tx,
                                        frozen_stats=task.frozen)
 
-  return jax.jit(init, out_shardings=repl)(rng)
+  return jax.jit(init, out_shardings=repl)()
 
 
 def _check_finite(pending, losses, last_good, ckpt_dir):
@@ -141,9 +141,7 @@ def run(config, workdir, task, mesh=None):
   workdir = os.path.abspath(os.path.expanduser(workdir))
   os.makedirs(workdir, exist_ok=True)
   tx, schedule = state_lib.make_optimizer(tcfg, task.frozen)
-  rng = jax.random.key(config.seed)
-  init_rng, train_rng = jax.random.split(rng)
-  state = create_state(task, tx, init_rng, mesh)
+  state = create_state(task, tx, config.seed, mesh)
 
   ckpt = checkpoints.StageCheckpoints(workdir, keep=tcfg.keep_checkpoints,
                                       best_metric=tcfg.get("best_metric", ""),
@@ -157,8 +155,7 @@ def run(config, workdir, task, mesh=None):
     logging.info("initialised from %s", config.init_from)
   start = int(_host(state.step))
 
-  train_step = steps.make_train_step(task.loss_fn, mesh, schedule)
-  train_rng = parallel.replicate(train_rng, mesh)
+  train_step = steps.make_train_step(task.loss_fn, mesh, schedule, seed=config.seed)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if start == 0:
     writer.write_hparams({k: v for k, v in _flat_config(config).items()})
@@ -174,7 +171,7 @@ def run(config, workdir, task, mesh=None):
     with _StopFlag() as stop:
       for step in range(start, num_steps):
         batch = parallel.shard_batch(next(data), mesh)
-        state, metrics = train_step(state, batch, train_rng)
+        state, metrics = train_step(state, batch)
         pending.append((step + 1, metrics))
         done = step + 1
         last = done == num_steps
@@ -421,7 +418,9 @@ def prn_gt_metrics(config, model, state):
   from mpn_jax import prn_protocol  # pylint: disable=g-import-not-at-top
   from mpn_jax.data import prn_samples  # pylint: disable=g-import-not-at-top
   variables = host_variables(state)
-  apply = jax.jit(lambda x: models.prn_probabilities(model.apply(variables, x, train=False)))
+  # Variables as an argument, not a closure: closed-over arrays would become HLO constants.
+  jitted = jax.jit(lambda v, x: models.prn_probabilities(model.apply(v, x, train=False)))
+  apply = functools.partial(jitted, variables)
   ann_file = prn_samples.resolve(config.data.data_dir, config.data.val_file)
   stats, _ = prn_protocol.evaluate_prn_gt(
       ann_file, assign="prn", prn_apply=apply, method=config.inference.assign_method,

@@ -70,15 +70,16 @@ def prn_loss_fn(model):
   return loss_fn
 
 
-def make_train_step(loss_fn, mesh, schedule=None):
-  """Jitted (state, batch, rng) -> (state, metrics); state replicated, batch sharded, state donated.
+def make_train_step(loss_fn, mesh, schedule=None, seed=0):
+  """Jitted (state, batch) -> (state, metrics); state replicated, batch sharded, state donated.
 
-  The dropout key of step t is fold_in(rng, t), so a resumed run draws the same keys.
+  The dropout key of step t is fold_in(key(seed), t), made inside the step (nothing to transfer
+  between hosts), so a resumed run draws the same keys.
   """
   repl, data = parallel.replicated_sharding(mesh), parallel.data_sharding(mesh)
 
-  def step(state, batch, rng):
-    rng = jax.random.fold_in(rng, state.step)
+  def step(state, batch):
+    rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 1), state.step)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, (new_stats, metrics)), grads = grad_fn(state.params, state.batch_stats, batch, rng, True)
     grad_norm = optax.global_norm(grads)
@@ -89,7 +90,7 @@ def make_train_step(loss_fn, mesh, schedule=None):
       metrics["learning_rate"] = schedule(state.step)
     return new_state, metrics
 
-  return jax.jit(step, in_shardings=(repl, data, repl), out_shardings=(repl, repl),
+  return jax.jit(step, in_shardings=(repl, data), out_shardings=(repl, repl),
                  donate_argnums=(0,))
 
 

@@ -1,0 +1,561 @@
+r"""Speed and memory of inference and training, against the machine's own matmul peak.
+
+  python -m mpn_jax.benchmark --output=/tmp/bench.json            # ResNet-50, 480x480, float32
+  python -m mpn_jax.benchmark --quick --output=/tmp/quick.json    # tiny model, seconds
+  python -m mpn_jax.benchmark --dtypes=float32,bfloat16 --parts=peak,forward,pipeline
+
+What is timed, every part after compilation and `--warmup` calls, `--repeats` times:
+  peak            a large dense square matmul (the best of `--peak_sizes`) in the same dtype on the
+                  same device: the FLOP/s the machine reaches at its best here;
+  forward         MultiPoseNet.apply (train=False) on [B, S, S, 3] images, for each of --batch_sizes;
+  pipeline        inference.make_predict_fn: network + peaks + NMS + PRN + keypoint selection, one
+                  jitted function (same batch sizes);
+  prn             the PoseResidualNet + softmax alone on --prn_batch crops;
+  train_branches  one optimizer step of stage one (training.steps.make_train_step with the loss,
+                  optimizer and model of configs/branches.py), --train_batch images;
+  train_prn       the same for stage two (configs/prn.py), --prn_train_batch people.
+
+The timed parts run round-robin (one call of each per round) so that on a shared, noisy machine
+every part sees the same load and ratios between parts (forward vs matmul peak, pipeline vs
+forward) stay meaningful; medians over the rounds are reported (the minimum too). The 1-minute
+load average before and after is recorded: a value above the core count means the machine was
+shared and absolute numbers are pessimistic.
+
+FLOPs come from XLA's cost analysis of each compiled executable (`compiled.cost_analysis()`).
+Peak memory: the device's `memory_stats()['peak_bytes_in_use']` where the backend has it (GPU, TPU),
+else the process's maximum resident set size (`resource.getrusage`, CPU); the JSON says which.
+
+Output: a table on stdout and a JSON file. Its top level holds, for the default device and the
+first dtype (float32 unless --dtypes says otherwise): forward_images_per_s_bs{B},
+pipeline_images_per_s_bs{B}, forward_flops_per_image, matmul_peak_flops_per_s,
+forward_fraction_of_peak_bs{B}, pipeline_over_forward_bs{B}, prn_us_per_person,
+train_branches_images_per_s, train_prn_people_per_s, peak_memory_bytes, device; 'results' has
+every dtype's full set and 'timings' every part's raw seconds.
+"""
+
+import dataclasses
+import inspect
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from typing import Any, Callable, Optional
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PARTS = ("peak", "forward", "pipeline", "prn", "train_branches", "train_prn")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_OUTPUT = flags.DEFINE_string("output", "", "write the results as JSON to this file")
+_PARTS = flags.DEFINE_list("parts", list(PARTS), f"parts to run, any of {PARTS}")
+_DTYPES = flags.DEFINE_list(
+    "dtypes", [], "compute dtypes (float32, bfloat16); default float32 on CPU, both on GPU/TPU")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", 480, "square network input side S")
+_BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "8"], "forward / pipeline batch sizes")
+_PRN_BATCH = flags.DEFINE_integer("prn_batch", 64, "people per PRN inference call")
+_TRAIN_BATCH = flags.DEFINE_integer(
+    "train_batch", 0, "stage-one global training batch; 0: 2 per CPU device, 8 per accelerator")
+_PRN_TRAIN_BATCH = flags.DEFINE_integer(
+    "prn_train_batch", 0, "stage-two global training batch; 0: configs/prn.py's data.batch_size")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "timed rounds (medians over these)")
+_WARMUP = flags.DEFINE_integer("warmup", 1, "untimed calls of each part after compilation")
+_PEAK_SIZES = flags.DEFINE_list(
+    "peak_sizes", [], "square matmul sides tried for the peak; default 2048,4096 on CPU, "
+    "8192,16384 on accelerators")
+_MODEL_SIZE = flags.DEFINE_enum("model_size", "full", ["full", "tiny"],
+                                "full: the paper's ResNet-50 MultiPoseNet and PRN; tiny: tests")
+_QUICK = flags.DEFINE_bool(
+    "quick", False, "smoke run: tiny models, 64x64 images, batches 1 and 2, PRN batch 8, "
+    "2 repeats, 256x256 peak matmul (overrides those flags)")
+
+
+@dataclasses.dataclass
+class Settings:
+  """What to run; `from_flags` fills it from the command line."""
+  parts: tuple = PARTS
+  dtypes: tuple = ("float32",)
+  image_size: int = 480
+  batch_sizes: tuple = (1, 8)
+  prn_batch: int = 64
+  train_batch: int = 0
+  prn_train_batch: int = 0
+  repeats: int = 5
+  warmup: int = 1
+  peak_sizes: tuple = ()
+  model_size: str = "full"
+
+  def validate(self):
+    bad = [p for p in self.parts if p not in PARTS]
+    if bad:
+      raise ValueError(f"--parts: unknown part(s) {bad}; use any of {PARTS}")
+    for d in self.dtypes:
+      if d not in ("float32", "bfloat16"):
+        raise ValueError(f"--dtypes: {d!r} is not supported; use float32 and/or bfloat16")
+    if self.image_size < 32 or self.image_size % 32:
+      raise ValueError(f"--image_size={self.image_size}: use a multiple of 32 (>= 32), the "
+                       "backbone's total stride")
+    if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
+      raise ValueError(f"--batch_sizes={self.batch_sizes}: give positive integers")
+    if self.repeats < 1 or self.warmup < 0:
+      raise ValueError("--repeats must be >= 1 and --warmup >= 0")
+    return self
+
+
+def settings_from_flags():
+  s = Settings(
+      parts=tuple(_PARTS.value), dtypes=tuple(_DTYPES.value) or default_dtypes(),
+      image_size=_IMAGE_SIZE.value, batch_sizes=tuple(int(b) for b in _BATCH_SIZES.value),
+      prn_batch=_PRN_BATCH.value, train_batch=_TRAIN_BATCH.value,
+      prn_train_batch=_PRN_TRAIN_BATCH.value, repeats=_REPEATS.value, warmup=_WARMUP.value,
+      peak_sizes=tuple(int(n) for n in _PEAK_SIZES.value), model_size=_MODEL_SIZE.value)
+  if _QUICK.value:
+    s = dataclasses.replace(s, model_size="tiny", image_size=64, batch_sizes=(1, 2), prn_batch=8,
+                            train_batch=0, prn_train_batch=8, repeats=2, peak_sizes=(256,))
+  return s.validate()
+
+
+def default_dtypes():
+  return ("float32",) if jax.default_backend() == "cpu" else ("float32", "bfloat16")
+
+
+# ------------------------------------------------------------------------------------------------
+# Timing.
+
+@dataclasses.dataclass
+class Part:
+  """One timed callable.
+
+  call: () -> pytree, one execution (its result is blocked on).
+  units: images / people processed per call (throughput = units / seconds).
+  flops: FLOPs per call from XLA's cost analysis (0 if unknown).
+  """
+  name: str
+  call: Callable[[], Any]
+  units: int
+  unit_name: str
+  flops: float = 0.0
+  compile_s: float = 0.0
+  times: list = dataclasses.field(default_factory=list)
+  info: dict = dataclasses.field(default_factory=dict)
+
+  @property
+  def median_s(self):
+    return statistics.median(self.times)
+
+  def per_s(self):
+    return self.units / self.median_s
+
+
+def compiled_flops(compiled):
+  """FLOPs of a compiled executable from XLA's cost analysis (0.0 when the backend has none)."""
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # pylint: disable=broad-except  (some backends do not implement it)
+    return 0.0
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  return float((cost or {}).get("flops", 0.0))
+
+
+def compile_part(name, jitted, args, units, unit_name, stateful=False):
+  """AOT-compiles `jitted` for `args` and wraps it as a Part.
+
+  With `stateful`, the first argument is a donated state and the call feeds each call's new state
+  into the next one (a training loop); otherwise every call gets the same arguments.
+  """
+  t = time.perf_counter()
+  lowered = jitted.lower(*args)
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - t
+  text = lowered.as_text()
+  info = {"host_callbacks": text.count("callback")}  # host round-trips inside the executable
+  if stateful:
+    box = {"state": args[0]}
+
+    def call():
+      box["state"], out = compiled(box["state"], *args[1:])
+      return out
+  else:
+    call = lambda: compiled(*args)
+  return Part(name, call, units, unit_name, compiled_flops(compiled), compile_s, info=info)
+
+
+def run_round_robin(parts, repeats, warmup):
+  """Warm-up calls, then `repeats` rounds each calling every part once; fills `part.times`."""
+  for p in parts:
+    for _ in range(warmup):
+      jax.block_until_ready(p.call())
+  for _ in range(repeats):
+    for p in parts:
+      t = time.perf_counter()
+      jax.block_until_ready(p.call())
+      p.times.append(time.perf_counter() - t)
+
+
+# ------------------------------------------------------------------------------------------------
+# The parts.
+
+def _init_key(seed=0):
+  # The 'unsafe_rbg' generator compiles far faster than threefry for the ~300 initializers of the
+  # full network (values do not matter for timing; the initializers are the models' own).
+  return jax.random.key(seed, impl="unsafe_rbg")
+
+
+def _stage_config(name):
+  """configs/{name}.py of this checkout (train / loss / model settings of a stage)."""
+  from mpn_jax import predict  # pylint: disable=g-import-not-at-top
+  path = os.path.join(REPO_ROOT, "configs", f"{name}.py")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path} not found: the train_* parts read the stage configs of the "
+                            "checkout; run from a source checkout or leave them out of --parts")
+  return predict.load_config_file(path)
+
+
+def model_configs(model_size, dtype):
+  from mpn_jax import models  # pylint: disable=g-import-not-at-top
+  mcfg, pcfg = models.multiposenet_config(model_size), models.prn_config(model_size)
+  for c in (mcfg, pcfg):
+    c.dtype = dtype
+  return mcfg, pcfg
+
+
+def peak_parts(dtype, sizes):
+  """Dense square matmuls [n, n] @ [n, n] of `dtype`; 2 n^3 FLOPs each."""
+  parts = []
+  for n in sizes:
+    rng = np.random.default_rng(n)
+    a = jnp.asarray(rng.standard_normal((n, n), np.float32), dtype)
+    b = jnp.asarray(rng.standard_normal((n, n), np.float32), dtype)
+    p = compile_part(f"matmul_{n}", jax.jit(jnp.matmul), (a, b), 1, "matmul")
+    p.flops = p.flops or 2.0 * n**3
+    parts.append(p)
+  return parts
+
+
+def pick_peak(parts, warmup):
+  """Times each candidate matmul briefly and keeps the fastest (in FLOP/s)."""
+  run_round_robin(parts, 2, warmup)
+  best = max(parts, key=lambda p: p.flops / min(p.times))
+  best.times.clear()
+  return best
+
+
+def network_parts(model, variables, prn_model, prn_variables, settings, with_forward,
+                  with_pipeline):
+  from mpn_jax import inference  # pylint: disable=g-import-not-at-top
+  s = settings.image_size
+  forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
+  predict = inference.make_predict_fn(model, prn_model, inference.inference_config())
+  parts = []
+  rng = np.random.default_rng(0)
+  for b in settings.batch_sizes:
+    images = jnp.asarray(rng.standard_normal((b, s, s, 3), np.float32))
+    if with_forward:
+      parts.append(compile_part(f"forward_bs{b}", forward, (variables, images), b, "images"))
+    if with_pipeline:
+      scales = jnp.ones((b,), jnp.float32)
+      parts.append(compile_part(f"pipeline_bs{b}", predict,
+                                (variables, prn_variables, images, scales), b, "images"))
+  return parts
+
+
+def prn_part(prn_model, prn_variables, batch):
+  from mpn_jax import models  # pylint: disable=g-import-not-at-top
+  from mpn_jax import prn_grid  # pylint: disable=g-import-not-at-top
+  fn = jax.jit(lambda v, x: models.prn_probabilities(prn_model.apply(v, x, train=False)))
+  x = jnp.asarray(np.random.default_rng(1).uniform(
+      size=(batch, prn_grid.GRID_H, prn_grid.GRID_W, 17)).astype(np.float32))
+  return compile_part(f"prn_bs{batch}", fn, (prn_variables, x), batch, "people")
+
+
+def _step_args(step, state, batch, mesh):
+  """Arguments of a `steps.make_train_step` function: (state, batch) or (state, batch, rng)."""
+  from mpn_jax import parallel  # pylint: disable=g-import-not-at-top
+  if len(inspect.signature(step).parameters) == 3:
+    return state, batch, parallel.replicate(jax.random.key(0), mesh)
+  return state, batch
+
+
+def _round_to_devices(batch, mesh):
+  return -(-batch // mesh.size) * mesh.size
+
+
+def branches_train_part(settings, dtype, mesh):
+  """One stage-one optimizer step as the training loop does it (the library's step function)."""
+  from mpn_jax import boxes  # pylint: disable=g-import-not-at-top
+  from mpn_jax import models  # pylint: disable=g-import-not-at-top
+  from mpn_jax import parallel  # pylint: disable=g-import-not-at-top
+  from mpn_jax.training import state as state_lib  # pylint: disable=g-import-not-at-top
+  from mpn_jax.training import steps  # pylint: disable=g-import-not-at-top
+  config = _stage_config("branches")
+  mcfg, _ = model_configs(settings.model_size, dtype)
+  mcfg.backbone.frozen_bn = config.model.backbone.frozen_bn
+  model = models.build_multiposenet(mcfg)
+  s = settings.image_size
+  per_dev = 2 if jax.default_backend() == "cpu" else 8
+  b = _round_to_devices(settings.train_batch or per_dev * mesh.size, mesh)
+  anchors = boxes.generate_anchors((s, s))
+  loss_fn = steps.branches_loss_fn(model, anchors, config.loss, config.train.trainable)
+  frozen = state_lib.frozen_fn(config.train.trainable)
+  tx, schedule = state_lib.make_optimizer(config.train, frozen)
+
+  def init(rng):
+    v = model.init(rng, jnp.zeros((1, 32, 32, 3)), train=False)
+    return state_lib.TrainState.create(v["params"], v.get("batch_stats", {}), tx, frozen)
+
+  state = jax.jit(init, out_shardings=parallel.replicated_sharding(mesh))(_init_key())
+  batch = parallel.shard_batch(synthetic_branches_batch(b, s, config.input.max_boxes,
+                                                        config.input.max_people), mesh)
+  step = steps.make_train_step(loss_fn, mesh, schedule)
+  return compile_part("train_branches", step, _step_args(step, state, batch, mesh), b, "images",
+                      stateful=True)
+
+
+def synthetic_branches_batch(b, s, max_boxes, max_people, seed=0):
+  """A stage-one batch with the keys and shapes of data.pipeline.make_train_iterator (random)."""
+  rng = np.random.default_rng(seed)
+  h = s // 4
+  xy = rng.uniform(0, s * 0.6, size=(b, max_boxes, 2))
+  wh = rng.uniform(s * 0.1, s * 0.4, size=(b, max_boxes, 2))
+  labels = np.zeros((b, max_boxes), np.int32)
+  labels[:, :min(5, max_boxes)] = 1  # a few people per image, the rest padding
+  box = np.concatenate([xy, xy + wh], -1) * (labels[..., None] != 0)
+  kps = np.concatenate([rng.uniform(0, s, (b, max_people, 17, 2)),
+                        rng.integers(0, 3, (b, max_people, 17, 1))], -1)
+  return {
+      "image": rng.standard_normal((b, s, s, 3)).astype(np.float32),
+      "heatmaps": rng.uniform(size=(b, h, h, 17)).astype(np.float32),
+      "mask": (rng.uniform(size=(b, h, h, 1)) > 0.5).astype(np.float32),
+      "weights": np.ones((b, h, h, 1), np.float32),
+      "boxes": box.astype(np.float32),
+      "box_labels": labels,
+      "keypoints": kps.astype(np.float32),
+  }
+
+
+def prn_train_part(settings, dtype, mesh):
+  """One stage-two optimizer step (the library's step function, configs/prn.py's optimizer)."""
+  from mpn_jax import models  # pylint: disable=g-import-not-at-top
+  from mpn_jax import parallel  # pylint: disable=g-import-not-at-top
+  from mpn_jax import prn_grid  # pylint: disable=g-import-not-at-top
+  from mpn_jax.training import state as state_lib  # pylint: disable=g-import-not-at-top
+  from mpn_jax.training import steps  # pylint: disable=g-import-not-at-top
+  config = _stage_config("prn")
+  _, pcfg = model_configs(settings.model_size, dtype)
+  model = models.build_prn(pcfg)
+  b = _round_to_devices(settings.prn_train_batch or config.data.batch_size, mesh)
+  tx, schedule = state_lib.make_optimizer(config.train)
+  shape = (prn_grid.GRID_H, prn_grid.GRID_W, 17)
+
+  def init(rng):
+    v = model.init(rng, jnp.zeros((1,) + shape), train=False)
+    return state_lib.TrainState.create(v["params"], v.get("batch_stats", {}), tx)
+
+  state = jax.jit(init, out_shardings=parallel.replicated_sharding(mesh))(_init_key())
+  rng = np.random.default_rng(2)
+  targets = rng.uniform(size=(b, shape[0] * shape[1], 17)).astype(np.float32)
+  targets /= targets.sum(1, keepdims=True)
+  batch = parallel.shard_batch({
+      "inputs": rng.uniform(size=(b,) + shape).astype(np.float32),
+      "targets": targets.reshape((b,) + shape),
+      "target_valid": np.ones((b, 17), np.float32)}, mesh)
+  step = steps.make_train_step(steps.prn_loss_fn(model), mesh, schedule)
+  return compile_part("train_prn", step, _step_args(step, state, batch, mesh), b, "people",
+                      stateful=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# Memory and the machine.
+
+def peak_memory():
+  """(bytes, source): device peak where the backend reports it, else the process max RSS."""
+  stats = None
+  try:
+    stats = jax.local_devices()[0].memory_stats()
+  except Exception:  # pylint: disable=broad-except
+    stats = None
+  if stats and "peak_bytes_in_use" in stats:
+    return int(stats["peak_bytes_in_use"]), "device memory_stats()['peak_bytes_in_use']"
+  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  # Linux reports kilobytes, macOS bytes.
+  return int(rss if sys.platform == "darwin" else rss * 1024), \
+      "process max RSS (resource.getrusage ru_maxrss)"
+
+
+def device_description():
+  d = jax.devices()[0]
+  kind = getattr(d, "device_kind", "") or d.platform
+  return f"{d.platform}: {kind} x{jax.device_count()} ({os.cpu_count()} host CPU cores)"
+
+
+def load_average():
+  try:
+    return round(os.getloadavg()[0], 2)
+  except OSError:
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# One dtype, everything.
+
+def benchmark_dtype(settings, dtype, log=print):
+  """Runs the selected parts in `dtype`; returns (metrics dict, parts)."""
+  from mpn_jax import models  # pylint: disable=g-import-not-at-top
+  from mpn_jax import parallel  # pylint: disable=g-import-not-at-top
+  want = set(settings.parts)
+  parts, peak = [], None
+  if "peak" in want:
+    sizes = settings.peak_sizes or ((2048, 4096) if jax.default_backend() == "cpu"
+                                    else (8192, 16384))
+    log(f"[{dtype}] matmul peak: trying n = {', '.join(map(str, sizes))}")
+    peak = pick_peak(peak_parts(dtype, sizes), settings.warmup)
+    parts.append(peak)
+
+  mcfg, pcfg = model_configs(settings.model_size, dtype)
+  model, prn_model = models.build_multiposenet(mcfg), models.build_prn(pcfg)
+  if want & {"forward", "pipeline"}:
+    log(f"[{dtype}] initialising the {settings.model_size} MultiPoseNet and PRN")
+    variables = jax.jit(lambda r: model.init(r, jnp.zeros((1, 32, 32, 3)), train=False))(
+        _init_key())
+  if want & {"forward", "pipeline", "prn"}:
+    prn_variables = jax.jit(lambda r: prn_model.init(r, jnp.zeros((1, 56, 36, 17))))(_init_key(1))
+  if want & {"forward", "pipeline"}:
+    log(f"[{dtype}] compiling forward / pipeline at {settings.image_size}x{settings.image_size}, "
+        f"batch {settings.batch_sizes}")
+    parts += network_parts(model, variables, prn_model, prn_variables, settings,
+                           "forward" in want, "pipeline" in want)
+  if "prn" in want:
+    parts.append(prn_part(prn_model, prn_variables, settings.prn_batch))
+  mesh = parallel.create_mesh()
+  if "train_branches" in want:
+    log(f"[{dtype}] compiling the stage-one train step")
+    parts.append(branches_train_part(settings, dtype, mesh))
+  if "train_prn" in want:
+    log(f"[{dtype}] compiling the stage-two train step")
+    parts.append(prn_train_part(settings, dtype, mesh))
+
+  log(f"[{dtype}] timing {len(parts)} parts: {settings.warmup} warm-up + {settings.repeats} "
+      "round-robin rounds")
+  run_round_robin(parts, settings.repeats, settings.warmup)
+  return summarize(parts, peak), parts
+
+
+def summarize(parts, peak):
+  """Flat metrics of one dtype from its timed parts."""
+  by = {p.name: p for p in parts}
+  m = {}
+  peak_fps = None
+  if peak is not None:
+    peak_fps = peak.flops / peak.median_s
+    m["matmul_peak_flops_per_s"] = peak_fps
+    m["matmul_peak_size"] = int(peak.name.split("_")[1])
+  for p in parts:
+    if p.name.startswith(("forward_bs", "pipeline_bs")):
+      kind, b = p.name.split("_bs")
+      m[f"{kind}_images_per_s_bs{b}"] = p.per_s()
+      m[f"{kind}_flops_per_image_bs{b}"] = p.flops / p.units
+      m[f"{kind}_flops_per_s_bs{b}"] = p.flops / p.median_s
+      if peak_fps:
+        m[f"{kind}_fraction_of_peak_bs{b}"] = p.flops / p.median_s / peak_fps
+      if kind == "pipeline":
+        m[f"pipeline_host_callbacks_bs{b}"] = p.info["host_callbacks"]
+        fwd = by.get(f"forward_bs{b}")
+        if fwd is not None:
+          m[f"pipeline_over_forward_bs{b}"] = p.median_s / fwd.median_s
+    elif p.name.startswith("prn_bs"):
+      m["prn_batch"] = p.units
+      m["prn_us_per_person"] = p.median_s / p.units * 1e6
+      m["prn_flops_per_person"] = p.flops / p.units
+      if peak_fps:
+        m["prn_fraction_of_peak"] = p.flops / p.median_s / peak_fps
+    elif p.name in ("train_branches", "train_prn"):
+      unit = "images" if p.name == "train_branches" else "people"
+      m[f"{p.name}_{unit}_per_s"] = p.per_s()
+      m[f"{p.name}_batch"] = p.units
+      m[f"{p.name}_flops_per_{unit[:-1] if unit == 'images' else 'person'}"] = p.flops / p.units
+      if peak_fps:
+        m[f"{p.name}_fraction_of_peak"] = p.flops / p.median_s / peak_fps
+  first = [p for p in parts if p.name.startswith("forward_bs")]
+  if first:
+    m["forward_flops_per_image"] = first[0].flops / first[0].units
+  return m
+
+
+def format_table(rows):
+  """rows: (dtype, Part, peak_flops_per_s or None) -> fixed-width text table."""
+  head = (f"{'part':<16} {'dtype':<9} {'batch':>5} {'median ms':>11} {'min ms':>11} "
+          f"{'throughput':>18} {'GFLOP/s':>9} {'of peak':>8} {'compile s':>9}")
+  lines = [head, "-" * len(head)]
+  for dtype, p, peak in rows:
+    fps = p.flops / p.median_s if p.flops else 0.0
+    frac = f"{fps / peak:8.1%}" if peak and fps else f"{'':>8}"
+    if p.name.startswith("prn_bs"):
+      thr = f"{p.median_s / p.units * 1e6:.1f} us/person"
+    elif p.name.startswith("matmul"):
+      thr = f"n={p.name.split('_')[1]}"
+    else:
+      thr = f"{p.per_s():.2f} {p.unit_name}/s"
+    lines.append(f"{p.name:<16} {dtype:<9} {p.units:>5} {p.median_s * 1e3:>11.1f} "
+                 f"{min(p.times) * 1e3:>11.1f} {thr:>18} {fps / 1e9:>9.1f} {frac} "
+                 f"{p.compile_s:>9.1f}")
+  return "\n".join(lines)
+
+
+def run(settings, log=print):
+  """Runs the benchmark; returns the JSON-ready result dict (and logs the table)."""
+  settings.validate()
+  t0 = time.time()
+  load_before = load_average()
+  results, rows, timings = {}, [], {}
+  for dtype in settings.dtypes:
+    metrics, parts = benchmark_dtype(settings, dtype, log)
+    results[dtype] = metrics
+    peak = metrics.get("matmul_peak_flops_per_s")
+    rows += [(dtype, p, peak) for p in parts]
+    timings[dtype] = {p.name: {"times_s": p.times, "median_s": p.median_s, "min_s": min(p.times),
+                               "compile_s": p.compile_s, "flops": p.flops, "units": p.units}
+                      for p in parts}
+  mem, mem_source = peak_memory()
+  out = {
+      "device": device_description(),
+      "platform": jax.default_backend(),
+      "jax_version": jax.__version__,
+      "dtype": settings.dtypes[0],
+      "image_size": settings.image_size,
+      "model_size": settings.model_size,
+      "repeats": settings.repeats,
+      "load_average_1min": {"before": load_before, "after": load_average(),
+                            "cpu_count": os.cpu_count()},
+      "peak_memory_bytes": mem,
+      "peak_memory_source": mem_source,
+      "wall_s": time.time() - t0,
+  }
+  out.update(results[settings.dtypes[0]])
+  out["results"] = results
+  out["timings"] = timings
+  log(format_table(rows))
+  log(f"peak memory {mem / 2**20:.0f} MiB ({mem_source}); device {out['device']}; load average "
+      f"{load_before} -> {out['load_average_1min']['after']} on {os.cpu_count()} cores; "
+      f"{out['wall_s']:.0f} s")
+  return out
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}: every option is a --flag")
+  out = run(settings_from_flags())
+  if _OUTPUT.value:
+    os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
+    with open(_OUTPUT.value, "w") as f:
+      json.dump(out, f, indent=1)
+    print(f"wrote {_OUTPUT.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)

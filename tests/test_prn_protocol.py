@@ -1,0 +1,103 @@
+"""The PRN-on-ground-truth protocol: reference numbers on real annotations, plumbing on a tiny file."""
+
+import json
+
+import numpy as np
+import pytest
+
+from mpn_jax import coco
+from mpn_jax import evaluation
+from mpn_jax import prn_protocol
+
+
+def test_golden_case_gives_pycocotools_statistics(coco_dir):
+  golden = coco_dir / "golden"
+  want = json.loads((golden / "keypoints_expected_stats.json").read_text())["stats"]
+  stats = evaluation.run_coco_eval(str(golden / "keypoints_gt.json"),
+                                   str(golden / "keypoints_dt.json"), "keypoints")
+  assert list(stats) == list(evaluation.STAT_NAMES)
+  np.testing.assert_allclose([stats[k] for k in evaluation.STAT_NAMES], want, rtol=0, atol=1e-12)
+
+
+def test_image_candidates():
+  kps = np.zeros((3, 17, 3), np.float32)
+  kps[0, 0] = (1, 2, 2)
+  kps[2, 0] = (3, 4, 1)
+  kps[1, 5] = (5, 6, 2)
+  xy, valid, owner = prn_protocol.image_candidates(kps)
+  assert xy.shape == (17, 2, 2)
+  np.testing.assert_array_equal(xy[0], [[1, 2], [3, 4]])
+  np.testing.assert_array_equal(owner[0], [0, 2])
+  np.testing.assert_array_equal(owner[5], [1, -1])
+  assert valid.sum() == 3 and not valid[1].any()
+
+
+def _val_file(coco_dir):
+  return str(coco_dir / "annotations" / "person_keypoints_val2017_prn_val.json")
+
+
+def test_center_baseline_reference(coco_dir):
+  # The issue's independent reference is ~0.760. Its distance is not specified: with box-normalised
+  # distances we get 0.748, grid-cell distances 0.727, pixel distances 0.670, no widened-box
+  # restriction 0.561 -- 0.02 admits the choice of metric, not a broken protocol.
+  stats, results = prn_protocol.evaluate_prn_gt(_val_file(coco_dir), assign="center")
+  assert stats["AP"] == pytest.approx(0.760, abs=0.02)
+  assert all(r["category_id"] == 1 and len(r["keypoints"]) == 51 for r in results)
+
+
+def test_oracle_upper_bound(coco_dir):
+  # Each box gets exactly its own keypoints inside its widened box: the issue's reference is ~0.958;
+  # deterministic, so the tolerance only absorbs rounding of the reference.
+  stats, _ = prn_protocol.evaluate_prn_gt(_val_file(coco_dir), assign="oracle")
+  assert stats["AP"] == pytest.approx(0.958, abs=0.003)
+
+
+def _kps(points):
+  k = np.zeros((17, 3))
+  for i, (x, y) in points.items():
+    k[i] = (x, y, 2)
+  return k.reshape(-1).tolist()
+
+
+@pytest.fixture
+def two_people_file(tmp_path):
+  """Two images: one lone person; two people side by side whose widened boxes overlap."""
+  a = {i: (110 + 3 * i, 105 + 5 * i) for i in range(17)}
+  b = {i: (148 + 2 * i, 108 + 5 * i) for i in range(17)}
+  anns = [
+      {"id": 1, "image_id": 1, "bbox": [100, 100, 70, 100], "keypoints": _kps(a)},
+      {"id": 2, "image_id": 2, "bbox": [100, 100, 50, 100], "keypoints": _kps(a)},
+      {"id": 3, "image_id": 2, "bbox": [145, 100, 40, 100], "keypoints": _kps(b)},
+  ]
+  for x in anns:
+    x.update(category_id=1, iscrowd=0, num_keypoints=17, area=x["bbox"][2] * x["bbox"][3])
+  images = [{"id": i, "width": 300, "height": 300, "file_name": f"{i}.jpg"} for i in (1, 2)]
+  path = tmp_path / "two.json"
+  path.write_text(json.dumps({"images": images, "annotations": anns,
+                              "categories": [coco.PERSON_CATEGORY]}))
+  return str(path)
+
+
+def _input_as_probs(x):
+  # A "PRN" that trusts its input: probability proportional to the drawn keypoints.
+  return x / np.maximum(x.sum(axis=(1, 2), keepdims=True), 1e-12)
+
+
+def test_prn_plumbing_on_a_tiny_file(two_people_file):
+  # The lone person gets exactly its keypoints with score 17/17; the oracle is perfect here.
+  oracle, _ = prn_protocol.evaluate_prn_gt(two_people_file, assign="oracle")
+  assert oracle["AP"] == pytest.approx(1.0)
+  stats, results = prn_protocol.evaluate_prn_gt(two_people_file, "prn", _input_as_probs,
+                                                method="greedy", batch_size=2)
+  assert len(results) == 3
+  lone = [r for r in results if r["image_id"] == 1][0]
+  np.testing.assert_allclose(np.reshape(lone["keypoints"], (17, 3))[:, :2],
+                             np.reshape(_kps({i: (110 + 3 * i, 105 + 5 * i) for i in range(17)}),
+                                        (17, 3))[:, :2])
+  assert lone["score"] == pytest.approx(1.0)
+  assert 0 < stats["AP"] <= 1
+
+
+def test_prn_needs_an_apply_function(two_people_file):
+  with pytest.raises(ValueError, match="prn_apply"):
+    prn_protocol.evaluate_prn_gt(two_people_file, "prn")
