@@ -26,7 +26,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.info("config:\n%s", _CONFIG.value)
-  training.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    training.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except (FileNotFoundError, training.NonFiniteLossError) as e:  # the message says what to do
+    raise SystemExit(f"train.py: error: {e}") from e
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from absl import flags
 import numpy as np
 from PIL import Image, ImageDraw
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
 from mpn_jax import coco
 from mpn_jax.data import pipeline
@@ -55,7 +56,8 @@ def load_examples(num):
   if _DATASET.value:
     from mpn_jax.data import datasets  # pylint: disable=g-import-not-at-top
     builder = datasets.load_builder(dict(name=_DATASET.value, data_dir=_DATA_DIR.value))
-    return list(builder.as_dataset(split=_SPLIT.value).take(num).as_numpy_iterator())
+    ds = builder.as_dataset(split=_SPLIT.value, read_config=tfds.ReadConfig(try_autocache=False))
+    return list(ds.take(num).as_numpy_iterator())
   raise app.UsageError("give --coco_dir=... or --dataset=...")
 
 

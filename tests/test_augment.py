@@ -306,3 +306,25 @@ def test_letterbox_padding_is_zero_and_matches_preprocess(samples):
   assert diff.mean() < 0.05, diff.mean()
   # Colour jitter changed the colours but not the layout.
   assert np.abs(image[:nh - 1, :nw - 1] - plain[:nh - 1, :nw - 1]).mean() > 1e-3
+
+
+def test_image_without_people(samples):
+  """Negatives for the detector: no people gives zero heatmaps, padding boxes, full weights."""
+  example, _ = samples["people"]
+  empty = dict(example, people={k: v[:0] for k, v in example["people"].items()},
+               person_mask=np.zeros_like(example["person_mask"]),
+               ignore_mask=np.zeros_like(example["ignore_mask"]))
+  aug = augment.augment_example(_tf(empty), S, _params("combined"))
+  t = tf.nest.map_structure(np.asarray, targets.make_targets(aug, SIGMA, 5, 3))
+  assert t["heatmaps"].shape == (S // 4, S // 4, 17) and t["heatmaps"].max() == 0
+  assert t["boxes"].shape == (5, 4) and np.all(t["boxes"] == 0) and np.all(t["box_labels"] == 0)
+  assert t["keypoints"].shape == (3, 17, 3) and np.all(t["keypoints"] == 0)
+  assert np.all(t["weights"] == 1) and np.all(t["mask"] == 0)
+
+
+@pytest.mark.parametrize("field,value", [("scale_min", 2.0), ("rotation", -5.0), ("flip", 1.5)])
+def test_bad_augment_config_names_the_field(field, value):
+  aug = augment.augment_config()
+  aug[field] = value
+  with pytest.raises(ValueError, match=f"config.input.augment.{field}"):
+    augment.sample_params(tf.constant([0, 0], tf.int64), aug)

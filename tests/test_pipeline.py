@@ -48,7 +48,7 @@ def test_input_config_has_the_documented_fields():
 def test_train_batches_contract_and_determinism(train_examples):
   cfg = _input_cfg()
   ds = lambda seed: pipeline.train_batches(pipeline.examples_dataset(train_examples), cfg, 4, seed)
-  a, b, c = _take(ds(0), 3), _take(ds(0), 3), _take(ds(1), 3)
+  a, b, c = _take(ds(0), 2), _take(ds(0), 2), _take(ds(1), 1)
   expected = {
       "image": ((4, S, S, 3), np.float32), "heatmaps": ((4, S // 4, S // 4, 17), np.float32),
       "mask": ((4, S // 4, S // 4, 1), np.float32), "weights": ((4, S // 4, S // 4, 1), np.float32),
@@ -118,41 +118,56 @@ def test_eval_batches_letterbox_and_padding(coco_dir):
 
 
 @pytest.fixture(scope="module")
-def synthetic_config(tmp_path_factory):
+def tfds_config(coco_dir, tmp_path_factory):
+  """The real samples as the coco_keypoints TFDS dataset, built under a pytest tmp dir."""
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.dataset = ml_collections.ConfigDict(dict(
-      name="mpn_synthetic", data_dir=str(tmp_path_factory.mktemp("tfds")), image_size=64,
-      num_train=8, num_val=5, train_split="train", eval_split="validation"))
+      name="coco_keypoints", data_dir=str(tmp_path_factory.mktemp("tfds")), coco_dir=str(coco_dir),
+      train_ann="person_keypoints_train2017_sample.json",
+      val_ann="person_keypoints_val2017_sample.json", train_split="train",
+      eval_split="validation"))
   config.input = _input_cfg()
   return config
 
 
-def test_make_train_iterator_from_tfds(synthetic_config):
-  first = [next(pipeline.make_train_iterator(synthetic_config)) for _ in range(2)]
+def test_make_train_iterator_from_tfds(tfds_config):
+  first = [next(pipeline.make_train_iterator(tfds_config)) for _ in range(2)]
   for k, v in first[0].items():
     np.testing.assert_array_equal(v, first[1][k])
   assert first[0]["image"].shape == (4, S, S, 3)
-  assert (first[0]["box_labels"] == 1).any() and first[0]["heatmaps"].max() > 0.5
+  assert first[0]["heatmaps"].shape == (4, S // 4, S // 4, 17)
   with pytest.raises(ValueError, match="batch_size"):
-    bad = ml_collections.ConfigDict(synthetic_config.to_dict())
+    bad = ml_collections.ConfigDict(tfds_config.to_dict())
     bad.input.batch_size = 6  # not a multiple of the 4 test devices
     pipeline.make_train_iterator(bad)
 
 
-def test_make_eval_iterator_splits_over_hosts(synthetic_config, monkeypatch):
-  single = list(pipeline.make_eval_iterator(synthetic_config, "validation"))
-  ids = np.concatenate([b["image_id"][b["valid"]] for b in single])
-  assert len(ids) == 5 and len(set(ids)) == 5
+def test_make_eval_iterator_scale_and_hosts(tfds_config, coco_dir, monkeypatch):
+  data, _ = coco_keypoints.load_annotations(
+      coco_dir / "annotations" / "person_keypoints_val2017_sample.json")
+  records = {rec["id"]: rec for rec in data["images"]}
+  single = list(pipeline.make_eval_iterator(tfds_config, "validation"))
   assert all(b["image"].shape == (4, S, S, 3) for b in single)
+  ids = np.concatenate([b["image_id"][b["valid"]] for b in single])
+  assert sorted(ids.tolist()) == sorted(records)
+  # original = input / scale: the letterbox of the original file, scale from the json's size.
+  for b in single[:2]:
+    for i in np.nonzero(b["valid"])[0]:
+      rec = records[int(b["image_id"][i])]
+      assert b["scale"][i] == pytest.approx(S / max(rec["height"], rec["width"]))
+      assert b["image_size"][i].tolist() == [rec["height"], rec["width"]]
+      ref, _ = preprocess.letterbox(
+          preprocess.load_image(coco_dir / "val2017" / rec["file_name"]), S)
+      assert np.abs(b["image"][i] - ref).mean() < 0.05
   # Two hosts: each reads its own part with half the batch, both yield the same number of batches,
   # and together they see every image exactly once.
   per_host = []
   monkeypatch.setattr(jax, "process_count", lambda: 2)
   for p in range(2):
     monkeypatch.setattr(jax, "process_index", lambda p=p: p)
-    per_host.append(list(pipeline.make_eval_iterator(synthetic_config, "validation")))
-  assert len(per_host[0]) == len(per_host[1]) == 2
+    per_host.append(list(pipeline.make_eval_iterator(tfds_config, "validation")))
+  assert len(per_host[0]) == len(per_host[1]) == -(-len(records) // 2 // 2)
   assert all(b["image"].shape[0] == 2 for host in per_host for b in host)
   seen = np.concatenate([b["image_id"][b["valid"]] for host in per_host for b in host])
-  assert sorted(seen.tolist()) == sorted(ids.tolist())
+  assert sorted(seen.tolist()) == sorted(records)

@@ -226,6 +226,21 @@ def test_missing_coco_dataset_is_a_clear_error(tmp_path):
   assert str(tmp_path / "no_coco" / "annotations") in msg and "--config.dataset.coco_dir" in msg
 
 
+def test_missing_prn_annotations_are_a_clear_error(tmp_path):
+  config = _prn_smoke_config()
+  config.data.data_dir = str(tmp_path / "nowhere")
+  with pytest.raises(FileNotFoundError) as e:
+    loop.train_and_evaluate(config, str(tmp_path / "work"))
+  assert str(tmp_path / "nowhere") in str(e.value) and "--config.data.data_dir" in str(e.value)
+
+
+def test_unknown_stage_is_a_clear_error(tmp_path):
+  config = _prn_smoke_config()
+  config.stage = "branch"
+  with pytest.raises(ValueError, match="config.stage='branch'"):
+    loop.train_and_evaluate(config, str(tmp_path))
+
+
 def _prn_smoke_config():
   sys.path.insert(0, REPO)
   from configs import prn  # pylint: disable=g-import-not-at-top

@@ -202,6 +202,9 @@ def test_cli_roundtrip_and_config_check(tmp_path):
   assert weights.read_metadata(out)["variant"] == "v1.5"
   with pytest.raises(ValueError, match="does not exist"):
     weights.load_state_dict(tmp_path / "nothing.npz")
+  (tmp_path / "weights.ckpt").write_bytes(b"")
+  with pytest.raises(ValueError, match="unknown state-dict format"):
+    weights.load_state_dict(tmp_path / "weights.ckpt")
 
 
 def test_torch_checkpoint_matches_torchvision(tmp_path):

@@ -110,16 +110,32 @@ def sample_params(seed, aug):
   Returns:
     dict(scale, angle, translate [2], flip bool) of scalar float32 tensors.
   """
+  check_config(aug)
   seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=4)
   u = lambda i, shape, lo, hi: tf.random.stateless_uniform(shape, seeds[i], lo, hi, tf.float32)
   rot = float(aug.rotation)
   tr = float(aug.translate)
   return dict(
-      scale=u(0, [], float(aug.scale_min), float(aug.scale_max) + 1e-12),
-      angle=u(1, [], -rot, rot + 1e-12),
-      translate=u(2, [2], -tr, tr + 1e-12),
+      scale=u(0, [], float(aug.scale_min), float(aug.scale_max)),
+      angle=u(1, [], -rot, rot),
+      translate=u(2, [2], -tr, tr),
       flip=u(3, [], 0.0, 1.0) < float(aug.flip),
   )
+
+
+def check_config(aug):
+  """Raises ValueError naming the config.input.augment field that is out of range."""
+  name = "config.input.augment"
+  if not 0 < aug.scale_min <= aug.scale_max:
+    raise ValueError(f"{name}.scale_min/scale_max = {aug.scale_min}/{aug.scale_max}: need "
+                     "0 < scale_min <= scale_max (1.0/1.0 switches zoom off)")
+  for field, hi in (("rotation", 180.0), ("translate", 1.0), ("flip", 1.0)):
+    if not 0 <= aug[field] <= hi:
+      raise ValueError(f"{name}.{field} = {aug[field]}: must lie in [0, {hi}] (0 switches it off)")
+  cj = aug.color_jitter
+  for field, hi in (("brightness", 1.0), ("contrast", 1.0), ("saturation", 1.0), ("hue", 0.5)):
+    if not 0 <= cj[field] <= hi:
+      raise ValueError(f"{name}.color_jitter.{field} = {cj[field]}: must lie in [0, {hi}]")
 
 
 # ---------------------------------------------------------------------------------------------------

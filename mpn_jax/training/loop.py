@@ -356,6 +356,8 @@ def prn_task(config, mesh):
   from mpn_jax import prn_grid  # pylint: disable=g-import-not-at-top
   from mpn_jax.data import prn_samples  # pylint: disable=g-import-not-at-top
   config = resolve_prn_files(config)
+  for f in list(config.data.train_files) + [config.data.val_file]:
+    prn_samples.resolve(config.data.data_dir, f)  # fail now, naming the file, if it is missing
   model = models.build_prn(config.model)
   loss_fn = steps.prn_loss_fn(model)
   k = 17
