@@ -238,12 +238,10 @@ def peak_parts(dtype, sizes):
   return parts
 
 
-def pick_peak(parts, warmup):
-  """Times each candidate matmul briefly and keeps the fastest (in FLOP/s)."""
-  run_round_robin(parts, 2, warmup)
-  best = max(parts, key=lambda p: p.flops / min(p.times))
-  best.times.clear()
-  return best
+def best_peak(parts):
+  """The matmul part with the highest median FLOP/s (the peak every fraction is taken of)."""
+  mm = [p for p in parts if p.name.startswith("matmul_")]
+  return max(mm, key=lambda p: p.flops / p.median_s) if mm else None
 
 
 def network_parts(model, variables, prn_model, prn_variables, settings, with_forward,
@@ -409,13 +407,12 @@ def benchmark_dtype(settings, dtype, log=print):
   from mpn_jax import models  # pylint: disable=g-import-not-at-top
   from mpn_jax import parallel  # pylint: disable=g-import-not-at-top
   want = set(settings.parts)
-  parts, peak = [], None
+  parts = []
   if "peak" in want:
     sizes = settings.peak_sizes or ((2048, 4096) if jax.default_backend() == "cpu"
                                     else (8192, 16384))
-    log(f"[{dtype}] matmul peak: trying n = {', '.join(map(str, sizes))}")
-    peak = pick_peak(peak_parts(dtype, sizes), settings.warmup)
-    parts.append(peak)
+    log(f"[{dtype}] matmul peak: n = {', '.join(map(str, sizes))}")
+    parts += peak_parts(dtype, sizes)
 
   mcfg, pcfg = model_configs(settings.model_size, dtype)
   model, prn_model = models.build_multiposenet(mcfg), models.build_prn(pcfg)
@@ -443,14 +440,15 @@ def benchmark_dtype(settings, dtype, log=print):
   log(f"[{dtype}] timing {len(parts)} parts: {settings.warmup} warm-up + {settings.repeats} "
       "round-robin rounds")
   run_round_robin(parts, settings.repeats, settings.warmup)
-  return summarize(parts, peak), parts
+  return summarize(parts), parts
 
 
-def summarize(parts, peak):
-  """Flat metrics of one dtype from its timed parts."""
+def summarize(parts):
+  """Flat metrics of one dtype from its timed parts (medians; fractions of the best matmul)."""
   by = {p.name: p for p in parts}
   m = {}
   peak_fps = None
+  peak = best_peak(parts)
   if peak is not None:
     peak_fps = peak.flops / peak.median_s
     m["matmul_peak_flops_per_s"] = peak_fps
@@ -475,10 +473,10 @@ def summarize(parts, peak):
       if peak_fps:
         m["prn_fraction_of_peak"] = p.flops / p.median_s / peak_fps
     elif p.name in ("train_branches", "train_prn"):
-      unit = "images" if p.name == "train_branches" else "people"
-      m[f"{p.name}_{unit}_per_s"] = p.per_s()
+      units, unit = ("images", "image") if p.name == "train_branches" else ("people", "person")
+      m[f"{p.name}_{units}_per_s"] = p.per_s()
       m[f"{p.name}_batch"] = p.units
-      m[f"{p.name}_flops_per_{unit[:-1] if unit == 'images' else 'person'}"] = p.flops / p.units
+      m[f"{p.name}_flops_per_{unit}"] = p.flops / p.units
       if peak_fps:
         m[f"{p.name}_fraction_of_peak"] = p.flops / p.median_s / peak_fps
   first = [p for p in parts if p.name.startswith("forward_bs")]

@@ -1,4 +1,4 @@
-"""Augmentation and targets on real COCO samples: geometry against hand-computed values and invariants."""
+"""Augmentation and targets on real COCO samples: geometry vs hand-computed values, invariants."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Branches input pipeline: shapes/dtypes of the contract, determinism, eval letterbox, host split."""
+"""Branches input pipeline: contract shapes/dtypes, determinism, eval letterbox, host split."""
 
 import jax
 import ml_collections

@@ -1,7 +1,8 @@
 """Geometric and photometric augmentation of one example, as TensorFlow ops (tf.data map friendly).
 
-One affine matrix per example maps ORIGINAL image coordinates to INPUT coordinates (the S x S network
-input). Image, masks, keypoints and boxes all go through that one matrix, so they cannot drift apart:
+One affine matrix per example maps ORIGINAL image coordinates to INPUT coordinates (the S x S
+network input). Image, masks, keypoints and boxes all go through that one matrix, so they cannot
+drift apart:
 
   M = T(c + t S) . R(angle) . Z(scale) . T(-c) . L . F
 
@@ -88,7 +89,7 @@ def affine_matrix(height, width, size, scale=1.0, angle=0.0, translate=(0.0, 0.0
   z = tf.cast(scale, tf.float32)
   cos, sin = z * tf.cos(a), z * tf.sin(a)
   t = tf.cast(translate, tf.float32) * s
-  # With y pointing down, a counter-clockwise turn on screen is x' = x cos + y sin, y' = -x sin + y cos.
+  # y points down, so a counter-clockwise turn on screen is x' = x cos + y sin, y' = -x sin + y cos.
   rot_m = _mat([[cos, sin, cx + t[0] - (cos * cx + sin * cy)],
                 [-sin, cos, cy + t[1] - (-sin * cx + cos * cy)],
                 [zero, zero, one]])
@@ -323,7 +324,7 @@ def augment_example(example, size, params=None, color_seed=None, aug=None):
     params: dict from `sample_params` (or hand-made with keys scale, angle, translate, flip); None
       for the plain eval letterbox.
     color_seed: [2] stateless seed for the colour jitter; None: no jitter.
-    aug: augmentation ConfigDict (colour jitter strengths, min_box_size); default `augment_config()`.
+    aug: augmentation ConfigDict (colour jitter, min_box_size); default `augment_config()`.
   Returns:
     `apply_affine`'s dict plus 'matrix' [3, 3]; 'image' [S, S, 3] float32 is ImageNet-normalised
     (`coco.normalize_image`) before the warp, so the padding is 0 after normalisation as in

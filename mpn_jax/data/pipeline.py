@@ -1,13 +1,13 @@
-"""Input pipelines of the branches stage: TFDS examples -> augmented, batched, per-host numpy batches.
+"""Input pipelines of the branches stage: TFDS examples -> augmented per-host numpy batches.
 
 Train: read this process's shard of the split (`tfds.split_for_jax_process`), repeat, shuffle,
 decode, one random affine + colour jitter per example (augment.py), targets (targets.py), batch
 `batch_size // process_count` examples, prefetch. Every random draw is a stateless op seeded by
 (config.seed, process index, position in the stream), so a run is reproducible for a seed.
 
-Eval: the plain letterbox (`preprocess.letterbox`'s geometry), no augmentation, every example once, the
-last batch padded with `valid=False` examples (and, on several hosts, all hosts yield the same number
-of batches).
+Eval: the plain letterbox (`preprocess.letterbox`'s geometry), no augmentation, every example
+once, the last batch padded with `valid=False` examples (and, on several hosts, all hosts yield the
+same number of batches).
 
 Batches are host-local numpy dicts (docs/CONTRACTS.md, data); the training loop makes global arrays
 with `parallel.shard_batch`.

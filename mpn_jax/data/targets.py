@@ -1,10 +1,10 @@
 """Training targets of the keypoint and detection subnets, from an augmented example (TF ops).
 
 Stride-4 maps follow preprocess.py: cell j covers input [4j, 4j + 4) and is centred at heatmap
-coordinate j + 0.5, a keypoint at input x sits at heatmap coordinate x / 4. Each keypoint's Gaussian is
-centred exactly there (not snapped to a cell), so the rendered maximum is 1 only when the keypoint is
-at a cell centre and exp(-1 / (4 sigma^2)) >= 0.88 (sigma >= 1) at worst; the sub-cell position
-survives in the neighbouring values.
+coordinate j + 0.5, a keypoint at input x sits at heatmap coordinate x / 4. Each keypoint's
+Gaussian is centred exactly there (not snapped to a cell), so the rendered maximum is 1 only when
+the keypoint is at a cell centre, and at worst (a cell corner) exp(-1 / (4 sigma^2)): 0.78 for
+sigma = 1, 0.94 for sigma = 2. The sub-cell position survives in the neighbouring values.
 """
 
 import tensorflow as tf
