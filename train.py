@@ -1,4 +1,4 @@
-r"""Trains one stage of MultiPoseNet: the branches (configs/branches.py) or the PRN (configs/prn.py).
+r"""Trains one stage of MultiPoseNet: branches (configs/branches.py) or PRN (configs/prn.py).
 
   python train.py --config=configs/branches.py:synthetic --workdir=/tmp/mpn/branches
   python train.py --config=configs/prn.py:coco_small --workdir=/tmp/mpn/prn

@@ -1,4 +1,4 @@
-r"""Stage one: ResNet backbone + keypoint subnet + RetinaNet person detection (MultiPoseNet branches).
+r"""Stage one of MultiPoseNet: ResNet backbone + keypoint subnet + RetinaNet person detection.
 
 Presets (the part after the colon):
   coco (default)  COCO 2017 person keypoints at 480x480, the paper's recipe as far as it is known.
@@ -34,8 +34,8 @@ def get_config(arg=None):
   """Returns the branches config for the preset `arg` (coco, synthetic or smoke)."""
   preset = arg or "coco"
   if preset not in ("coco", "synthetic", "smoke"):
-    raise ValueError(f"configs/branches.py: unknown preset {preset!r}; use coco, synthetic or smoke "
-                     "(e.g. --config=configs/branches.py:synthetic)")
+    raise ValueError(f"configs/branches.py: unknown preset {preset!r}; use coco, synthetic or "
+                     "smoke (e.g. --config=configs/branches.py:synthetic)")
   config = ml_collections.ConfigDict()
   config.stage = "branches"
   config.preset = preset

@@ -14,7 +14,8 @@ Presets (the part after the colon):
   python train.py --config=configs/prn.py:coco_small --workdir=/tmp/mpn/prn_small
   python train.py --config=configs/prn.py:smoke --workdir=/tmp/mpn/prn_smoke
 
-Every field can be overridden, e.g. `--config.train.learning_rate=1e-4`; a misspelt field is an error.
+Every field can be overridden, e.g. `--config.train.learning_rate=1e-4`; a misspelt field is an
+error.
 
 Recipe: the PRN authors' code trains with Adam (lr 1e-3, batch 8, 16 epochs, 1024 hidden units,
 dropout 0.5); here lr 1e-3 decayed x0.1 at 75% and 90% of training.
@@ -32,8 +33,8 @@ def get_config(arg=None):
   """Returns the PRN config for the preset `arg` (coco, coco_small, synthetic or smoke)."""
   preset = arg or "coco"
   if preset not in ("coco", "coco_small", "synthetic", "smoke"):
-    raise ValueError(f"configs/prn.py: unknown preset {preset!r}; use coco, coco_small, synthetic or "
-                     "smoke (e.g. --config=configs/prn.py:coco_small)")
+    raise ValueError(f"configs/prn.py: unknown preset {preset!r}; use coco, coco_small, synthetic "
+                     "or smoke (e.g. --config=configs/prn.py:coco_small)")
   config = ml_collections.ConfigDict()
   config.stage = "prn"
   config.preset = preset
@@ -97,6 +98,10 @@ def _coco_small(config):
   config.data.train_files = defaults.train_files
   config.data.val_file = defaults.val_file
   config.data.batch_size = 32
+  # Assignment measured on prn_val (scripts/prn_experiment.py): Hungarian with a 5x5 window beats
+  # greedy with a 1x1 one by ~0.03-0.05 AP for every PRN tried.
+  config.inference.assign_method = "hungarian"
+  config.inference.assign_window = 5
   config.train.num_steps = 3000
   config.train.log_every_steps = 50
   config.train.checkpoint_every_steps = 500

@@ -142,7 +142,7 @@ def assign(scores, cand_valid, box_valid, method="greedy", min_score=0.0):
   elif method == "hungarian":
     shape = jax.ShapeDtypeStruct(scores.shape[:2], jnp.int32)
     if isinstance(scores, jax.core.Tracer) or isinstance(valid, jax.core.Tracer):
-      idx = jax.pure_callback(_hungarian_host, shape, scores, valid)
+      idx = jax.pure_callback(_hungarian_host, shape, scores, valid, vmap_method="sequential")
     else:
       idx = jnp.asarray(_hungarian_host(scores, valid))
   else:

@@ -5,9 +5,9 @@ r"""Speed and memory of inference and training, against the machine's own matmul
   python -m mpn_jax.benchmark --dtypes=float32,bfloat16 --parts=peak,forward,pipeline
 
 What is timed, every part after compilation and `--warmup` calls, `--repeats` times:
-  peak            a large dense square matmul (the best of `--peak_sizes`) in the same dtype on the
-                  same device: the FLOP/s the machine reaches at its best here;
-  forward         MultiPoseNet.apply (train=False) on [B, S, S, 3] images, for each of --batch_sizes;
+  peak            a large dense square matmul (the best of `--peak_sizes`) in the same dtype on
+                  the same device: the FLOP/s the machine reaches at its best here;
+  forward         MultiPoseNet.apply (train=False) on [B, S, S, 3] images, each of --batch_sizes;
   pipeline        inference.make_predict_fn: network + peaks + NMS + PRN + keypoint selection, one
                   jitted function (same batch sizes);
   prn             the PoseResidualNet + softmax alone on --prn_batch crops;
@@ -15,15 +15,23 @@ What is timed, every part after compilation and `--warmup` calls, `--repeats` ti
                   optimizer and model of configs/branches.py), --train_batch images;
   train_prn       the same for stage two (configs/prn.py), --prn_train_batch people.
 
+Every part is compiled once ahead of time (`jit(...).lower(...).compile()`, so nothing retraces)
+and called with arguments already on the device. Training steps are the library's own
+`make_train_step` (train state donated; the JSON says whether the backend honoured the donation)
+and feed each step's new state into the next. The pipeline's executable is checked for host
+callbacks (`pipeline_host_callbacks_bs{B}`, 0 = no host round-trip inside).
+
 The timed parts run round-robin (one call of each per round) so that on a shared, noisy machine
 every part sees the same load and ratios between parts (forward vs matmul peak, pipeline vs
-forward) stay meaningful; medians over the rounds are reported (the minimum too). The 1-minute
-load average before and after is recorded: a value above the core count means the machine was
-shared and absolute numbers are pessimistic.
+forward) stay meaningful; medians over the rounds are reported, and the same ratios from the
+fastest call of each part (`*_from_min`, less sensitive to other processes). The 1-minute load
+average before and after is recorded: a value above the core count means the machine was shared
+and absolute numbers are pessimistic.
 
 FLOPs come from XLA's cost analysis of each compiled executable (`compiled.cost_analysis()`).
 Peak memory: the device's `memory_stats()['peak_bytes_in_use']` where the backend has it (GPU, TPU),
 else the process's maximum resident set size (`resource.getrusage`, CPU); the JSON says which.
+Defaults take about 3 minutes on a quiet 2-core CPU (compilation included).
 
 Output: a table on stdout and a JSON file. Its top level holds, for the default device and the
 first dtype (float32 unless --dtypes says otherwise): forward_images_per_s_bs{B},
@@ -41,7 +49,7 @@ import resource
 import statistics
 import sys
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from absl import app
 from absl import flags
@@ -63,11 +71,12 @@ _TRAIN_BATCH = flags.DEFINE_integer(
     "train_batch", 0, "stage-one global training batch; 0: 2 per CPU device, 8 per accelerator")
 _PRN_TRAIN_BATCH = flags.DEFINE_integer(
     "prn_train_batch", 0, "stage-two global training batch; 0: configs/prn.py's data.batch_size")
-_REPEATS = flags.DEFINE_integer("repeats", 5, "timed rounds (medians over these)")
+_REPEATS = flags.DEFINE_integer("repeats", 0, "timed rounds (medians over these); 0: 3 on CPU, "
+                                "10 on accelerators")
 _WARMUP = flags.DEFINE_integer("warmup", 1, "untimed calls of each part after compilation")
 _PEAK_SIZES = flags.DEFINE_list(
-    "peak_sizes", [], "square matmul sides tried for the peak; default 2048,4096 on CPU, "
-    "8192,16384 on accelerators")
+    "peak_sizes", [], "square matmul sides tried for the peak (the best is the peak); default "
+    "2048 on CPU, 8192,16384 on accelerators")
 _MODEL_SIZE = flags.DEFINE_enum("model_size", "full", ["full", "tiny"],
                                 "full: the paper's ResNet-50 MultiPoseNet and PRN; tiny: tests")
 _QUICK = flags.DEFINE_bool(
@@ -77,7 +86,7 @@ _QUICK = flags.DEFINE_bool(
 
 @dataclasses.dataclass
 class Settings:
-  """What to run; `from_flags` fills it from the command line."""
+  """What to run; `settings_from_flags` fills it from the command line."""
   parts: tuple = PARTS
   dtypes: tuple = ("float32",)
   image_size: int = 480
@@ -107,13 +116,22 @@ class Settings:
     return self
 
 
+def _ints(flag):
+  try:
+    return tuple(int(v) for v in flag.value)
+  except ValueError as e:
+    raise ValueError(f"--{flag.name}={','.join(flag.value)}: give comma-separated integers") from e
+
+
 def settings_from_flags():
+  """Settings of the command line (--quick replaces the sizes with a seconds-long smoke run)."""
   s = Settings(
       parts=tuple(_PARTS.value), dtypes=tuple(_DTYPES.value) or default_dtypes(),
-      image_size=_IMAGE_SIZE.value, batch_sizes=tuple(int(b) for b in _BATCH_SIZES.value),
+      image_size=_IMAGE_SIZE.value, batch_sizes=_ints(_BATCH_SIZES),
       prn_batch=_PRN_BATCH.value, train_batch=_TRAIN_BATCH.value,
-      prn_train_batch=_PRN_TRAIN_BATCH.value, repeats=_REPEATS.value, warmup=_WARMUP.value,
-      peak_sizes=tuple(int(n) for n in _PEAK_SIZES.value), model_size=_MODEL_SIZE.value)
+      prn_train_batch=_PRN_TRAIN_BATCH.value,
+      repeats=_REPEATS.value or (3 if jax.default_backend() == "cpu" else 10), warmup=_WARMUP.value,
+      peak_sizes=_ints(_PEAK_SIZES), model_size=_MODEL_SIZE.value)
   if _QUICK.value:
     s = dataclasses.replace(s, model_size="tiny", image_size=64, batch_sizes=(1, 2), prn_batch=8,
                             train_batch=0, prn_train_batch=8, repeats=2, peak_sizes=(256,))
@@ -152,15 +170,16 @@ class Part:
     return self.units / self.median_s
 
 
-def compiled_flops(compiled):
-  """FLOPs of a compiled executable from XLA's cost analysis (0.0 when the backend has none)."""
+def compiled_cost(compiled, key="flops"):
+  """`key` ('flops', 'bytes accessed') of a compiled executable from XLA's cost analysis (0.0 when
+  the backend has none)."""
   try:
     cost = compiled.cost_analysis()
   except Exception:  # pylint: disable=broad-except  (some backends do not implement it)
     return 0.0
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else {}
-  return float((cost or {}).get("flops", 0.0))
+  return float((cost or {}).get(key, 0.0))
 
 
 def compile_part(name, jitted, args, units, unit_name, stateful=False):
@@ -174,28 +193,36 @@ def compile_part(name, jitted, args, units, unit_name, stateful=False):
   compiled = lowered.compile()
   compile_s = time.perf_counter() - t
   text = lowered.as_text()
-  info = {"host_callbacks": text.count("callback")}  # host round-trips inside the executable
+  info = {"host_callbacks": text.count("callback"),  # host round-trips inside the executable
+          "bytes_accessed": compiled_cost(compiled, "bytes accessed")}
   if stateful:
     box = {"state": args[0]}
 
     def call():
-      box["state"], out = compiled(box["state"], *args[1:])
+      old = box["state"]
+      box["state"], out = compiled(old, *args[1:])
+      # Donation lets XLA update the state in place; record whether the backend honoured it.
+      info.setdefault("state_donated", all(
+          x.is_deleted() for x in jax.tree.leaves(old) if isinstance(x, jax.Array)))
       return out
   else:
     call = lambda: compiled(*args)
-  return Part(name, call, units, unit_name, compiled_flops(compiled), compile_s, info=info)
+  return Part(name, call, units, unit_name, compiled_cost(compiled), compile_s, info=info)
 
 
-def run_round_robin(parts, repeats, warmup):
+def run_round_robin(parts, repeats, warmup, log=None):
   """Warm-up calls, then `repeats` rounds each calling every part once; fills `part.times`."""
   for p in parts:
     for _ in range(warmup):
       jax.block_until_ready(p.call())
-  for _ in range(repeats):
+  for r in range(repeats):
+    t_round = time.perf_counter()
     for p in parts:
       t = time.perf_counter()
       jax.block_until_ready(p.call())
       p.times.append(time.perf_counter() - t)
+    if log is not None:
+      log(f"  round {r + 1}/{repeats}: {time.perf_counter() - t_round:.1f} s")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -386,9 +413,23 @@ def peak_memory():
       "process max RSS (resource.getrusage ru_maxrss)"
 
 
+def _cpu_model():
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return ""
+
+
 def device_description():
+  """e.g. 'gpu: NVIDIA H100 x1 (16 host CPU cores)' or 'cpu: AMD EPYC x1 (2 host CPU cores)'."""
   d = jax.devices()[0]
   kind = getattr(d, "device_kind", "") or d.platform
+  if d.platform == "cpu":
+    kind = _cpu_model() or kind
   return f"{d.platform}: {kind} x{jax.device_count()} ({os.cpu_count()} host CPU cores)"
 
 
@@ -409,8 +450,7 @@ def benchmark_dtype(settings, dtype, log=print):
   want = set(settings.parts)
   parts = []
   if "peak" in want:
-    sizes = settings.peak_sizes or ((2048, 4096) if jax.default_backend() == "cpu"
-                                    else (8192, 16384))
+    sizes = settings.peak_sizes or ((2048,) if jax.default_backend() == "cpu" else (8192, 16384))
     log(f"[{dtype}] matmul peak: n = {', '.join(map(str, sizes))}")
     parts += peak_parts(dtype, sizes)
 
@@ -437,9 +477,11 @@ def benchmark_dtype(settings, dtype, log=print):
     log(f"[{dtype}] compiling the stage-two train step")
     parts.append(prn_train_part(settings, dtype, mesh))
 
+  for p in parts:
+    log(f"  {p.name}: compiled in {p.compile_s:.1f} s, {p.flops / 1e9:.2f} GFLOP per call")
   log(f"[{dtype}] timing {len(parts)} parts: {settings.warmup} warm-up + {settings.repeats} "
       "round-robin rounds")
-  run_round_robin(parts, settings.repeats, settings.warmup)
+  run_round_robin(parts, settings.repeats, settings.warmup, log)
   return summarize(parts), parts
 
 
@@ -461,11 +503,15 @@ def summarize(parts):
       m[f"{kind}_flops_per_s_bs{b}"] = p.flops / p.median_s
       if peak_fps:
         m[f"{kind}_fraction_of_peak_bs{b}"] = p.flops / p.median_s / peak_fps
+        # The same from the fastest call of each (less sensitive to other processes' load).
+        m[f"{kind}_fraction_of_peak_bs{b}_from_min"] = (p.flops / min(p.times)) / (
+            peak.flops / min(peak.times))
       if kind == "pipeline":
         m[f"pipeline_host_callbacks_bs{b}"] = p.info["host_callbacks"]
         fwd = by.get(f"forward_bs{b}")
         if fwd is not None:
           m[f"pipeline_over_forward_bs{b}"] = p.median_s / fwd.median_s
+          m[f"pipeline_over_forward_bs{b}_from_min"] = min(p.times) / min(fwd.times)
     elif p.name.startswith("prn_bs"):
       m["prn_batch"] = p.units
       m["prn_us_per_person"] = p.median_s / p.units * 1e6
@@ -476,6 +522,7 @@ def summarize(parts):
       units, unit = ("images", "image") if p.name == "train_branches" else ("people", "person")
       m[f"{p.name}_{units}_per_s"] = p.per_s()
       m[f"{p.name}_batch"] = p.units
+      m[f"{p.name}_state_donated"] = p.info.get("state_donated")
       m[f"{p.name}_flops_per_{unit}"] = p.flops / p.units
       if peak_fps:
         m[f"{p.name}_fraction_of_peak"] = p.flops / p.median_s / peak_fps
@@ -517,7 +564,8 @@ def run(settings, log=print):
     peak = metrics.get("matmul_peak_flops_per_s")
     rows += [(dtype, p, peak) for p in parts]
     timings[dtype] = {p.name: {"times_s": p.times, "median_s": p.median_s, "min_s": min(p.times),
-                               "compile_s": p.compile_s, "flops": p.flops, "units": p.units}
+                               "compile_s": p.compile_s, "flops": p.flops, "units": p.units,
+                               "bytes_accessed": p.info["bytes_accessed"]}
                       for p in parts}
   mem, mem_source = peak_memory()
   out = {
@@ -547,7 +595,11 @@ def run(settings, log=print):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}: every option is a --flag")
-  out = run(settings_from_flags())
+  try:
+    settings = settings_from_flags()
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  out = run(settings)
   if _OUTPUT.value:
     os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
     with open(_OUTPUT.value, "w") as f:

@@ -256,7 +256,7 @@ def rasterize_peaks(cand_xy, cand_valid, boxes, sigma):
   """PRN inputs from detected peaks, the way PRN training samples are drawn (vmap over the batch).
 
   Every valid peak inside a widened box is drawn as a Gaussian of `sigma` grid cells with
-  `prn_grid.rasterize` (maximum over peaks), like `prn_samples.render_inputs` draws the labelled
+  `prn_grid.axis_profiles` (maximum over peaks, as `prn_grid.rasterize`), like `prn_samples.render_inputs` draws the labelled
   keypoints of all people around a box.
 
   Args:
@@ -266,20 +266,13 @@ def rasterize_peaks(cand_xy, cand_valid, boxes, sigma):
   Returns:
     [N, 56, 36, K] float32.
   """
-  grid = prn_grid.points_to_grid(jnp.swapaxes(cand_xy, 0, 1)[None], boxes[:, None, None, :],
-                                 xp=jnp)  # [N, C, K, 2]
-  valid = jnp.swapaxes(cand_valid, 0, 1)  # [C, K]
-  draw = jax.vmap(lambda g, v: prn_grid.rasterize(g[None], v[None], sigma=sigma, xp=jnp),
-                  in_axes=(0, None))  # over boxes: [N, K, 2] -> [N, 56, 36, K]
-
-  # One candidate rank at a time keeps memory at [N, 56, 36, K] instead of x C.
-  def body(acc, c):
-    return jnp.maximum(acc, draw(grid[:, c], valid[c])), None
-
-  init = jnp.zeros((boxes.shape[0], prn_grid.GRID_H, prn_grid.GRID_W, cand_xy.shape[0]),
-                   jnp.float32)
-  out, _ = jax.lax.scan(body, init, jnp.arange(cand_xy.shape[1]))
-  return out
+  grid = prn_grid.points_to_grid(cand_xy[None], boxes[:, None, None, :], xp=jnp)  # [N, K, C, 2]
+  valid = cand_valid[None] & prn_grid.inside_grid(grid, xp=jnp)  # [N, K, C]
+  gx, gy = prn_grid.axis_profiles(grid, sigma, xp=jnp)  # [N, K, C, W], [N, K, C, H]
+  gy = gy * valid[..., None].astype(jnp.float32)
+  # The max over candidates of the outer products is one fused reduction.
+  out = jnp.max(gy[..., :, None] * gx[..., None, :], axis=2)  # [N, K, H, W]
+  return jnp.transpose(out, (0, 2, 3, 1))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Losses of both training stages: heatmap L2, RetinaNet focal + smooth-L1, PRN cross-entropy.
 
-Every function returns a float32 scalar reduced over the GLOBAL batch (under jit with a sharded batch
-the sums are global reductions), so the loss and its gradients do not depend on the device count.
+Every function returns a float32 scalar reduced over the GLOBAL batch (under jit with a sharded
+batch the sums are global reductions), so the loss and its gradients do not depend on the device
+count.
 """
 
 import jax
@@ -26,7 +27,7 @@ def weighted_l2(pred, target, weights):
 
 
 def upsample_to(x, size, factor):
-  """Bilinear upsampling of a native-resolution map by `factor`, cropped to the stride-4 grid `size`.
+  """Bilinear upsampling of a native-resolution map by `factor`, cropped to the stride-4 `size`.
 
   A level-l map (stride 2^l, cell j centred at input 2^l (j + 0.5)) is resized by the integer
   factor 2^(l-2) with half-pixel centres and then cropped at the bottom/right, which keeps the
@@ -88,7 +89,7 @@ def focal_loss_terms(logits, labels, alpha=0.25, gamma=2.0):
 
 
 def smooth_l1(x, beta):
-  """Huber-style smooth L1: 0.5 x^2 / beta for |x| < beta, else |x| - 0.5 beta (beta=0: plain L1)."""
+  """Smooth L1: 0.5 x^2 / beta for |x| < beta, else |x| - 0.5 beta (beta <= 0: plain L1)."""
   ax = jnp.abs(x)
   if beta <= 0:
     return ax

@@ -69,6 +69,10 @@ def main():
   ap.add_argument("--methods", default="greedy,hungarian,global_greedy,mutual")
   ap.add_argument("--windows", default="1")
   ap.add_argument("--score_modes", default="keypoints")
+  ap.add_argument("--input_scale", type=float, default=1.0,
+                  help="multiplies the PRN input (and so its residual) before the model")
+  ap.add_argument("--eval_train", action="store_true",
+                  help="also score the protocol on the training file (over/underfitting)")
   ap.add_argument("--tag", default="")
   args = ap.parse_args()
 
@@ -90,7 +94,8 @@ def main():
   @jax.jit
   def step(params, opt_state, batch, rng):
     def loss_fn(p):
-      logits = model.apply({"params": p}, batch["inputs"], train=True, rngs={"dropout": rng})
+      logits = model.apply({"params": p}, batch["inputs"] * args.input_scale, train=True,
+                           rngs={"dropout": rng})
       return prn_loss(logits, batch["targets"], batch["target_valid"])
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
@@ -108,13 +113,16 @@ def main():
       print(f"step {s} loss {np.mean(losses[-100:]):.4f} ({time.time() - t0:.0f}s)", flush=True)
   train_s = time.time() - t0
 
-  apply = jax.jit(lambda x: models.prn_probabilities(model.apply({"params": params}, x)))
+  def logits_fn(x):
+    return model.apply({"params": params}, x * args.input_scale)
+  apply = jax.jit(lambda x: models.prn_probabilities(logits_fn(x)))
   val_file = prn_samples.resolve(dcfg.data_dir, dcfg.val_file)
   val = prn_samples.make_prn_eval_set(dcfg)
-  val_loss = float(np.mean([prn_loss(model.apply({"params": params}, val["inputs"][i:i + 64]),
+  val_loss = float(np.mean([prn_loss(logits_fn(val["inputs"][i:i + 64]),
                                      val["targets"][i:i + 64], val["target_valid"][i:i + 64])
                             for i in range(0, len(val["inputs"]), 64)]))
-  out = {"tag": args.tag, "steps": args.steps, "seed": args.seed, "set": args.set,
+  out = {"tag": args.tag, "steps": args.steps, "seed": args.seed, "set": args.set, "lr": args.lr,
+         "input_scale": args.input_scale,
          "model": args.model, "train_s": round(train_s), "val_loss": round(val_loss, 4)}
   for w in [int(v) for v in args.windows.split(",")]:
     for mode in args.score_modes.split(","):
@@ -123,6 +131,12 @@ def main():
                                                 widen=dcfg.widen, input_sigma=dcfg.input_sigma,
                                                 score_mode=mode)
         out[f"AP_{m}_w{w}_{mode}"] = round(stats["AP"], 4)
+  if args.eval_train:
+    for f in dcfg.train_files:
+      stats, _ = prn_protocol.evaluate_prn_gt(prn_samples.resolve(dcfg.data_dir, f), "prn", apply,
+                                              method="greedy", widen=dcfg.widen,
+                                              input_sigma=dcfg.input_sigma)
+      out[f"train_AP_greedy_w1_keypoints:{f.split('/')[-1]}"] = round(stats["AP"], 4)
   print("RESULT " + json.dumps(out), flush=True)
 
 

@@ -123,6 +123,17 @@ def test_jit_matches_eager(method):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b))
 
 
+def test_hungarian_under_vmap_and_jit():
+  rng = np.random.default_rng(4)
+  scores = rng.random((3, 4, 2, 5)).astype(np.float32)
+  valid = np.ones((2, 5), bool)
+  f = jax.jit(jax.vmap(lambda s: assignment.assign(s, valid, np.ones(4, bool), "hungarian")[0]))
+  got = np.asarray(f(scores))
+  for b in range(3):
+    np.testing.assert_array_equal(got[b], assignment.assign(scores[b], valid, np.ones(4, bool),
+                                                            "hungarian")[0])
+
+
 def test_unknown_method_is_an_error():
   with pytest.raises(ValueError, match="greedy"):
     assignment.assign(CONTESTED, VALID, np.ones(2, bool), "nearest")

@@ -24,7 +24,9 @@ def _sgd_config(toy_config):
 def _one_step(mesh, task, cfg, batch):
   import jax  # pylint: disable=g-import-not-at-top
   from mpn_jax import parallel  # pylint: disable=g-import-not-at-top
-  from mpn_jax.training import loop, state as state_lib, steps  # pylint: disable=g-import-not-at-top
+  from mpn_jax.training import loop  # pylint: disable=g-import-not-at-top
+  from mpn_jax.training import state as state_lib  # pylint: disable=g-import-not-at-top
+  from mpn_jax.training import steps  # pylint: disable=g-import-not-at-top
   tx, schedule = state_lib.make_optimizer(cfg.train)
   state = loop.create_state(task, tx, 0, mesh)
   before = jax.device_get(state.params)
@@ -104,8 +106,8 @@ def test_two_processes_train_like_one(tmp_path):
     got = np.load(tmp_path / f"out{pid}.npz")
     want = [reference.losses[s] for s in range(1, NUM_STEPS + 1)]
     np.testing.assert_allclose(got["losses"], want, rtol=1e-5)
-    np.testing.assert_allclose(got["kernel"], np.asarray(reference.state.params["backbone"]["kernel"]),
-                               rtol=1e-5, atol=1e-6)
+    want_kernel = np.asarray(reference.state.params["backbone"]["kernel"])
+    np.testing.assert_allclose(got["kernel"], want_kernel, rtol=1e-5, atol=1e-6)
   # One checkpoint directory, written jointly, readable afterwards.
   from mpn_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
   params, _, _ = checkpoints.restore_variables(tmp_path / "multi")

@@ -101,3 +101,30 @@ def test_prn_plumbing_on_a_tiny_file(two_people_file):
 def test_prn_needs_an_apply_function(two_people_file):
   with pytest.raises(ValueError, match="prn_apply"):
     prn_protocol.evaluate_prn_gt(two_people_file, "prn")
+
+
+def test_a_perfect_prn_reaches_the_oracle(coco_dir):
+  # A PRN that outputs each person's true target distribution (looked up by its input, which is
+  # unique per person in prn_val) must, through candidate_scores + assign, reach the oracle's AP:
+  # this checks that protocol inputs are built exactly like the training samples.
+  from mpn_jax.data import prn_samples  # pylint: disable=g-import-not-at-top
+  src = prn_samples.PrnSampleSource(_val_file(coco_dir), target_sigma=1.0)
+  lookup = {}
+  for s in range(len(src)):
+    sample = src.sample(s)
+    lookup[np.round(sample["inputs"], 4).tobytes()] = sample["targets"]
+  assert len(lookup) == len(src)
+
+  def perfect(x):
+    out = np.full(x.shape, 1.0 / (56 * 36), np.float32)
+    for i, inp in enumerate(np.asarray(x)):
+      t = lookup.get(np.round(inp, 4).tobytes())
+      if t is not None:
+        out[i] = np.where(t.sum((0, 1)) > 0, t, out[i])
+    return out
+
+  oracle, _ = prn_protocol.evaluate_prn_gt(_val_file(coco_dir), assign="oracle")
+  stats, _ = prn_protocol.evaluate_prn_gt(_val_file(coco_dir), "prn", perfect, method="hungarian")
+  assert stats["AP"] == pytest.approx(oracle["AP"], abs=0.002)
+  greedy, _ = prn_protocol.evaluate_prn_gt(_val_file(coco_dir), "prn", perfect, method="greedy")
+  assert oracle["AP"] - 0.015 < greedy["AP"] <= oracle["AP"] + 1e-9

@@ -96,7 +96,8 @@ def _variables_dir(path):
   for candidate in (path, os.path.join(path, "checkpoints")):
     if os.path.isdir(os.path.join(candidate, "variables")):
       return os.path.join(candidate, "variables"), candidate
-    steps = [int(d) for d in os.listdir(candidate) if d.isdigit()] if os.path.isdir(candidate) else []
+    names = os.listdir(candidate) if os.path.isdir(candidate) else []
+    steps = [int(d) for d in names if d.isdigit()]
     if steps:
       step_dir = os.path.join(candidate, str(max(steps)))
       return os.path.join(step_dir, "variables"), step_dir
@@ -120,8 +121,8 @@ def restore_variables(path):
     raise ValueError(f"{path} is not a training workdir or an Orbax checkpoint of "
                      f"{{'params', 'batch_stats'}}: {e}") from e
   if not isinstance(tree, dict) or "params" not in tree:
-    raise ValueError(f"checkpoint {var_dir} must hold a tree {{'params': ..., 'batch_stats': ...}}, "
-                     f"got top-level keys {list(tree) if isinstance(tree, dict) else type(tree)}")
+    raise ValueError(f"checkpoint {var_dir} must hold a tree {{'params': ..., 'batch_stats': ...}}"
+                     f", got top-level keys {list(tree) if isinstance(tree, dict) else type(tree)}")
   config = None
   if step_dir and os.path.exists(os.path.join(step_dir, "config", "metadata")):
     with open(os.path.join(step_dir, "config", "metadata")) as f:

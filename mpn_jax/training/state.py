@@ -78,7 +78,8 @@ def learning_rate_schedule(train_cfg):
   if train_cfg.schedule == "cosine":
     return optax.warmup_cosine_decay_schedule(0.0, lr, warm, max(n, warm + 1), end_value=0.0)
   if train_cfg.schedule == "piecewise":
-    bounds = {int(f * n): train_cfg.decay_factor for f in train_cfg.decay_fractions if int(f * n) > 0}
+    bounds = {int(f * n): train_cfg.decay_factor for f in train_cfg.decay_fractions
+              if int(f * n) > 0}
     main = optax.piecewise_constant_schedule(lr, bounds)
   elif train_cfg.schedule == "constant":
     main = optax.constant_schedule(lr)

@@ -1,0 +1,171 @@
+"""The benchmark harness (mpn_jax.benchmark): FLOP counting, timing loop, derived metrics, memory,
+and a tiny end-to-end run. Nothing here is a timing assertion: the numbers depend on the machine."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mpn_jax import benchmark
+from mpn_jax import boxes
+from mpn_jax import models
+from mpn_jax.training import steps
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _fixed_part(name, units, flops, times):
+  p = benchmark.Part(name, lambda: None, units, "x", flops=flops)
+  p.times = list(times)
+  return p
+
+
+@pytest.mark.parametrize("n", [32, 96])
+def test_matmul_flops_are_two_n_cubed(n):
+  a = jnp.ones((n, n), jnp.float32)
+  part = benchmark.compile_part("mm", jax.jit(jnp.matmul), (a, a), 1, "matmul")
+  assert part.flops == pytest.approx(2 * n**3, rel=1e-3)
+
+
+def test_conv_flops_match_hand_count():
+  # VALID 3x3 conv, 1 x 10 x 12 x 8 -> 1 x 8 x 10 x 16: 2 FLOPs per multiply-add.
+  x, w = jnp.ones((1, 10, 12, 8)), jnp.ones((3, 3, 8, 16))
+  conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
+      x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+  part = benchmark.compile_part("conv", conv, (x, w), 1, "images")
+  assert part.flops == pytest.approx(2 * 8 * 10 * 16 * 3 * 3 * 8, rel=1e-3)
+  assert part.info["host_callbacks"] == 0
+
+
+def test_host_callbacks_are_counted():
+  def host_double(x):
+    return jax.pure_callback(lambda v: np.asarray(v) * 2, jax.ShapeDtypeStruct(x.shape, x.dtype), x)
+
+  x = jnp.ones((3,))
+  with_cb = benchmark.compile_part("cb", jax.jit(lambda x: host_double(x) + 1), (x,), 1, "x")
+  without = benchmark.compile_part("no_cb", jax.jit(lambda x: x * 2 + 1), (x,), 1, "x")
+  assert with_cb.info["host_callbacks"] > 0 and without.info["host_callbacks"] == 0
+  np.testing.assert_allclose(with_cb.call(), without.call())
+
+
+def test_round_robin_warms_up_then_alternates():
+  log = []
+  parts = [benchmark.Part(n, (lambda n=n: log.append(n)), 1, "x") for n in "ab"]
+  benchmark.run_round_robin(parts, repeats=3, warmup=2)
+  assert log == ["a", "a", "b", "b"] + ["a", "b"] * 3
+  assert [len(p.times) for p in parts] == [3, 3]
+  assert all(t >= 0 for p in parts for t in p.times)
+
+
+@pytest.mark.parametrize("donate", [True, False])
+def test_stateful_part_feeds_its_state_back(donate):
+  step = jax.jit(lambda s, inc: (s + inc, s.sum()), donate_argnums=(0,) if donate else ())
+  part = benchmark.compile_part("count", step, (jnp.zeros((4,)), jnp.ones((4,))), 1, "steps",
+                                stateful=True)
+  outs = [float(part.call()) for _ in range(4)]
+  assert outs == [0.0, 4.0, 8.0, 12.0]
+  assert part.info["state_donated"] is donate
+
+
+def test_summary_metrics_from_medians():
+  parts = [
+      _fixed_part("matmul_64", 1, 2e6, [1.0, 2.0, 9.0]),     # 1e6 FLOP/s
+      _fixed_part("matmul_128", 1, 6e6, [2.0, 3.0, 4.0]),    # 2e6 FLOP/s: the peak
+      _fixed_part("forward_bs2", 2, 4e6, [4.0, 4.0, 5.0]),   # 1e6 FLOP/s, 0.5 images/s
+      _fixed_part("pipeline_bs2", 2, 4e6, [5.0, 6.0, 1.0]),  # median 5 s
+      _fixed_part("prn_bs64", 64, 64e3, [0.064, 0.032, 0.128]),
+      _fixed_part("train_branches", 2, 3e6, [8.0]),
+      _fixed_part("train_prn", 8, 8e3, [0.5]),
+  ]
+  parts[3].info["host_callbacks"] = 0
+  m = benchmark.summarize(parts)
+  assert m["matmul_peak_flops_per_s"] == pytest.approx(2e6)
+  assert m["matmul_peak_size"] == 128
+  assert m["forward_images_per_s_bs2"] == pytest.approx(0.5)
+  assert m["forward_flops_per_image"] == pytest.approx(2e6)
+  assert m["forward_fraction_of_peak_bs2"] == pytest.approx(0.5)
+  assert m["pipeline_images_per_s_bs2"] == pytest.approx(0.4)
+  assert m["pipeline_over_forward_bs2"] == pytest.approx(1.25)
+  assert m["prn_us_per_person"] == pytest.approx(1000.0)
+  assert m["prn_flops_per_person"] == pytest.approx(1e3)
+  assert m["train_branches_images_per_s"] == pytest.approx(0.25)
+  assert m["train_branches_flops_per_image"] == pytest.approx(1.5e6)
+  assert m["train_prn_people_per_s"] == pytest.approx(16.0)
+  assert m["train_prn_batch"] == 8
+
+
+def test_peak_memory_counts_what_the_process_touched():
+  big = np.ones(2**26, np.float32)  # 256 MiB, written so it is resident
+  used, source = benchmark.peak_memory()
+  assert used >= big.nbytes
+  if jax.default_backend() == "cpu":
+    assert "RSS" in source
+  del big
+
+
+@pytest.mark.parametrize("field,value,flag", [
+    ("parts", ("forward", "bogus"), "--parts"),
+    ("dtypes", ("float16",), "--dtypes"),
+    ("image_size", 100, "--image_size"),
+    ("batch_sizes", (0,), "--batch_sizes"),
+])
+def test_bad_settings_name_the_flag(field, value, flag):
+  with pytest.raises(ValueError, match=flag):
+    benchmark.Settings(**{field: value}).validate()
+
+
+def test_synthetic_branches_batch_feeds_the_library_loss():
+  # Shapes only (eval_shape: no compilation): the stage-one loss accepts the benchmark's batch.
+  s = 64
+  model = models.build_multiposenet(models.multiposenet_config("tiny"))
+  anchors = boxes.generate_anchors((s, s))
+  cfg = benchmark._stage_config("branches")
+  loss_fn = steps.branches_loss_fn(model, anchors, cfg.loss)
+  batch = benchmark.synthetic_branches_batch(2, s, max_boxes=6, max_people=3)
+  assert batch["heatmaps"].shape == (2, 16, 16, 17) and batch["box_labels"].dtype == np.int32
+  v = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, s, s, 3))))
+  loss, _ = jax.eval_shape(
+      lambda v: loss_fn(v["params"], v.get("batch_stats", {}), batch, jax.random.key(1), True), v)
+  assert loss.shape == ()
+
+
+def test_tiny_end_to_end_run():
+  settings = benchmark.Settings(
+      parts=("peak", "forward", "pipeline", "prn", "train_prn"), dtypes=("float32",),
+      image_size=64, batch_sizes=(1,), prn_batch=4, prn_train_batch=4, repeats=1, warmup=0,
+      peak_sizes=(128,), model_size="tiny")
+  lines = []
+  out = benchmark.run(settings, log=lines.append)
+  for key in ("forward_images_per_s_bs1", "pipeline_images_per_s_bs1", "forward_flops_per_image",
+              "matmul_peak_flops_per_s", "prn_us_per_person", "train_prn_people_per_s",
+              "peak_memory_bytes", "forward_fraction_of_peak_bs1", "pipeline_over_forward_bs1"):
+    assert math.isfinite(out[key]) and out[key] > 0, key
+  assert out["device"].startswith("cpu")
+  assert out["pipeline_host_callbacks_bs1"] == 0
+  # The stage-two step runs on every (simulated) device: the batch stays a multiple of them.
+  assert out["train_prn_batch"] % jax.device_count() == 0
+  assert out["results"]["float32"]["prn_batch"] == 4
+  assert out["train_prn_state_donated"] is True  # the library's step donates the train state
+  table = "\n".join(lines)
+  for name in ("matmul_128", "forward_bs1", "pipeline_bs1", "prn_bs4", "train_prn"):
+    assert name in table
+  json.dumps(out)  # the JSON file is written from this dict
+
+
+def test_command_writes_json(tmp_path):
+  out = tmp_path / "bench.json"
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+      [sys.executable, "-m", "mpn_jax.benchmark", "--quick", "--parts=peak,prn",
+       f"--output={out}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  data = json.loads(out.read_text())
+  assert data["prn_batch"] == 8 and data["prn_us_per_person"] > 0
+  assert data["matmul_peak_size"] == 256
+  assert "prn_bs8" in proc.stdout
