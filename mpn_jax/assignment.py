@@ -26,6 +26,8 @@ from mpn_jax import prn_grid
 # global_greedy: one-to-one, repeatedly the highest-scoring remaining (box, candidate) pair.
 # hungarian: one-to-one, maximal total score (scipy.optimize.linear_sum_assignment).
 METHODS = ("greedy", "mutual", "global_greedy", "hungarian")
+# Where the scores come from: 'prn' (`candidate_scores`) or 'center' (`center_scores`, no PRN).
+SCORERS = ("prn", "center")
 
 
 def window_sums(probs, window):
@@ -69,6 +71,25 @@ def candidate_scores(prn_probs, cand_xy, cand_valid, boxes, window=1):
   flat = jnp.transpose(sums, (0, 3, 1, 2)).reshape(n, k, h * w)
   vals = jnp.take_along_axis(flat, row * w + col, axis=2)  # [N, K, C]
   return jnp.where(inside, vals, 0.0)
+
+
+def center_scores(cand_xy, cand_valid, boxes):
+  """PRN-free scores (the nearest-centre baseline): higher nearer the box centre.
+
+  Args:
+    cand_xy: [K, C, 2] float32 candidate positions (x, y) in image coordinates.
+    cand_valid: [K, C] bool.
+    boxes: [N, 4] float32 widened boxes, xyxy image coords.
+  Returns:
+    [N, K, C] float32 1 / (1 + d), d the distance to the box centre in box-normalised coordinates
+    (the box is the unit square, so tall and wide boxes are treated alike); 0 for invalid
+    candidates and candidates outside the box.
+  """
+  grid = prn_grid.points_to_grid(jnp.asarray(cand_xy)[None], jnp.asarray(boxes)[:, None, None, :],
+                                 xp=jnp)  # [N, K, C, 2]
+  inside = prn_grid.inside_grid(grid, xp=jnp) & jnp.asarray(cand_valid, bool)[None]
+  d = jnp.hypot(grid[..., 0] / prn_grid.GRID_W - 0.5, grid[..., 1] / prn_grid.GRID_H - 0.5)
+  return jnp.where(inside, 1.0 / (1.0 + d), 0.0)
 
 
 def _masked(scores, cand_valid, box_valid, min_score):

@@ -58,6 +58,7 @@ def inference_config():
   c.prn_sigma = 1.0               # Gaussian sigma of 'peaks' inputs: the PRN's data.input_sigma
   c.assign_method = "greedy"      # one of mpn_jax.assignment.METHODS
   c.assign_window = 1             # odd window (grid cells) of PRN probability around a candidate
+  c.candidate_scores = "prn"      # 'prn' | 'center' (PRN-free nearest-centre baseline)
   c.instance_score = "box"        # one of mpn_jax.assignment.SCORE_MODES
   # Test-time augmentation.
   c.flip = False                  # also run on the mirrored image and average
@@ -75,6 +76,9 @@ def _check_config(config):
   if config.assign_method not in assignment.METHODS:
     raise ValueError(f"inference.assign_method={config.assign_method!r}: use one of "
                      f"{assignment.METHODS}")
+  if config.get("candidate_scores", "prn") not in assignment.SCORERS:
+    raise ValueError(f"inference.candidate_scores={config.candidate_scores!r}: use one of "
+                     f"{assignment.SCORERS}")
   if config.instance_score not in assignment.SCORE_MODES:
     raise ValueError(f"inference.instance_score={config.instance_score!r}: use one of "
                      f"{assignment.SCORE_MODES}")
@@ -378,7 +382,10 @@ def predict_people(heatmaps, cand_boxes, cand_scores, scales, prn_apply, config,
   probs = prn_apply(inputs.reshape((b * n,) + inputs.shape[2:])).reshape(inputs.shape)
 
   def assign_one(probs, cand_xy, cand_sc, cand_ok, wide, box_ok, box_scores):
-    s = assignment.candidate_scores(probs, cand_xy, cand_ok, wide, config.assign_window)
+    if config.get("candidate_scores", "prn") == "center":
+      s = assignment.center_scores(cand_xy, cand_ok, wide)
+    else:
+      s = assignment.candidate_scores(probs, cand_xy, cand_ok, wide, config.assign_window)
     idx, a_score = assignment.assign(s, cand_ok, box_ok, config.assign_method)
     kps = assignment.gather_keypoints(cand_xy, cand_sc, idx)  # [N, K, 3]
     person_score = assignment.instance_scores(kps[..., 2], a_score, box_scores,

@@ -152,3 +152,34 @@ def test_gather_keypoints_and_instance_scores():
   np.testing.assert_allclose(
       assignment.instance_scores(kps[..., 2], asc, np.array([0.5, 1.0]), mode="box"),
       [0.125, 0.65])
+
+
+def test_center_scores_pick_the_candidate_nearest_the_box_centre():
+  # Box 0 spans x 0..36, y 0..56 (one pixel per grid cell), centre (18, 28); box 1 is to the right.
+  wboxes = np.array([[0.0, 0.0, 36.0, 56.0], [40.0, 0.0, 76.0, 56.0]], np.float32)
+  cand_xy = np.zeros((17, 3, 2), np.float32)
+  cand_xy[:, 0] = (18.0, 30.0)   # near box 0's centre
+  cand_xy[:, 1] = (2.0, 50.0)    # inside box 0, far from its centre
+  cand_xy[:, 2] = (60.0, 20.0)   # inside box 1 only
+  cand_valid = np.ones((17, 3), bool)
+  s = np.asarray(assignment.center_scores(cand_xy, cand_valid, wboxes))
+  d = np.hypot(0.0, 2.0 / 56)  # box-normalised distance of candidate 0 to box 0's centre
+  np.testing.assert_allclose(s[0, :, 0], 1.0 / (1.0 + d), rtol=1e-5)
+  assert (s[0, :, 2] == 0).all() and (s[1, :, :2] == 0).all()  # outside the box: 0
+  idx, _ = assignment.assign(s, cand_valid, np.ones(2, bool), "greedy")
+  np.testing.assert_array_equal(np.asarray(idx), [[0] * 17, [2] * 17])
+  cand_valid[:, 0] = False  # an invalid candidate scores 0 and is never picked
+  idx, _ = assignment.assign(assignment.center_scores(cand_xy, cand_valid, wboxes), cand_valid,
+                             np.ones(2, bool), "greedy")
+  np.testing.assert_array_equal(np.asarray(idx)[0], [1] * 17)
+
+
+def test_center_scores_match_the_ground_truth_protocol():
+  from mpn_jax import prn_protocol
+  rng = np.random.default_rng(0)
+  xy = rng.uniform(0, 100, size=(17, 5, 2)).astype(np.float32)
+  valid = rng.random((17, 5)) < 0.7
+  lo = rng.uniform(0, 50, size=(3, 2))
+  wboxes = np.concatenate([lo, lo + rng.uniform(10, 50, size=(3, 2))], 1).astype(np.float32)
+  np.testing.assert_allclose(np.asarray(assignment.center_scores(xy, valid, wboxes)),
+                             prn_protocol.center_scores(xy, valid, wboxes), rtol=1e-5, atol=1e-6)

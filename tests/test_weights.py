@@ -196,6 +196,9 @@ def test_cli_roundtrip_and_config_check(tmp_path):
   cfg.backbone.variant = "v1"
   with pytest.raises(ValueError, match="variant=v1.5"):
     weights.restore_pretrained(out, cfg.backbone)
+  # Training's init_from checks the same metadata before loading: the shapes would match silently.
+  with pytest.raises(ValueError, match="variant=v1.5"):
+    checkpoints.init_from(None, str(out), None, cfg.backbone)
   with pytest.raises(ValueError, match="already exists"):
     weights.main(argv)
   weights.main(argv + ["--overwrite"])

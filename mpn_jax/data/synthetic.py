@@ -44,8 +44,8 @@ HEAD_UP = 0.085
 HEAD_RADIUS = 0.065
 UPPER_ARM, FOREARM = 0.16, 0.14
 THIGH, SHIN = 0.245, 0.245
-THICK = {"upper_arm": 0.05, "forearm": 0.042, "thigh": 0.07, "shin": 0.055, "neck": 0.045,
-         "torso": 0.15}
+THICK = {"upper_arm": 0.07, "forearm": 0.06, "thigh": 0.095, "shin": 0.075, "neck": 0.06,
+         "torso": 0.2}
 
 SKIN = ((255, 219, 172), (241, 194, 125), (224, 172, 105), (198, 134, 66), (141, 85, 36),
         (92, 58, 30))
@@ -54,6 +54,14 @@ HAIR = ((20, 15, 10), (70, 45, 20), (140, 90, 40), (200, 170, 90), (120, 120, 12
 # Eyes and nose further behind the head centre than this (in head radii) are unlabelled (v=0).
 FACE_LABEL_DEPTH = -0.2
 CROWD_ID = 1  # id-map value of crowd pixels; person k is drawn with value k + 2.
+
+# How many people an image holds (probabilities of 1..6) and their heights (fractions of the image
+# side). Figures are large relative to the image: COCO's OKS scales with the segment area, and a
+# stick figure covers far fewer pixels than a clothed person of the same height.
+PEOPLE_PER_IMAGE = (0.3, 0.3, 0.2, 0.1, 0.06, 0.04)
+HEIGHT = (0.4, 0.9)
+SMALL_FRACTION = 0.1          # some small figures (mostly unlabelled, so in the ignore mask)
+SMALL_HEIGHT = (0.15, 0.28)
 
 
 @dataclasses.dataclass(eq=False)
@@ -386,11 +394,11 @@ def render_image(rng, size):
   if has_crowd:  # a bunch of small figures, annotated as one crowd region
     for _ in range(int(rng.integers(4, 10))):
       _place(rng, painter, size, rng.uniform(0.12, 0.22) * size, CROWD_ID)
-  num_people = int(rng.choice(np.arange(1, 7), p=[0.25, 0.25, 0.2, 0.13, 0.1, 0.07]))
+  num_people = int(rng.choice(np.arange(1, 7), p=PEOPLE_PER_IMAGE))
   people = []
   for k in range(num_people):
-    small = rng.random() < 0.15
-    height = size * (rng.uniform(0.15, 0.28) if small else rng.uniform(0.3, 0.8))
+    small = rng.random() < SMALL_FRACTION
+    height = size * (rng.uniform(*SMALL_HEIGHT) if small else rng.uniform(*HEIGHT))
     labelled = rng.random() >= (0.6 if small else 0.08)
     people.append((_place(rng, painter, size, height, k + 2), labelled))
   # Noise over everything, so that the figures are not flat colour either.
@@ -440,8 +448,9 @@ def generate_split(config, split):
 class MpnSynthetic(coco_keypoints.CodePathMixin, tfds.core.GeneratorBasedBuilder):
   """Synthetic multi-person keypoint images with COCO-style annotations and masks."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release.",
+                   "1.1.0": "Larger, thicker figures (0.4-0.9 of the image), fewer people per image."}
   BUILDER_CONFIGS = [make_config()]
 
   def _info(self):

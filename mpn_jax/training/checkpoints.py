@@ -170,8 +170,17 @@ def merge_pretrained(target, source, name="init_from"):
   return flax.traverse_util.unflatten_dict(flat_t, sep="/")
 
 
-def init_from(state, path, mesh):
-  """Returns `state` with params/batch_stats overwritten by the matching subtrees at `path`."""
+def init_from(state, path, mesh, backbone_config=None):
+  """Returns `state` with params/batch_stats overwritten by the matching subtrees at `path`.
+
+  Converted ImageNet weights (`python -m mpn_jax.weights`) have a `path`.json beside them naming
+  their backbone variant and BN epsilon; with `backbone_config` (config.model.backbone) those are
+  checked first, because v1 and v1.5 weights have identical shapes and would load silently.
+  """
+  meta_file = os.path.abspath(os.path.expanduser(path)).rstrip("/") + ".json"
+  if backbone_config is not None and os.path.exists(meta_file):
+    from mpn_jax import weights  # pylint: disable=g-import-not-at-top
+    weights.check_backbone_config(weights.read_metadata(path), backbone_config)
   params, batch_stats, _ = restore_variables(path)
   new_params = merge_pretrained(jax.device_get(state.params), params, f"init_from={path} params")
   new_stats = state.batch_stats

@@ -151,7 +151,9 @@ def run(config, workdir, task, mesh=None):
     state = ckpt.restore(state, latest)
     logging.info("resumed from %s/%d", ckpt.directory, latest)
   elif config.get("init_from"):
-    state = checkpoints.init_from(state, config.init_from, mesh)
+    backbone_cfg = (config.get("model", {}).get("backbone")
+                    if config.get("stage") == "branches" else None)
+    state = checkpoints.init_from(state, config.init_from, mesh, backbone_cfg)
     logging.info("initialised from %s", config.init_from)
   start = int(_host(state.step))
 

@@ -1,0 +1,59 @@
+"""`python -m mpn_jax.quickstart` end to end with the smoke preset, twice (the second run reuses)."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(workdir):
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)  # one CPU device, as on a user's machine
+  proc = subprocess.run(
+      [sys.executable, "-m", "mpn_jax.quickstart", f"--workdir={workdir}", "--preset=smoke"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("quickstart")
+  return workdir, _run(workdir), _run(workdir)
+
+
+def test_first_run_trains_evaluates_and_draws(two_runs):
+  workdir, first, _ = two_runs
+  assert "building the synthetic dataset" in first
+  assert "training stage one" in first and "training stage two" in first
+  last = first.strip().splitlines()[-1]
+  assert re.fullmatch(r"keypoint AP = [01]\.\d{3}", last), last
+  with open(workdir / "eval" / "pipeline_stats.json") as f:
+    stats = json.load(f)
+  assert last == f"keypoint AP = {stats['AP']:.3f}"  # the printed number is the COCOeval one
+  assert (workdir / "eval" / "center_stats.json").is_file()
+  assert "nearest-centre baseline" in first
+  pictures = workdir / "pictures"
+  assert f"pictures (skeletons drawn on validation images): {pictures}" in first
+  assert len([p for p in os.listdir(pictures) if p.endswith(".png")]) == 4  # num_val of smoke
+
+
+def test_second_run_reuses_everything(two_runs):
+  _, first, second = two_runs
+  for what in ("the synthetic dataset", "stage one", "stage two", "the evaluation"):
+    assert f"reusing {what}" in second, second
+  assert "training stage" not in second
+  assert second.strip().splitlines()[-1] == first.strip().splitlines()[-1]
+
+
+def test_bad_preset_is_a_clear_error(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "mpn_jax.quickstart", f"--workdir={tmp_path}", "--preset=huge"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0
+  assert "--preset" in proc.stderr and "synthetic" in proc.stderr
