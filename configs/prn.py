@@ -102,6 +102,9 @@ def _coco_small(config):
   # greedy with a 1x1 one by ~0.03-0.05 AP for every PRN tried.
   config.inference.assign_method = "hungarian"
   config.inference.assign_window = 5
+  # The 'assignment' instance score (+~0.03 AP greedy) and inputs x8 (much lower validation loss).
+  config.eval.score_mode = "assignment"
+  config.model.input_scale = 8.0
   config.train.num_steps = 3000
   config.train.log_every_steps = 50
   config.train.checkpoint_every_steps = 500

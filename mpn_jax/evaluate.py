@@ -39,6 +39,7 @@ def eval_config(mode="pipeline"):
   c.mode = mode                  # 'pipeline' | 'detector' | 'prn_gt'
   c.assign = "prn"               # prn_gt: 'prn' (needs the PRN checkpoint) | 'center' | 'oracle'
   c.method = ""                  # assignment method ('' = config.inference.assign_method, greedy)
+  c.score_mode = "keypoints"     # prn_gt instance score: one of mpn_jax.assignment.SCORE_MODES
   c.ann_file = ""                # COCO annotation file ('' = the config's validation split)
   c.image_dir = ""               # images of ann_file ('' = TFDS eval split of the branches config)
   c.split = "validation"         # TFDS split when image_dir is ''
@@ -132,6 +133,7 @@ def evaluate_prn_gt(config, ec, workdir):
   method = _method(config, ec)
   stats, results = prn_protocol.evaluate_prn_gt(
       ann_file, assign=ec.assign, prn_apply=prn_apply, method=method,
+      window=_inference_field(config, "assign_window", 1), score_mode=ec.score_mode,
       widen=data.get("widen", prn_grid.DEFAULT_WIDEN),
       input_sigma=data.get("input_sigma", 1.0))
   _write_results(ec, workdir, results)
@@ -140,11 +142,13 @@ def evaluate_prn_gt(config, ec, workdir):
   return stats
 
 
-def _method(config, ec):
-  if ec.method:
-    return ec.method
+def _inference_field(config, name, default):
   icfg = config.get("inference", None)
-  return icfg.get("assign_method", "greedy") if icfg is not None else "greedy"
+  return icfg.get(name, default) if icfg is not None else default
+
+
+def _method(config, ec):
+  return ec.method or _inference_field(config, "assign_method", "greedy")
 
 
 def _require_file(path, flag):

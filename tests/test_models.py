@@ -151,6 +151,10 @@ def test_prn_softmax_and_residual():
   # With zero weights the residual block is the identity (ReLU(0) + x).
   zeros = jax.tree.map(jnp.zeros_like, variables)
   np.testing.assert_array_equal(model.apply(zeros, x, train=False), x)
+  # input_scale scales the input, hence the residual: zero weights give scale * x.
+  cfg = models.prn_config("tiny")
+  cfg.input_scale = 8.0
+  np.testing.assert_allclose(models.build_prn(cfg).apply(zeros, x, train=False), 8.0 * x, rtol=1e-6)
   # Dropout is active only in training and needs the 'dropout' rng.
   a = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(2)})
   b = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(3)})

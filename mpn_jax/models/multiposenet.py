@@ -98,6 +98,7 @@ def prn_config(size="full"):
   # e.g. (1, 2, 4): dilated 3x3 convs before the MLP (or, with hidden_sizes=(), instead of it).
   c.conv_dilations = ()
   c.conv_channels = 64
+  c.input_scale = 1.0              # x the input (and residual); 1 = paper
   if size == "tiny":
     c.hidden_sizes = (16,)
   return c
@@ -163,4 +164,4 @@ def build_prn(cfg):
   return prn_lib.PoseResidualNet(
       hidden_sizes=tuple(cfg.hidden_sizes), dropout_rate=cfg.dropout_rate,
       conv_dilations=tuple(cfg.conv_dilations), conv_channels=cfg.conv_channels,
-      dtype=_dtype(cfg.dtype), param_dtype=_dtype(cfg.param_dtype))
+      input_scale=cfg.get("input_scale", 1.0), dtype=_dtype(cfg.dtype), param_dtype=_dtype(cfg.param_dtype))

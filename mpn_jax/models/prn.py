@@ -25,11 +25,15 @@ class PoseResidualNet(nn.Module):
       before the MLP (e.g. (1, 2, 4)); with hidden_sizes=() a 1x1 conv to K + ReLU replaces the MLP.
       Default () = the paper's MLP only.
     conv_channels: width of those convs.
+    input_scale: multiplies the input (and so the residual it adds to the logits). 1 is the paper;
+      inputs peak at 1, so with 1 the residual alone cannot make a sharp softmax and the MLP must
+      learn the whole peak (measured on COCO prn_val: x8 lowers the validation loss a lot).
   """
   hidden_sizes: Sequence[int] = (1024,)
   dropout_rate: float = 0.5
   conv_dilations: Sequence[int] = ()
   conv_channels: int = 64
+  input_scale: float = 1.0
   grid_shape: tuple = (prn_grid.GRID_H, prn_grid.GRID_W)
   num_keypoints: int = 17
   dtype: Any = jnp.float32
@@ -43,8 +47,8 @@ class PoseResidualNet(nn.Module):
     if not self.hidden_sizes and not self.conv_dilations:
       raise ValueError("PRN needs hidden_sizes or conv_dilations (both are empty)")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    inputs = jnp.asarray(x, jnp.float32)
-    y = jnp.asarray(x, self.dtype)
+    inputs = jnp.asarray(x, jnp.float32) * self.input_scale
+    y = jnp.asarray(inputs, self.dtype)
     for i, d in enumerate(self.conv_dilations):
       y = nn.relu(nn.Conv(self.conv_channels, (3, 3), kernel_dilation=d, padding=((d, d), (d, d)),
                           name=f"conv{i}", **kw)(y))

@@ -429,6 +429,7 @@ def prn_gt_metrics(config, model, state):
   stats, _ = prn_protocol.evaluate_prn_gt(
       ann_file, assign="prn", prn_apply=apply, method=config.inference.assign_method,
       window=config.inference.assign_window, widen=config.data.widen,
+      score_mode=config.get("eval", {}).get("score_mode", "keypoints"),
       input_sigma=config.data.input_sigma)
   return {f"prn_gt_{k}": float(v) for k, v in stats.items()}
 
