@@ -75,6 +75,18 @@ def test_train_batches_contract_and_determinism(train_examples):
   assert not np.array_equal(a[0]["image"], c[0]["image"])
 
 
+@pytest.mark.parametrize("start_step", [1, 4])  # 6 examples, batch 4: step 4 is in epoch 2
+def test_train_batches_resume_at_any_step_exactly(train_examples, start_step):
+  cfg = _input_cfg(shuffle_buffer=6)
+  ds = pipeline.examples_dataset(train_examples)
+  full = _take(pipeline.train_batches(ds, cfg, 4, 3), start_step + 2)
+  resumed = _take(pipeline.train_batches(ds, cfg, 4, 3, start_step=start_step,
+                                         num_examples=len(train_examples)), 2)
+  for x, y in zip(full[start_step:], resumed):
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+
+
 def test_train_batches_without_augmentation_are_the_eval_letterbox(train_examples):
   cfg = _input_cfg(shuffle_buffer=0)
   cfg.augment.update(dict(scale_min=1.0, scale_max=1.0, rotation=0.0, translate=0.0, flip=0.0))

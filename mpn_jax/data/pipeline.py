@@ -100,27 +100,46 @@ def _options():
   return options
 
 
-def train_batches(examples, input_cfg, batch_size, seed, process_index=0, decode_fn=None):
-  """Endless dataset of augmented training batches.
+def train_batches(examples, input_cfg, batch_size, seed, process_index=0, decode_fn=None,
+                  start_step=0, num_examples=None):
+  """Endless dataset of augmented training batches, resumable at any step.
+
+  Each epoch is `examples` in its stored order shuffled with a seed of (seed, epoch), and every
+  example's augmentation is seeded by (seed, process, position in the stream), so the stream is a
+  pure function of the step: `start_step=k` yields exactly the batches k, k+1, ... of a run started
+  at 0, reading at most one epoch of (still encoded) records to get there.
 
   Args:
-    examples: tf.data.Dataset of examples (CONTRACTS features; images may still be encoded if
-      `decode_fn` decodes them).
+    examples: tf.data.Dataset of examples in a fixed order (CONTRACTS features; images may still be
+      encoded if `decode_fn` decodes them).
     input_cfg: config.input.
     batch_size: host-local batch size.
     seed: config.seed.
     process_index: folded into every example's seed so hosts draw differently.
     decode_fn: optional example -> example applied after the shuffle (decoding late keeps the
-      shuffle buffer small).
+      shuffle buffer small and skipping cheap).
+    start_step: the first batch to yield (resuming a run).
+    num_examples: examples per epoch (needed when start_step > 0).
   Returns:
     tf.data.Dataset of dicts with [batch_size, ...] tensors (targets.make_targets' keys).
   """
   par = input_cfg.num_parallel_calls
   par = tf.data.AUTOTUNE if par is None or par < 0 else par
-  ds = examples.repeat()
-  if input_cfg.shuffle_buffer > 1:
-    ds = ds.shuffle(input_cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-  ds = ds.enumerate()
+  position = int(start_step) * int(batch_size)
+  first_epoch, offset = 0, 0
+  if position:
+    if not num_examples:
+      raise ValueError("train_batches: resuming (start_step > 0) needs num_examples")
+    first_epoch, offset = divmod(position, int(num_examples))
+  buffer = input_cfg.shuffle_buffer
+
+  def epoch(e):
+    if buffer > 1:
+      return examples.shuffle(buffer, seed=tf.cast(seed, tf.int64) * 1_000_003 + e)
+    return examples
+
+  ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch)
+  ds = ds.skip(offset).enumerate(start=position)
 
   def prepare(index, example):
     if decode_fn is not None:
@@ -205,12 +224,13 @@ def _num_batches_all_hosts(builder, split, batch_size):
   return max(1, math.ceil(max(sizes) / batch_size))
 
 
-def make_train_iterator(config, mesh=None):
+def make_train_iterator(config, mesh=None, start_step=0):
   """Endless iterator of host-local training batches (docs/CONTRACTS.md, data).
 
   Args:
     config: the branches config (uses config.dataset, config.input, config.seed).
     mesh: the device mesh (its size must divide config.input.batch_size); None: all devices.
+    start_step: first batch to yield; a resumed run gets exactly the batches it would have seen.
   Returns:
     iterator of dicts of numpy arrays with leading axis batch_size // process_count: 'image'
     [b, S, S, 3] f32, 'heatmaps' [b, S/4, S/4, 17] f32, 'mask' / 'weights' [b, S/4, S/4, 1] f32,
@@ -221,10 +241,11 @@ def make_train_iterator(config, mesh=None):
   builder = datasets.load_builder(config.dataset)
   split = tfds.split_for_jax_process(_tfds_split(config.dataset.get("train_split", "train")))
   decoders, decode = _skip_decoding(builder)
-  examples = builder.as_dataset(
-      split=split, shuffle_files=True, decoders=decoders,
-      read_config=tfds.ReadConfig(shuffle_seed=config.seed, try_autocache=False))
-  ds = train_batches(examples, config.input, local, config.seed, jax.process_index(), decode)
+  # Stored order (TFDS already shuffles examples when writing); epochs are shuffled by seed.
+  examples = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders,
+                                read_config=tfds.ReadConfig(try_autocache=False))
+  ds = train_batches(examples, config.input, local, config.seed, jax.process_index(), decode,
+                     start_step=start_step, num_examples=builder.info.splits[split].num_examples)
   return iter(tfds.as_numpy(ds))
 
 

@@ -259,13 +259,6 @@ def host_variables(state):
 # The two stages.
 
 
-def _with_seed(config, seed):
-  cfg = config.copy_and_resolve_references()
-  with cfg.unlocked():
-    cfg.seed = seed
-  return cfg
-
-
 def check_dataset(dataset_cfg):
   """Raises FileNotFoundError naming the path and the build command when the data is missing."""
   from mpn_jax.data import datasets  # pylint: disable=g-import-not-at-top
@@ -300,11 +293,8 @@ def branches_task(config, mesh):
     return model.init(rng, np.zeros((1, size, size, 3), np.float32), train=False)
 
   def train_iterator(start_step):
-    # The tf.data stream cannot jump to a position: a resumed run continues with a stream seeded
-    # by (seed, start_step) -- reproducible, but not the batches an uninterrupted run would see.
-    seed = config.seed if start_step == 0 else int(np.random.SeedSequence(
-        [config.seed, start_step]).generate_state(1)[0] % (2**31))
-    return pipeline.make_train_iterator(_with_seed(config, seed), mesh)
+    # The stream is a function of the step: a resumed run sees the batches it would have seen.
+    return pipeline.make_train_iterator(config, mesh, start_step=start_step)
 
   eval_step = steps.make_eval_step(loss_fn, mesh)
 
