@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import inspect
 import itertools
+import logging as std_logging
 import os
 import signal
 import threading
@@ -427,8 +428,25 @@ def prn_gt_metrics(config, model, state):
 TASKS = {"branches": branches_task, "prn": prn_task}
 
 
+class _LibraryInfoFilter(std_logging.Filter):
+  """Drops INFO lines of orbax and tensorflow-datasets (dozens per checkpoint) so that the
+  progress lines stay readable; their warnings and errors still show."""
+
+  def filter(self, record):
+    return record.levelno >= std_logging.WARNING or not any(
+        f"{os.sep}{name}{os.sep}" in record.pathname for name in ("orbax", "tensorflow_datasets"))
+
+
+def quiet_library_logs():
+  """Installs `_LibraryInfoFilter` on absl's handler (idempotent)."""
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _LibraryInfoFilter) for f in handler.filters):
+    handler.addFilter(_LibraryInfoFilter())
+
+
 def train_and_evaluate(config, workdir, mesh=None):
   """Trains the stage `config.stage` ('branches' or 'prn') in `workdir`; returns a Result."""
+  quiet_library_logs()
   if config.get("stage") not in TASKS:
     raise ValueError(f"config.stage={config.get('stage')!r}: use one of {sorted(TASKS)} "
                      "(configs/branches.py or configs/prn.py)")
