@@ -121,10 +121,11 @@ def _synthetic(config):
   config.data.train_files = ()          # filled in from config.data.synthetic
   config.data.val_file = ""
   config.data.batch_size = 32
-  config.train.num_steps = 1000
-  config.train.log_every_steps = 50
-  config.train.checkpoint_every_steps = 250
-  config.train.eval_every_steps = 250
+  # ~2 minutes on 2 CPU cores; PRN-on-ground-truth AP is ~0.70 after 250 steps already.
+  config.train.num_steps = 400
+  config.train.log_every_steps = 25
+  config.train.checkpoint_every_steps = 200
+  config.train.eval_every_steps = 200
   config.eval.mode = "prn_gt"
 
 

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # two runs of the whole quickstart (smoke preset): ~1-3 min
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
