@@ -18,7 +18,7 @@ def _run(workdir):
   env.pop("XLA_FLAGS", None)  # one CPU device, as on a user's machine
   proc = subprocess.run(
       [sys.executable, "-m", "mpn_jax.quickstart", f"--workdir={workdir}", "--preset=smoke"],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   return proc.stdout
 
