@@ -172,14 +172,3 @@ def test_center_scores_pick_the_candidate_nearest_the_box_centre():
   idx, _ = assignment.assign(assignment.center_scores(cand_xy, cand_valid, wboxes), cand_valid,
                              np.ones(2, bool), "greedy")
   np.testing.assert_array_equal(np.asarray(idx)[0], [1] * 17)
-
-
-def test_center_scores_match_the_ground_truth_protocol():
-  from mpn_jax import prn_protocol
-  rng = np.random.default_rng(0)
-  xy = rng.uniform(0, 100, size=(17, 5, 2)).astype(np.float32)
-  valid = rng.random((17, 5)) < 0.7
-  lo = rng.uniform(0, 50, size=(3, 2))
-  wboxes = np.concatenate([lo, lo + rng.uniform(10, 50, size=(3, 2))], 1).astype(np.float32)
-  np.testing.assert_allclose(np.asarray(assignment.center_scores(xy, valid, wboxes)),
-                             prn_protocol.center_scores(xy, valid, wboxes), rtol=1e-5, atol=1e-6)
