@@ -303,7 +303,7 @@ def _step_args(step, state, batch, mesh):
   """Arguments of a `steps.make_train_step` function: (state, batch) or (state, batch, rng)."""
   from mpn_jax import parallel  # pylint: disable=g-import-not-at-top
   if len(inspect.signature(step).parameters) == 3:
-    return state, batch, parallel.replicate(jax.random.key(0), mesh)
+    return state, batch, jax.device_put(jax.random.key(0), parallel.replicated_sharding(mesh))
   return state, batch
 
 

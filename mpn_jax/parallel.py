@@ -72,5 +72,10 @@ def shard_batch(batch, mesh):
 
 
 def replicate(tree, mesh):
-  """Puts a pytree (e.g. a train state) on every device of the mesh."""
-  return jax.device_put(tree, replicated_sharding(mesh))
+  """Host pytree (the same on every process) -> arrays replicated over the whole mesh.
+
+  Unlike jax.device_put, this also works when the mesh spans devices of other processes.
+  """
+  sharding = replicated_sharding(mesh)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
+                      tree)

@@ -75,7 +75,7 @@ class StageCheckpoints:
         variables=ocp.args.StandardRestore({"params": abstract.params,
                                             "batch_stats": abstract.batch_stats}),
         opt_state=ocp.args.StandardRestore(abstract.opt_state)))
-    return state.replace(step=replicate(np.int32(step), state.step.sharding.mesh),
+    return state.replace(step=parallel.replicate(np.int32(step), state.step.sharding.mesh),
                          params=restored.variables["params"],
                          batch_stats=restored.variables["batch_stats"],
                          opt_state=restored.opt_state)
@@ -187,15 +187,5 @@ def init_from(state, path, mesh, backbone_config=None):
   if batch_stats:
     new_stats = merge_pretrained(jax.device_get(state.batch_stats), batch_stats,
                                  f"init_from={path} batch_stats")
-  return state.replace(params=replicate(new_params, mesh),
-                       batch_stats=replicate(new_stats, mesh))
-
-
-def replicate(tree, mesh):
-  """Host numpy pytree (the same on every process) -> arrays replicated over the whole mesh.
-
-  Unlike jax.device_put, this also works when the mesh spans devices of other processes.
-  """
-  sharding = parallel.replicated_sharding(mesh)
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
-                      tree)
+  return state.replace(params=parallel.replicate(new_params, mesh),
+                       batch_stats=parallel.replicate(new_stats, mesh))
