@@ -126,6 +126,7 @@ def _synthetic(config):
   m.backbone.stage_sizes = (1, 2, 2, 1)
   m.backbone.width = 16
   m.backbone.frozen_bn = False
+  m.backbone.zero_init_residual = True  # from scratch: each block starts as the identity
   m.fpn_channels = 64
   m.keypoint_head.channels = 32
   m.keypoint_head.fused_channels = 64

@@ -234,14 +234,14 @@ def _init_key(seed=0):
   return jax.random.key(seed, impl="unsafe_rbg")
 
 
-def _stage_config(name):
-  """configs/{name}.py of this checkout (train / loss / model settings of a stage)."""
+def _stage_config(name, preset=""):
+  """configs/{name}.py[:preset] of this checkout (train / loss / model settings of a stage)."""
   from mpn_jax import predict  # pylint: disable=g-import-not-at-top
   path = os.path.join(REPO_ROOT, "configs", f"{name}.py")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path} not found: the train_* parts read the stage configs of the "
                             "checkout; run from a source checkout or leave them out of --parts")
-  return predict.load_config_file(path)
+  return predict.load_config_file(f"{path}:{preset}" if preset else path)
 
 
 def model_configs(model_size, dtype):
@@ -290,13 +290,26 @@ def network_parts(model, variables, prn_model, prn_variables, settings, with_for
   return parts
 
 
-def prn_part(prn_model, prn_variables, batch):
+def prn_part(prn_model, prn_variables, batch, name="prn"):
   from mpn_jax import models  # pylint: disable=g-import-not-at-top
   from mpn_jax import prn_grid  # pylint: disable=g-import-not-at-top
   fn = jax.jit(lambda v, x: models.prn_probabilities(prn_model.apply(v, x, train=False)))
   x = jnp.asarray(np.random.default_rng(1).uniform(
       size=(batch, prn_grid.GRID_H, prn_grid.GRID_W, 17)).astype(np.float32))
-  return compile_part(f"prn_bs{batch}", fn, (prn_variables, x), batch, "people")
+  return compile_part(f"{name}_bs{batch}", fn, (prn_variables, x), batch, "people")
+
+
+def coco_small_prn_part(dtype, batch):
+  """The PRN of configs/prn.py:coco_small (the one trained on real annotations here), if its size
+  differs from the paper's."""
+  from mpn_jax import models  # pylint: disable=g-import-not-at-top
+  cfg = _stage_config("prn", "coco_small").model
+  if tuple(cfg.hidden_sizes) == tuple(models.prn_config().hidden_sizes) and not cfg.conv_dilations:
+    return None
+  cfg.dtype = dtype
+  model = models.build_prn(cfg)
+  variables = jax.jit(lambda r: model.init(r, jnp.zeros((1, 56, 36, 17))))(_init_key(2))
+  return prn_part(model, variables, batch, "prn_coco_small")
 
 
 def _step_args(step, state, batch, mesh):
@@ -469,6 +482,9 @@ def benchmark_dtype(settings, dtype, log=print):
                            "forward" in want, "pipeline" in want)
   if "prn" in want:
     parts.append(prn_part(prn_model, prn_variables, settings.prn_batch))
+    small = coco_small_prn_part(dtype, settings.prn_batch) if settings.model_size == "full" else None
+    if small is not None:
+      parts.append(small)
   mesh = parallel.create_mesh()
   if "train_branches" in want:
     log(f"[{dtype}] compiling the stage-one train step")
@@ -512,12 +528,15 @@ def summarize(parts):
         if fwd is not None:
           m[f"pipeline_over_forward_bs{b}"] = p.median_s / fwd.median_s
           m[f"pipeline_over_forward_bs{b}_from_min"] = min(p.times) / min(fwd.times)
-    elif p.name.startswith("prn_bs"):
-      m["prn_batch"] = p.units
-      m["prn_us_per_person"] = p.median_s / p.units * 1e6
-      m["prn_flops_per_person"] = p.flops / p.units
+    elif p.name.startswith(("prn_bs", "prn_coco_small_bs")):
+      key = p.name.split("_bs")[0]
+      m[f"{key}_batch"] = p.units
+      m[f"{key}_us_per_person"] = p.median_s / p.units * 1e6
+      m[f"{key}_flops_per_person"] = p.flops / p.units
       if peak_fps:
-        m["prn_fraction_of_peak"] = p.flops / p.median_s / peak_fps
+        m[f"{key}_fraction_of_peak"] = p.flops / p.median_s / peak_fps
+        # What the PRN would take at the same-run matmul peak: the floor for this device and dtype.
+        m[f"{key}_us_per_person_at_peak"] = p.flops / p.units / peak_fps * 1e6
     elif p.name in ("train_branches", "train_prn"):
       units, unit = ("images", "image") if p.name == "train_branches" else ("people", "person")
       m[f"{p.name}_{units}_per_s"] = p.per_s()
@@ -534,19 +553,19 @@ def summarize(parts):
 
 def format_table(rows):
   """rows: (dtype, Part, peak_flops_per_s or None) -> fixed-width text table."""
-  head = (f"{'part':<16} {'dtype':<9} {'batch':>5} {'median ms':>11} {'min ms':>11} "
+  head = (f"{'part':<20} {'dtype':<9} {'batch':>5} {'median ms':>11} {'min ms':>11} "
           f"{'throughput':>18} {'GFLOP/s':>9} {'of peak':>8} {'compile s':>9}")
   lines = [head, "-" * len(head)]
   for dtype, p, peak in rows:
     fps = p.flops / p.median_s if p.flops else 0.0
     frac = f"{fps / peak:8.1%}" if peak and fps else f"{'':>8}"
-    if p.name.startswith("prn_bs"):
+    if p.name.startswith(("prn_bs", "prn_coco_small_bs")):
       thr = f"{p.median_s / p.units * 1e6:.1f} us/person"
     elif p.name.startswith("matmul"):
       thr = f"n={p.name.split('_')[1]}"
     else:
       thr = f"{p.per_s():.2f} {p.unit_name}/s"
-    lines.append(f"{p.name:<16} {dtype:<9} {p.units:>5} {p.median_s * 1e3:>11.1f} "
+    lines.append(f"{p.name:<20} {dtype:<9} {p.units:>5} {p.median_s * 1e3:>11.1f} "
                  f"{min(p.times) * 1e3:>11.1f} {thr:>18} {fps / 1e9:>9.1f} {frac} "
                  f"{p.compile_s:>9.1f}")
   return "\n".join(lines)

@@ -393,7 +393,7 @@ def predict_people(heatmaps, cand_boxes, cand_scores, scales, prn_apply, config,
     return kps, idx >= 0, person_score
 
   args = (probs, cand_xy, cand_sc, cand_ok, wide, box_ok, box_scores)
-  if config.assign_method == "hungarian":  # A host callback: one image at a time.
+  if config.assign_method in ("hungarian", "hungarian_log"):  # host callback: image by image
     kps, assigned, person_scores = jax.lax.map(lambda a: assign_one(*a), args)
   else:
     kps, assigned, person_scores = jax.vmap(assign_one)(*args)

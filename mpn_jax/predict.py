@@ -58,11 +58,118 @@ def require_checkpoint(workdir, stage):
         f"{ckpt_dir or 'WORKDIR/checkpoints'}/<step>/): train it first with `{cmd}`{hint}")
 
 
-def restore(workdir, stage):
-  """(variables {'params'[, 'batch_stats']}, saved config dict or None) of workdir's latest step."""
+# Which checkpoint `restore` loads when not told: the PRN run keeps its best step by
+# config.train.best_metric (coco_small: prn_gt_AP), so the PRN is evaluated at that step.
+DEFAULT_CHECKPOINT = {"branches": "latest", "prn": "best"}
+
+
+def checkpoint_steps(workdir):
+  """Sorted steps (ints) saved under workdir/checkpoints."""
+  ckpt_dir = os.path.join(os.path.abspath(os.path.expanduser(workdir)), "checkpoints")
+  names = os.listdir(ckpt_dir) if os.path.isdir(ckpt_dir) else []
+  return sorted(int(n) for n in names if n.isdigit())
+
+
+def _saved_config(workdir, step):
+  path = os.path.join(os.path.abspath(os.path.expanduser(workdir)), "checkpoints", str(step),
+                      "config", "metadata")
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _event_scalars(workdir, tag):
+  """{step: value} of scalar `tag` in workdir's TensorBoard event files (later files win)."""
+  import glob  # pylint: disable=g-import-not-at-top
+  files = sorted(glob.glob(os.path.join(os.path.abspath(os.path.expanduser(workdir)),
+                                        "events.out.tfevents.*")), key=os.path.getmtime)
+  if not files:
+    return {}
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tensorflow.core.util import event_pb2  # pylint: disable=g-import-not-at-top
+  values = {}
+  for path in files:
+    try:
+      for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+        event = event_pb2.Event.FromString(record)
+        for v in event.summary.value:
+          if v.tag == tag:
+            values[int(event.step)] = float(
+                tf.make_ndarray(v.tensor) if v.HasField("tensor") else v.simple_value)
+    except tf.errors.DataLossError:  # a run killed mid-write leaves a truncated last record
+      logging.warning("event file %s is truncated; using the records before the damage", path)
+  return values
+
+
+def step_metrics(workdir, metric):
+  """{step: value of `metric`} for the saved steps that have one.
+
+  Orbax's per-step metrics (<step>/metrics/metrics) when the manager wrote them, else the
+  evaluation scalars the training loop logs (`eval/<metric>` in workdir's event files).
+  """
+  steps = checkpoint_steps(workdir)
+  ckpt_dir = os.path.join(os.path.abspath(os.path.expanduser(workdir)), "checkpoints")
+  values = {}
+  for step in steps:
+    path = os.path.join(ckpt_dir, str(step), "metrics", "metrics")
+    if os.path.isfile(path):
+      with open(path) as f:
+        found = json.load(f)
+      if metric in found:
+        values[step] = float(found[metric])
+  if len(values) < len(steps):
+    logged = _event_scalars(workdir, f"eval/{metric}")
+    values.update({s: logged[s] for s in steps if s not in values and s in logged})
+  return values
+
+
+def select_step(workdir, which="latest"):
+  """The step `restore` loads: (step, reason).
+
+  which: 'latest', 'best' (the saved step best by the run's config.train.best_metric /
+  best_mode, falling back to the latest when the run kept no metric) or a step number.
+  """
+  steps = checkpoint_steps(workdir)
+  if not steps:
+    raise FileNotFoundError(f"no checkpoint steps under {workdir}/checkpoints")
+  if str(which).isdigit():
+    if int(which) not in steps:
+      raise FileNotFoundError(f"step {which} is not saved in {workdir}/checkpoints (saved: "
+                              f"{steps})")
+    return int(which), "requested"
+  if which not in ("latest", "best"):
+    raise ValueError(f"checkpoint to restore must be 'latest', 'best' or a step, got {which!r}")
+  latest = steps[-1]
+  if which == "latest":
+    return latest, "latest"
+  train = (_saved_config(workdir, latest) or {}).get("train") or {}
+  metric, mode = train.get("best_metric"), train.get("best_mode", "min")
+  if not metric:
+    return latest, "latest (the run kept no best_metric)"
+  values = step_metrics(workdir, metric)
+  if not values:
+    return latest, f"latest (no saved step has {metric})"
+  pick = max if mode == "max" else min
+  best = pick(values, key=lambda s: (values[s], s if mode == "max" else -s))
+  return best, f"best {metric}={values[best]:.4f} ({mode}) of steps {sorted(values)}"
+
+
+def restore(workdir, stage, which=None):
+  """(variables {'params'[, 'batch_stats']}, saved config dict or None) of one saved step.
+
+  which: 'latest', 'best' or a step (see `select_step`); None = DEFAULT_CHECKPOINT[stage]. The
+  step and why it was chosen are logged and printed.
+  """
   require_checkpoint(workdir, stage)
   from mpn_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
-  params, batch_stats, saved = checkpoints.restore_variables(workdir)
+  step, reason = select_step(workdir, which or DEFAULT_CHECKPOINT.get(stage, "latest"))
+  step_dir = os.path.join(os.path.abspath(os.path.expanduser(workdir)), "checkpoints", str(step))
+  params, batch_stats, saved = checkpoints.restore_variables(step_dir)
+  message = f"restored the {stage} checkpoint of step {step} from {workdir}: {reason}"
+  logging.info(message)
+  if jax.process_index() == 0:
+    print(message)
   variables = {"params": params}
   if batch_stats:
     variables["batch_stats"] = batch_stats

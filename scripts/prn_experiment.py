@@ -7,6 +7,9 @@ methods. Used to choose the defaults of configs/prn.py:coco_small (see the READM
   python scripts/prn_experiment.py --steps=600 --seed=0
   python scripts/prn_experiment.py --steps=600 --set=augment.compose_prob=0 --set=target_sigma=2
   python scripts/prn_experiment.py --steps=600 --model=hidden_sizes=,conv_dilations=1,2,4
+  # configs/prn.py:coco_small's PRN (linear output, inputs x3), as in the README's ablation:
+  python scripts/prn_experiment.py --steps=1500 --model=hidden_sizes=256 --input_scale=3 \
+      --methods=greedy,hungarian --windows=1,5 --score_modes=keypoints,assignment
 
 Never tune on ../shared/holdout.
 """
@@ -15,6 +18,7 @@ import argparse
 import json
 import time
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -70,10 +74,13 @@ def main():
   ap.add_argument("--windows", default="1")
   ap.add_argument("--score_modes", default="keypoints")
   ap.add_argument("--input_scale", type=float, default=1.0,
-                  help="multiplies the PRN input (and so its residual) before the model")
+                  help="the model's input_scale (multiplies the input and so its residual)")
+  ap.add_argument("--output_relu", type=int, default=-1,
+                  help="PRN output layer: 1 ReLU (paper), 0 linear, -1 the model's default")
   ap.add_argument("--eval_train", action="store_true",
                   help="also score the protocol on the training file (over/underfitting)")
   ap.add_argument("--tag", default="")
+  ap.add_argument("--save", default="", help="write the trained params (flax msgpack) here")
   args = ap.parse_args()
 
   dcfg = prn_samples.prn_data_config()
@@ -81,7 +88,10 @@ def main():
   _override(dcfg, args.set)
   mcfg = models.prn_config()
   _override(mcfg, [m for m in args.model.split(";") if m])
+  mcfg.input_scale = args.input_scale
   model = models.build_prn(mcfg)
+  if args.output_relu >= 0:
+    model = model.clone(output_relu=bool(args.output_relu))
 
   source = prn_samples._source(dcfg, list(dcfg.train_files), dcfg.augment)  # pylint: disable=protected-access
   x0 = jnp.zeros((1, 56, 36, 17), jnp.float32)
@@ -94,7 +104,7 @@ def main():
   @jax.jit
   def step(params, opt_state, batch, rng):
     def loss_fn(p):
-      logits = model.apply({"params": p}, batch["inputs"] * args.input_scale, train=True,
+      logits = model.apply({"params": p}, batch["inputs"], train=True,
                            rngs={"dropout": rng})
       return prn_loss(logits, batch["targets"], batch["target_valid"])
     loss, grads = jax.value_and_grad(loss_fn)(params)
@@ -112,9 +122,12 @@ def main():
     if s % 100 == 0 or s == args.steps - 1:
       print(f"step {s} loss {np.mean(losses[-100:]):.4f} ({time.time() - t0:.0f}s)", flush=True)
   train_s = time.time() - t0
+  if args.save:
+    with open(args.save, "wb") as f:
+      f.write(flax.serialization.to_bytes(params))
 
   def logits_fn(x):
-    return model.apply({"params": params}, x * args.input_scale)
+    return model.apply({"params": params}, x)
   apply = jax.jit(lambda x: models.prn_probabilities(logits_fn(x)))
   val_file = prn_samples.resolve(dcfg.data_dir, dcfg.val_file)
   val = prn_samples.make_prn_eval_set(dcfg)
@@ -122,7 +135,7 @@ def main():
                                      val["targets"][i:i + 64], val["target_valid"][i:i + 64])
                             for i in range(0, len(val["inputs"]), 64)]))
   out = {"tag": args.tag, "steps": args.steps, "seed": args.seed, "set": args.set, "lr": args.lr,
-         "input_scale": args.input_scale,
+         "input_scale": args.input_scale, "output_relu": args.output_relu,
          "model": args.model, "train_s": round(train_s), "val_loss": round(val_loss, 4)}
   for w in [int(v) for v in args.windows.split(",")]:
     for mode in args.score_modes.split(","):

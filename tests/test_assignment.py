@@ -1,5 +1,7 @@
 """Keypoint assignment: window scores, the assignment methods against hand cases and scipy."""
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -172,3 +174,26 @@ def test_center_scores_pick_the_candidate_nearest_the_box_centre():
   idx, _ = assignment.assign(assignment.center_scores(cand_xy, cand_valid, wboxes), cand_valid,
                              np.ones(2, bool), "greedy")
   np.testing.assert_array_equal(np.asarray(idx)[0], [1] * 17)
+
+
+def test_hungarian_log_maximises_the_product_not_the_sum():
+  # One type, 2 boxes x 2 candidates. Sum: 0.9 + 0.01 = 0.91 > 0.1 + 0.5 = 0.6 (keeps the 0.01
+  # pair); product: 0.1 * 0.5 = 0.05 > 0.9 * 0.01 = 0.009 (avoids it).
+  scores = np.array([[[0.9, 0.1]], [[0.5, 0.01]]], np.float32)
+  valid = np.ones((1, 2), bool)
+  plain, _ = assignment.assign(scores, valid, np.ones(2, bool), "hungarian")
+  log, score = assignment.assign(scores, valid, np.ones(2, bool), "hungarian_log")
+  np.testing.assert_array_equal(plain, [[0], [1]])
+  np.testing.assert_array_equal(log, [[1], [0]])
+  np.testing.assert_allclose(score, [[0.1], [0.5]])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_hungarian_log_is_the_best_product_by_brute_force(seed):
+  rng = np.random.default_rng(seed)
+  n, c = 4, 4
+  scores = (rng.random((n, 1, c)) ** 3).astype(np.float32) + 1e-4
+  idx, _ = assignment.assign(scores, np.ones((1, c), bool), np.ones(n, bool), "hungarian_log")
+  got = np.prod(scores[np.arange(n), 0, np.asarray(idx)[:, 0]])
+  best = max(np.prod(scores[np.arange(n), 0, list(p)]) for p in itertools.permutations(range(c)))
+  np.testing.assert_allclose(got, best, rtol=1e-5)

@@ -94,6 +94,7 @@ def test_summary_metrics_from_medians():
   assert m["pipeline_over_forward_bs2"] == pytest.approx(1.25)
   assert m["prn_us_per_person"] == pytest.approx(1000.0)
   assert m["prn_flops_per_person"] == pytest.approx(1e3)
+  assert m["prn_us_per_person_at_peak"] == pytest.approx(500.0)  # 1e3 FLOP at 2e6 FLOP/s
   assert m["train_branches_images_per_s"] == pytest.approx(0.25)
   assert m["train_branches_flops_per_image"] == pytest.approx(1.5e6)
   assert m["train_prn_people_per_s"] == pytest.approx(16.0)

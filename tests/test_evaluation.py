@@ -132,3 +132,58 @@ def test_peaks_to_coco_results_end_to_end(coco_dir):
       results += evaluation.keypoint_results(image_id, kps, person_scores)
   stats = evaluation.run_coco_eval(gt, results)
   assert stats["AP"] >= 0.95, stats
+
+
+# --- which checkpoint evaluation restores --------------------------------------------------------
+
+
+def _save_steps(workdir, metric_values, best_metric="prn_gt_AP", best_mode="max"):
+  """Saves steps 1..n (params = the step number) as the training loop does: Orbax checkpoints
+  keeping the last one plus the best, and the metric logged as `eval/<metric>` scalars."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  from mpn_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
+  from mpn_jax.training import state as state_lib  # pylint: disable=g-import-not-at-top
+  config = ml_collections.ConfigDict({"train": {"best_metric": best_metric,
+                                                "best_mode": best_mode}})
+  ckpt = checkpoints.StageCheckpoints(workdir, keep=1, best_metric=best_metric or None,
+                                      best_mode=best_mode)
+  writer = metric_writers.create_default_writer(str(workdir))
+  state = state_lib.TrainState.create({"w": jnp.zeros((3,), jnp.float32)}, {}, optax.sgd(0.1))
+  for step, value in enumerate(metric_values, start=1):
+    state = state.replace(step=jnp.int32(step), params={"w": jnp.full((3,), step, jnp.float32)})
+    metrics = {best_metric: value} if best_metric else {}
+    writer.write_scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
+    ckpt.save(state, config, metrics or None)
+  writer.flush()
+  ckpt.close()
+
+
+@pytest.mark.parametrize("mode,values,best", [("max", (0.5, 0.8, 0.6), 2),
+                                              ("min", (3.0, 1.0, 2.0), 2),
+                                              ("max", (0.5, 0.6, 0.7), 3)])
+def test_prn_evaluation_restores_the_best_step(tmp_path, capsys, mode, values, best):
+  from mpn_jax import predict  # pylint: disable=g-import-not-at-top
+  _save_steps(tmp_path, values, best_metric="prn_gt_AP", best_mode=mode)
+  # keep=1 plus the best: the manager deleted the others, the latest (3) stays.
+  assert predict.checkpoint_steps(tmp_path) == sorted({best, 3})
+  variables, saved = predict.restore(tmp_path, "prn")
+  np.testing.assert_array_equal(variables["params"]["w"], np.full((3,), best, np.float32))
+  assert saved["train"]["best_metric"] == "prn_gt_AP"
+  assert f"step {best}" in capsys.readouterr().out
+  # The branches stage and an explicit 'latest' keep the newest step.
+  for variables, _ in (predict.restore(tmp_path, "branches"),
+                       predict.restore(tmp_path, "prn", which="latest")):
+    np.testing.assert_array_equal(variables["params"]["w"], np.full((3,), 3, np.float32))
+
+
+def test_prn_evaluation_without_a_kept_metric_restores_the_latest(tmp_path, capsys):
+  from mpn_jax import predict  # pylint: disable=g-import-not-at-top
+  _save_steps(tmp_path, (0.9, 0.1), best_metric="")
+  variables, _ = predict.restore(tmp_path, "prn")
+  np.testing.assert_array_equal(variables["params"]["w"], np.full((3,), 2, np.float32))
+  assert "step 2" in capsys.readouterr().out
+  with pytest.raises(FileNotFoundError, match="step 7 is not saved"):
+    predict.restore(tmp_path, "prn", which="7")

@@ -326,7 +326,7 @@ def _sum_prn(x):
 
 
 @pytest.mark.parametrize("method,prn_input", [("greedy", "peaks"), ("hungarian", "peaks"),
-                                              ("mutual", "heatmaps")])
+                                              ("hungarian_log", "peaks"), ("mutual", "heatmaps")])
 def test_pipeline_on_letterboxed_images_of_different_sizes(method, prn_input):
   rng = np.random.default_rng(6)
   sizes = [(48, 80), (64, 32), (40, 40)]

@@ -161,6 +161,22 @@ def test_prn_softmax_and_residual():
   assert not np.allclose(a, b)
 
 
+@pytest.mark.parametrize("input_scale,output_relu,relu", [(1.0, None, True), (8.0, None, False),
+                                                        (8.0, True, True), (1.0, False, False)])
+def test_prn_output_relu_follows_the_input_scale(input_scale, output_relu, relu):
+  # Zero weights and an output bias of -1: the MLP outputs -1 everywhere, which the paper's ReLU
+  # turns into 0 (logits = scale * x) and a linear output keeps (logits = scale * x - 1).
+  cfg = models.prn_config("tiny")
+  cfg.input_scale = input_scale
+  model = models.build_prn(cfg).clone(output_relu=output_relu)
+  x = jax.random.uniform(jax.random.key(1), (2, 56, 36, 17))
+  variables = jax.tree.map(jnp.zeros_like, _random_variables(model, x.shape, train=False))
+  variables["params"]["output"]["bias"] = -jnp.ones_like(variables["params"]["output"]["bias"])
+  expected = input_scale * np.asarray(x) - (0.0 if relu else 1.0)
+  np.testing.assert_allclose(model.apply(variables, x, train=False), expected, rtol=1e-6,
+                             atol=1e-6)
+
+
 def test_prn_paper_size_and_conv_variant():
   model = models.build_prn(models.prn_config())
   variables = _abstract_init(model, (1, 56, 36, 17), train=False)
@@ -360,3 +376,37 @@ def test_zero_init_residual():
   np.testing.assert_array_equal(block["bn3"]["scale"], 0.0)
   np.testing.assert_array_equal(block["bn1"]["scale"], 1.0)
   np.testing.assert_array_equal(block["downsample_1"]["scale"], 1.0)
+
+
+@pytest.mark.parametrize("output_init,zero", [("zeros", True), ("fan_in", False)])
+def test_keypoint_head_output_init(output_init, zero):
+  rng = np.random.default_rng(2)
+  sizes = {2: (8, 8), 3: (4, 4), 4: (2, 2), 5: (1, 1)}
+  pyramid = {f"P{l}": rng.normal(size=(2, *hw, 4)).astype(np.float32) for l, hw in sizes.items()}
+  head = models.KeypointHead(channels=3, fused_channels=4, num_outputs=5, output_init=output_init)
+  variables = head.init(jax.random.key(0), pyramid)
+  final, intermediate = head.apply(variables, pyramid)
+  for out in (final, *intermediate):
+    assert (np.abs(np.asarray(out)).max() == 0.0) == zero
+  # Zero outputs still get gradients: the kernels' gradient is the features times the error.
+  grads = jax.grad(lambda v: jnp.sum((head.apply(v, pyramid)[0] - 1.0)**2))(variables)
+  assert np.abs(np.asarray(grads["params"]["out"]["kernel"])).max() > 0
+  with pytest.raises(ValueError, match="output_init"):
+    models.KeypointHead(output_init="ones").init(jax.random.key(0), pyramid)
+
+
+def test_bfloat16_prn_accumulates_in_float32():
+  cfg = models.prn_config("tiny")
+  x = jax.random.uniform(jax.random.key(0), (3, 56, 36, 17))
+  f32 = models.build_prn(cfg)
+  variables = f32.init(jax.random.key(1), x)
+  cfg.dtype = "bfloat16"
+  bf16 = models.build_prn(cfg)
+  jaxpr = str(jax.make_jaxpr(lambda v: bf16.apply(v, x))(variables))
+  dots = [l for l in jaxpr.splitlines() if "dot_general" in l]
+  assert len(dots) == 2 and all(":f32[" in l for l in dots), dots  # results in float32
+  assert jaxpr.count("preferred_element_type=float32") == 2
+  assert "bf16[3,34272]" in jaxpr and "bf16[3,16]" in jaxpr  # of bfloat16 operands
+  want, got = f32.apply(variables, x), bf16.apply(variables, x)
+  assert got.dtype == jnp.float32
+  np.testing.assert_allclose(got, want, rtol=0.02, atol=0.02)

@@ -173,3 +173,34 @@ def test_bad_config():
     synthetic.make_config(image_size=16)
   with pytest.raises(ValueError, match="num_train"):
     synthetic.make_config(num_train=0)
+
+
+@pytest.mark.parametrize("yaw", [0.0, math.pi])  # seen from the front and from behind
+def test_left_limbs_are_lighter_than_right_ones(yaw):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  size, height = 160, 140.0
+  pose = {"lean": 0.0, "bend": 0.0, "head_tilt": 0.0, "head_yaw": 0.0}
+  for side in ("left", "right"):  # arms and legs spread sideways, so nothing overlaps
+    pose[f"{side}_upper_arm"] = pose[f"{side}_forearm"] = (1.2, 0.0)
+    pose[f"{side}_thigh"] = pose[f"{side}_shin"] = (0.35, 0.0)
+  proj = synthetic.project(synthetic.body_points(pose), yaw, 0.0, height,
+                           np.array([size / 2, size * 0.6]))
+  image = Image.new("RGB", (size, size), (0, 0, 0))
+  painter = synthetic.Painter(image, Image.new("L", (size, size), 0))
+  grey = (120, 120, 120)
+  style = dict(skin=grey, hair=grey, shirt=grey, pants=grey, shoes=grey, long_sleeves=True,
+               shorts=False)
+  synthetic.draw_figure(painter, proj, height, style)
+  pixels = np.asarray(image, np.float32).mean(-1)
+
+  def brightness(a, b):  # the middle of the limb a-b
+    x, y = (proj[a][0] + proj[b][0]) / 2
+    return pixels[int(y), int(x)]
+
+  for upper, lower in (("shoulder", "elbow"), ("hip", "knee")):
+    left = brightness(f"left_{upper}", f"left_{lower}")
+    right = brightness(f"right_{upper}", f"right_{lower}")
+    # The far side is also shaded x0.8 (which side is "far" is a rounding matter when edge-on).
+    assert left >= 0.8 * 120 * synthetic.SIDE_TINT["left"] - 1
+    assert right <= 120 * synthetic.SIDE_TINT["right"] + 1
+    assert left > 1.3 * right

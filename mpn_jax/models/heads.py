@@ -10,6 +10,8 @@ from mpn_jax.models import fpn
 
 # RetinaNet head convs: normal(std=0.01) weights, zero biases (Lin et al. 2017, Sec. 4.1).
 head_init = nn.initializers.normal(0.01)
+# Keypoint-subnet output convs (KeypointHead.output_init).
+OUTPUT_INITS = {"zeros": nn.initializers.zeros, "fan_in": fpn.fpn_init}
 
 
 def _conv3(features, name, dtype, param_dtype, kernel_init=fpn.fpn_init, bias_init=None):
@@ -31,6 +33,11 @@ class KeypointHead(nn.Module):
   reimplementations) or to the level's subnet features ('subnet', so that loss also reaches the
   per-level convs).
 
+  `output_init`: 'zeros' (default) starts every output conv (final and intermediate) at exactly 0,
+  which is where almost every heatmap cell's target is: a network trained from scratch (whose FPN
+  outputs are not normalised) otherwise starts with outputs, and an L2 loss, in the thousands and
+  spends its first hundreds of steps undoing them. 'fan_in' is the FPN convs' initialiser.
+
   Returns (final [B, h2, w2, num_outputs], [4 x [B, h_l, w_l, num_outputs]] for l = 2..5).
   """
   channels: int = 128
@@ -38,6 +45,7 @@ class KeypointHead(nn.Module):
   num_outputs: int = 18
   upsample: str = "nearest"
   intermediate_on: str = "fpn"
+  output_init: str = "zeros"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -46,6 +54,10 @@ class KeypointHead(nn.Module):
     if self.intermediate_on not in ("subnet", "fpn"):
       raise ValueError("keypoint_head.intermediate_on must be 'subnet' or 'fpn', got "
                        f"{self.intermediate_on!r}")
+    if self.output_init not in OUTPUT_INITS:
+      raise ValueError(f"keypoint_head.output_init must be one of {tuple(OUTPUT_INITS)}, got "
+                       f"{self.output_init!r}")
+    out_init = OUTPUT_INITS[self.output_init]
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     size = pyramid["P2"].shape[1:3]
     upsampled, intermediate = [], []
@@ -54,12 +66,12 @@ class KeypointHead(nn.Module):
       d = nn.relu(_conv3(self.channels, f"level{l}_conv0", **kw)(p))
       d = nn.relu(_conv3(self.channels, f"level{l}_conv1", **kw)(d))
       src = d if self.intermediate_on == "subnet" else p
-      intermediate.append(nn.Conv(self.num_outputs, (1, 1), kernel_init=fpn.fpn_init,
+      intermediate.append(nn.Conv(self.num_outputs, (1, 1), kernel_init=out_init,
                                   name=f"level{l}_out", **kw)(src))
       upsampled.append(d if l == 2 else fpn.upsample(d, 2**(l - 2), size, self.upsample))
     x = jnp.concatenate(upsampled, axis=-1)
     x = nn.relu(_conv3(self.fused_channels, "fuse", **kw)(x))
-    x = nn.Conv(self.num_outputs, (1, 1), kernel_init=fpn.fpn_init, name="out", **kw)(x)
+    x = nn.Conv(self.num_outputs, (1, 1), kernel_init=out_init, name="out", **kw)(x)
     return x, intermediate
 
 

@@ -64,6 +64,7 @@ def multiposenet_config(size="full"):
   c.keypoint_head.fused_channels = 256
   c.keypoint_head.upsample = "nearest"       # 'nearest' | 'bilinear' (to stride 4)
   c.keypoint_head.intermediate_on = "fpn"  # 1x1 supervision conv on P_l ('fpn') | 'subnet'
+  c.keypoint_head.output_init = "zeros"    # output convs start at 0 ('zeros') | 'fan_in'
 
   c.detection_fpn = ml_collections.ConfigDict()
   c.detection_fpn.p6_input = "C5"  # 'C5' (RetinaNet paper) | 'P5'
@@ -151,7 +152,8 @@ def build_multiposenet(cfg):
       keypoint_fpn=fpn.KeypointFPN(channels=cfg.fpn_channels, **kw),
       keypoint_head=heads.KeypointHead(
           channels=kh.channels, fused_channels=kh.fused_channels, num_outputs=NUM_OUTPUTS,
-          upsample=kh.upsample, intermediate_on=kh.intermediate_on, **kw),
+          upsample=kh.upsample, intermediate_on=kh.intermediate_on,
+          output_init=kh.get("output_init", "zeros"), **kw),
       detection_fpn=fpn.DetectionFPN(channels=cfg.fpn_channels,
                                      p6_input=cfg.detection_fpn.p6_input, **kw),
       retina_head=heads.RetinaHead(

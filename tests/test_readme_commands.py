@@ -1,0 +1,865 @@
+"""Every command and flag in README.md works as written (issue #8).
+
+README.md is parsed at test time: every ```bash block (`\\` continuations joined, comments dropped,
+`&&` chains split) and every inline `python ...` / `tensorboard ...` command of the prose. Each
+command is one test case and must match a rule of RULES (a command added to the README without a
+rule fails `test_every_readme_command_has_a_rule`). A rule runs the command as written (same
+program, same flags, so the real entry point parses and validates every flag) with tiny
+substitutions: presets -> `:smoke`, `runs/...` and output files -> a temporary folder, `/data/coco`
+and `../shared/data/coco` -> the real COCO samples (`coco_dir` fixture), ImageNet weights -> small
+synthetic files of the same format. Commands that feed others (a training workdir that an
+evaluation reads, converted weights that `init_from` reads) run once and are shared
+(`_Runner`, safe under pytest-xdist). `test_every_readme_flag_is_exercised` checks that every flag
+named anywhere in the README is passed to some command that runs.
+
+What does not run here, and what is checked instead: `python3 -m venv` / `pip install` / `pytest`
+(the README's test command must be exactly the one `.ci/run` runs, `pip install -e .` must find an
+installable project); the quickstart (tests/test_quickstart.py runs it twice with `--preset=smoke`:
+checked to do so, flags checked with `--helpfull`); the full benchmark (runs with `--quick`);
+`.pth` weights (need torch: the same tensors go in as `.npz`; a `.pth` without torch must be a
+clear error). Flags named only in the prose run in PROSE_RUNS (README commands plus them), or, for
+multi-host and a few config values, are parsed by the same config_flags machinery (PROSE_PARSED).
+
+About 7 minutes on 2 loaded CPU cores (pinned to one): ~25 short subprocesses (each imports JAX and
+TensorFlow) share one persistent XLA compilation cache.
+"""
+
+import contextlib
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+import pathlib
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import COCO_DIR, REPO, require_shared
+
+README = REPO / "README.md"
+TIMEOUT = 900
+STAT_NAMES = ("AP", "AP50", "AP75", "APM", "APL", "AR", "AR50", "AR75", "ARM", "ARL")
+# The COCO sample files standing in for the official ones the README names.
+SAMPLE_ANN = {"person_keypoints_train2017.json": "person_keypoints_train2017_sample.json",
+              "person_keypoints_val2017.json": "person_keypoints_val2017_sample.json"}
+TINY_BACKBONE = ("1,1,1,1", "4")  # models.multiposenet_config('tiny'): stage sizes, width
+
+
+# ------------------------------------------------------------------------------ README parsing
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+  """One README command: its argv as written, and where it is."""
+  argv: tuple
+  line: int
+  where: str  # 'bash' (fenced block) or 'prose' (inline code)
+
+  @property
+  def text(self):
+    return shlex.join(self.argv)
+
+  @property
+  def program(self):
+    """'python train.py', 'python -m mpn_jax.weights', 'pip install', 'tensorboard', ..."""
+    a = self.argv
+    if a[0] in ("python", "python3") and len(a) > 2 and a[1] == "-m":
+      return f"{a[0]} -m {a[2]}"
+    if a[0] in ("python", "python3", "pip") and len(a) > 1:
+      return f"{a[0]} {a[1]}"
+    return a[0]
+
+  @property
+  def flags(self):
+    """{'--name': value or None} of the argv, in order."""
+    out = {}
+    for tok in self.argv:
+      if tok.startswith("--"):
+        name, eq, value = tok.partition("=")
+        out[name] = value if eq else None
+    return out
+
+
+def _split_chain(tokens):
+  chain, cur = [], []
+  for tok in tokens:
+    if tok == "&&":
+      chain.append(tuple(cur))
+      cur = []
+    else:
+      cur.append(tok)
+  chain.append(tuple(cur))
+  return [c for c in chain if c]
+
+
+def readme_commands(text):
+  """Commands of README text: ```bash blocks (one per logical line, `&&` split) and inline
+  `python ...` / `tensorboard ...` code spans of the prose."""
+  commands = []
+  lines = text.splitlines()
+  i = 0
+  while i < len(lines):
+    if lines[i].strip() == "```bash":
+      i += 1
+      logical, start = "", None
+      while lines[i].strip() != "```":
+        line = lines[i]
+        start = i + 1 if start is None else start
+        if line.rstrip().endswith("\\"):
+          logical += line.rstrip()[:-1] + " "
+        else:
+          logical += line
+          for argv in _split_chain(shlex.split(logical, comments=True)):
+            commands.append(Command(argv, start, "bash"))
+          logical, start = "", None
+        i += 1
+    i += 1
+  prose = re.sub(r"```.*?```", lambda m: "\n" * m.group(0).count("\n"), text, flags=re.S)
+  for m in re.finditer(r"`([^`]+)`", prose):
+    span = " ".join(m.group(1).split())
+    if re.match(r"(python3? |tensorboard )", span):
+      line = prose.count("\n", 0, m.start()) + 1
+      for argv in _split_chain(shlex.split(span)):
+        commands.append(Command(argv, line, "prose"))
+  return commands
+
+
+def readme_prose_flags(text):
+  """{'--name': [values]} of the flags named in the README's prose (inline code outside the
+  commands), e.g. `--config.train.learning_rate=3e-4`, `--parts`."""
+  text = re.sub(r"```.*?```", "", text, flags=re.S)
+  out = {}
+  for m in re.finditer(r"`([^`]+)`", text):
+    span = " ".join(m.group(1).split()).replace("= ", "=")
+    if re.match(r"(python3? |tensorboard )", span):
+      continue
+    for tok in re.findall(r"--[A-Za-z_][\w.]*(?:=\S+)?", span):
+      name, _, value = tok.partition("=")
+      out.setdefault(name, []).append(value or None)
+  # `trainable=keypoints`, `trainable=detection`: values of a flag named elsewhere.
+  for m in re.finditer(r"`trainable=(\w+)`", text):
+    out.setdefault("--config.train.trainable", []).append(m.group(1))
+  return out
+
+
+COMMANDS = readme_commands(README.read_text())
+
+
+# ------------------------------------------------------------------------------------ running
+
+
+class _Runner:
+  """Runs adapted commands once per test session (also across pytest-xdist workers: a lock file
+  and the saved output in a folder the workers share) and remembers their output."""
+
+  def __init__(self, root, env):
+    self.root = pathlib.Path(root)
+    self.env = env
+
+  def run(self, argv, check=True):
+    key = hashlib.sha1("\0".join(argv).encode()).hexdigest()[:16]
+    done = self.root / "runs_done" / key
+    done.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(self.root / "runs_done" / f"{key}.lock"):
+      if not (done / "rc").exists():
+        start = time.time()
+        try:
+          proc = subprocess.run(argv, cwd=REPO, env=self.env, capture_output=True, text=True,
+                                timeout=TIMEOUT)
+          rc, out, err = proc.returncode, proc.stdout, proc.stderr
+        except subprocess.TimeoutExpired as e:
+          rc, out, err = -9, _text(e.stdout), _text(e.stderr) + f"\nTIMEOUT after {TIMEOUT} s"
+        done.mkdir(parents=True, exist_ok=True)
+        (done / "stdout").write_text(out)
+        (done / "stderr").write_text(err)
+        (done / "seconds").write_text(f"{time.time() - start:.1f}")
+        (done / "rc").write_text(str(rc))
+    result = subprocess.CompletedProcess(argv, int((done / "rc").read_text()),
+                                         (done / "stdout").read_text(),
+                                         (done / "stderr").read_text())
+    if check:
+      assert result.returncode == 0, _failure(argv, result)
+    return result
+
+
+def _text(b):
+  return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
+
+
+def _failure(argv, result):
+  return (f"command failed (exit {result.returncode}):\n  {shlex.join(argv)}\n"
+          f"--- stdout (tail) ---\n{result.stdout[-3000:]}\n"
+          f"--- stderr (tail) ---\n{result.stderr[-5000:]}")
+
+
+@contextlib.contextmanager
+def _locked(path):
+  try:
+    import fcntl  # pylint: disable=g-import-not-at-top
+  except ImportError:  # not POSIX: no xdist sharing needed beyond one process
+    yield
+    return
+  with open(path, "w") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@pytest.fixture(scope="session")
+def work(tmp_path_factory):
+  """The folder every adapted command writes to, shared by the xdist workers of one session."""
+  base = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    base = base.parent
+  root = base / "readme_commands"
+  root.mkdir(parents=True, exist_ok=True)
+  return root
+
+
+@pytest.fixture(scope="session")
+def runner(work, coco_dir):
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)  # one CPU device, as on a user's machine
+  env.update(TF_CPP_MIN_LOG_LEVEL="3", MPN_COCO_DIR=str(coco_dir),
+             # the commands compile the same tiny networks: compile each once per session
+             JAX_COMPILATION_CACHE_DIR=str(work / "jax_cache"))
+  return _Runner(work, env)
+
+
+# ------------------------------------------------------------------------- adapting a command
+
+
+class Adapter:
+  """Turns a README command into the one that runs here (module docstring)."""
+
+  def __init__(self, work, coco_dir):
+    self.work = pathlib.Path(work)
+    self.coco = pathlib.Path(coco_dir)
+
+  def path(self, value):
+    """A path of the README -> its stand-in here."""
+    v = value
+    if v.startswith("/data/coco") or v.startswith("../shared/data/coco"):
+      rest = v.split("coco", 1)[1].lstrip("/")
+      name = os.path.basename(rest)
+      if name in SAMPLE_ANN:
+        rest = os.path.join(os.path.dirname(rest), SAMPLE_ANN[name])
+      return str(self.coco / rest) if rest else str(self.coco)
+    if v == "/data/resnet50_imagenet":  # "converted ImageNet weights": the torchvision ones
+      v = "/data/resnet50_tv"
+    if v in ("COCO",):
+      return str(self.coco)
+    if v in ("DIR",):
+      return str(self.work / "tfds")
+    if v.endswith(".pth"):  # needs torch: the same tensors as .npz (README: .pth, .npz, ...)
+      return str(self.work / "inputs" / (os.path.basename(v)[:-4] + ".npz"))
+    if v.endswith(".h5"):
+      return str(self.work / "inputs" / os.path.basename(v))
+    if v.startswith("/tmp/") or v.startswith("/data/"):
+      return str(self.work / v.lstrip("/"))
+    if v.startswith("runs") or v.startswith("my_") or v.endswith(".json"):
+      return str(self.work / v)
+    return value
+
+  def argv(self, cmd):
+    """(argv to run, extra flags added) for a README command."""
+    program = cmd.program
+    out, extra = [], []
+    preset_of = {}
+    for tok in cmd.argv:
+      name, eq, value = tok.partition("=")
+      if tok.startswith("--") and eq:
+        if name in ("--config", "--config.eval.branches_config"):
+          path, _, preset = value.partition(":")
+          preset_of[name] = (path, preset or "coco")
+          value = f"{path}:smoke"
+        elif name not in ("--name", "--source", "--depth", "--config.eval.mode"):
+          value = self.path(value)
+        tok = f"{name}={value}"
+      out.append(tok)
+    flags = cmd.flags
+    if "--config" in preset_of:
+      path, preset = preset_of["--config"]
+      if program == "python evaluate.py" and "--config.eval.mode" not in flags:
+        # the preset's evaluation mode, where smoke's differs
+        mode = _config_value(path, preset, "eval.mode")
+        if mode != _config_value(path, "smoke", "eval.mode"):
+          extra.append(f"--config.eval.mode={mode}")
+      if path == "configs/branches.py":
+        extra.append(f"--config.dataset.data_dir={self.work / 'tfds'}")
+        if preset == "coco":  # the real COCO samples, at smoke size
+          extra += ["--config.dataset.name=coco_keypoints",
+                    f"--config.dataset.train_ann={SAMPLE_ANN['person_keypoints_train2017.json']}",
+                    f"--config.dataset.val_ann={SAMPLE_ANN['person_keypoints_val2017.json']}"]
+          if "--config.dataset.coco_dir" not in flags:
+            extra.append(f"--config.dataset.coco_dir={self.coco}")
+      if program == "python evaluate.py" and flags.get("--config.eval.image_dir"):
+        extra.append("--config.eval.max_images=8")
+    if program == "python -m mpn_jax.weights" and flags.get("--source") == "torchvision":
+      extra += [f"--stage_sizes={TINY_BACKBONE[0]}", f"--width={TINY_BACKBONE[1]}"]
+    if program == "python -m mpn_jax.benchmark" and not {"--quick", "--model_size"} & set(flags):
+      extra.append("--quick")
+    if program == "python -m mpn_jax.quickstart" and "--preset" not in flags:
+      extra.append("--preset=smoke")
+    if program == "python -m mpn_jax.data.datasets" and flags.get("--name") == "coco_keypoints":
+      extra += [f"--train_ann={SAMPLE_ANN['person_keypoints_train2017.json']}",
+                f"--val_ann={SAMPLE_ANN['person_keypoints_val2017.json']}"]
+    if out[0] in ("python", "python3"):
+      out[0] = sys.executable
+    elif out[0] == "tensorboard":
+      out[0] = str(pathlib.Path(sys.executable).parent / "tensorboard")
+    return out + extra, extra
+
+
+_CONFIG_CACHE = {}
+
+
+def _config_value(path, preset, field):
+  key = (path, preset, field)
+  if key not in _CONFIG_CACHE:
+    from mpn_jax import predict  # pylint: disable=g-import-not-at-top
+    value = predict.load_config_file(f"{REPO / path}:{preset}")
+    for part in field.split("."):
+      value = value[part]
+    _CONFIG_CACHE[key] = value
+  return _CONFIG_CACHE[key]
+
+
+# ------------------------------------------------------------------------------- the scenario
+
+
+class Scenario:
+  """Runs README commands (adapted), first the ones whose outputs they read."""
+
+  def __init__(self, runner, adapter, work):
+    self.runner, self.adapter, self.work = runner, adapter, pathlib.Path(work)
+
+  def producers(self, cmd):
+    """README commands that must run before cmd: the training runs of the workdirs it reads (and
+    an earlier run in its own workdir: running again resumes), the conversion of the weights it
+    starts from."""
+    f = cmd.flags
+    needs = []
+    if cmd.program == "python train.py":
+      needs.append(("train", f.get("--workdir"), True))
+    for name in ("--workdir", "--config.eval.branches_workdir", "--branches_workdir"):
+      if cmd.program != "python train.py" and f.get(name):
+        needs.append(("train", f[name], False))
+    if f.get("--config.init_from"):  # converted weights, or another run's workdir
+      needs.append(("weights", f["--config.init_from"], False))
+      needs.append(("train", f["--config.init_from"], False))
+    if cmd.program == "tensorboard":
+      needs.append(("train_under", f.get("--logdir"), False))
+    # Commands that build the same TFDS dataset: the first one in the README builds it.
+    kind = self.dataset_kind(cmd)
+    if kind:
+      first = next(c for c in COMMANDS if self.dataset_kind(c) == kind)
+      if first is not cmd and first.text != cmd.text:
+        needs.append(("command", first, False))
+    here = next((i for i, c in enumerate(COMMANDS) if c is cmd), len(COMMANDS))
+    out = []
+    for kind, value, earlier_only in needs:
+      if kind == "command":
+        out.append(value)
+        continue
+      for other in COMMANDS:
+        if other is cmd or (earlier_only and COMMANDS.index(other) > here):
+          continue
+        of = other.flags
+        if kind == "train" and other.program == "python train.py" and \
+            of.get("--workdir") == value:
+          out.append(other)
+          break
+        if kind == "weights" and other.program == "python -m mpn_jax.weights" and \
+            self.adapter.path(of.get("--output", "")) == self.adapter.path(value):
+          out.append(other)
+          break
+        if kind == "train_under" and other.program == "python train.py" and \
+            (of.get("--workdir") or "").startswith(value + "/"):
+          out.append(other)
+          break
+    return out
+
+  def dataset_kind(self, cmd):
+    """The TFDS dataset name the adapted command builds or reads (coco_keypoints, mpn_synthetic), or
+    None."""
+    argv, _ = self.adapter.argv(cmd)
+    if cmd.program == "python -m mpn_jax.data.datasets":
+      return cmd.flags.get("--name")
+    if not any(a.startswith("--config.dataset.data_dir=") for a in argv):
+      return None
+    return "coco_keypoints" if "--config.dataset.name=coco_keypoints" in argv else "mpn_synthetic"
+
+  def run(self, cmd, check=True):
+    for dep in self.producers(cmd):
+      self.run(dep)
+    if cmd.program == "python -m mpn_jax.weights":
+      self.make_weights_input(cmd)
+    if "--images" in cmd.flags:
+      self.make_photos(self.adapter.path(cmd.flags["--images"]))
+    argv, _ = self.adapter.argv(cmd)
+    return self.runner.run(argv, check=check)
+
+  def make_weights_input(self, cmd):
+    """The input file of a weights conversion: torchvision-named tensors of the tiny backbone
+    (.npz), or a Keras ResNet50's weights saved as the README's comment says (no download)."""
+    path = pathlib.Path(self.adapter.path(cmd.flags["--input"]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(str(path) + ".lock"):
+      if path.exists():
+        return
+      if cmd.flags["--source"] == "torchvision":
+        import numpy as np  # pylint: disable=g-import-not-at-top
+        from test_weights import torchvision_state_dict  # pylint: disable=g-import-not-at-top
+        sd = torchvision_state_dict(tuple(int(s) for s in TINY_BACKBONE[0].split(",")),
+                                    width=int(TINY_BACKBONE[1]))
+        np.savez(path, **sd)
+      else:
+        code = ("import keras; keras.applications.ResNet50(weights=None, include_top=False)"
+                f".save_weights({str(path)!r})")
+        proc = subprocess.run([sys.executable, "-c", code], env=self.runner.env,
+                              capture_output=True, text=True, timeout=TIMEOUT, check=False)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+  @staticmethod
+  def make_photos(folder):
+    """A folder of two real photos (COCO val2017 samples), for `--images=my_photos/`."""
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in sorted(os.listdir(COCO_DIR / "val2017"))[:2]:
+      if not (folder / name).exists():
+        shutil.copy(COCO_DIR / "val2017" / name, folder / name)
+
+
+@pytest.fixture(scope="session")
+def scenario(runner, work, coco_dir):
+  return Scenario(runner, Adapter(work, coco_dir), work)
+
+
+# -------------------------------------------------------------------------------- the checks
+
+
+def _stage_workdir(scenario, cmd):
+  return pathlib.Path(scenario.adapter.path(cmd.flags["--workdir"]))
+
+
+def _steps(workdir):
+  d = pathlib.Path(workdir) / "checkpoints"
+  return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if d.is_dir() else []
+
+
+def check_train(scenario, cmd):
+  earlier = [c for c in scenario.producers(cmd) if c.program == "python train.py"
+             and c.flags.get("--workdir") == cmd.flags.get("--workdir")]
+  result = scenario.run(cmd)
+  workdir = _stage_workdir(scenario, cmd)
+  path, _ = cmd.flags["--config"].partition(":")[::2]
+  num_steps = _config_value(path, "smoke", "train.num_steps")
+  assert _steps(workdir) and _steps(workdir)[-1] == num_steps, (workdir, _steps(workdir))
+  assert glob.glob(str(workdir / "**" / "events.out.tfevents.*"), recursive=True), \
+      f"no TensorBoard events in {workdir}"
+  if earlier:  # the same --workdir again: resumes from the latest checkpoint
+    assert f"resumed from {workdir / 'checkpoints'}/{num_steps}" in result.stderr, \
+        _failure(cmd.argv, result)
+  elif cmd.flags.get("--config.init_from"):
+    assert "initialised from" in result.stderr, _failure(cmd.argv, result)
+
+
+def _stats_file(scenario, cmd):
+  f = cmd.flags
+  if f.get("--config.eval.output"):
+    return pathlib.Path(scenario.adapter.path(f["--config.eval.output"]))
+  argv, _ = scenario.adapter.argv(cmd)
+  mode = [a.split("=", 1)[1] for a in argv if a.startswith("--config.eval.mode=")]
+  mode = mode[-1] if mode else _config_value(f["--config"].split(":")[0], "smoke", "eval.mode")
+  return _stage_workdir(scenario, cmd) / "eval" / f"{mode}_stats.json"
+
+
+def check_evaluate(scenario, cmd):
+  result = scenario.run(cmd)
+  stats_file = _stats_file(scenario, cmd)
+  assert f"statistics written to {stats_file}" in result.stdout, _failure(cmd.argv, result)
+  stats = json.loads(stats_file.read_text())
+  names = [k.split("/")[-1] for k in stats]
+  assert set(STAT_NAMES) <= set(names), stats
+  # COCOeval gives -1 where a statistic has no ground truth (e.g. no large people at 64 px)
+  assert all(v == -1 or 0.0 <= v <= 1.0 for v in stats.values()), stats
+  assert "AP50" in result.stdout  # the printed table
+
+
+def check_predict(scenario, cmd):
+  result = scenario.run(cmd)
+  images = sorted(os.listdir(scenario.adapter.path(cmd.flags["--images"])))
+  output = pathlib.Path(scenario.adapter.path(cmd.flags["--output"]))
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  for name in images:
+    png = output / (os.path.splitext(name)[0] + ".png")
+    with Image.open(COCO_DIR / "val2017" / name) as src, Image.open(png) as drawn:
+      assert drawn.size == src.size, (png, drawn.size, src.size)  # drawn on the original pixels
+  predictions = json.loads((output / "predictions.json").read_text())
+  assert sorted(predictions) == images
+  assert f"{len(images)} pictures written to {output}" in result.stdout
+
+
+def check_weights(scenario, cmd):
+  result = scenario.run(cmd)
+  out = pathlib.Path(scenario.adapter.path(cmd.flags["--output"]))
+  meta = json.loads(pathlib.Path(str(out) + ".json").read_text())
+  variant, eps = ("v1.5", 1e-5) if cmd.flags["--source"] == "torchvision" else ("v1", 1.001e-5)
+  assert meta["variant"] == variant and abs(meta["bn_epsilon"] - eps) < 1e-12, meta
+  assert f"--config.init_from={out}" in result.stdout
+  from mpn_jax import models  # pylint: disable=g-import-not-at-top
+  from mpn_jax import weights  # pylint: disable=g-import-not-at-top
+  if cmd.flags["--source"] == "keras":
+    # README: train Keras weights with these two overrides; init_from refuses the default variant.
+    cfg = _parsed_config("configs/branches.py", ["--config.model.backbone.variant=v1",
+                                                 "--config.model.backbone.bn_epsilon=1.001e-5"])
+    restored = weights.restore_pretrained(out, cfg.model.backbone)
+    assert set(restored["params"]) == {"backbone"}
+    with pytest.raises(ValueError, match="variant"):
+      weights.restore_pretrained(out, models.multiposenet_config().backbone)
+  if cmd.flags["--input"].endswith(".pth"):
+    # .pth needs torch: without it, a clear error instead of a traceback.
+    try:
+      import torch  # pylint: disable=g-import-not-at-top,unused-import
+    except ImportError:
+      pth = scenario.work / "inputs" / "plain.pth"
+      pth.write_bytes(b"")
+      argv = [a if not a.startswith("--input=") else f"--input={pth}"
+              for a in scenario.adapter.argv(cmd)[0]]
+      argv = [a if not a.startswith("--output=") else f"--output={out}_pth" for a in argv]
+      proc = scenario.runner.run(argv, check=False)
+      assert proc.returncode != 0 and "torch" in proc.stderr and "Traceback" not in proc.stderr, \
+          _failure(argv, proc)
+
+
+BENCHMARK_KEYS = {  # README: the JSON keys of each part
+    "peak": ("matmul_peak_flops_per_s",),
+    "forward": ("forward_images_per_s_bs1", "forward_flops_per_image"),
+    "pipeline": ("pipeline_images_per_s_bs1",),
+    "prn": ("prn_us_per_person",),
+    "train_branches": ("train_branches_images_per_s",),
+    "train_prn": ("train_prn_people_per_s",),
+}
+
+
+def check_benchmark(scenario, cmd):
+  result = scenario.run(cmd)
+  out = json.loads(pathlib.Path(scenario.adapter.path(cmd.flags["--output"])).read_text())
+  parts = (cmd.flags.get("--parts") or ",".join(BENCHMARK_KEYS)).split(",")
+  for key in sum((BENCHMARK_KEYS[p] for p in parts), ("peak_memory_bytes", "device")):
+    assert key in out, (key, sorted(out))
+  if "forward" in parts:
+    assert out["forward_images_per_s_bs1"] > 0 and out["forward_flops_per_image"] > 0
+  for dtype in (cmd.flags.get("--dtypes") or "float32").split(","):
+    assert f"[{dtype}] compiling" in result.stdout or "forward" not in parts, dtype
+  assert "wrote" in result.stdout
+
+
+def check_show_targets(scenario, cmd):
+  result = scenario.run(cmd)
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  png = scenario.adapter.path(cmd.flags["--output"])
+  with Image.open(png) as im:
+    assert im.size[0] > 0 and im.size[1] > 0
+  assert result.stdout.count("example ") == 4  # --num's default
+
+
+def check_datasets(scenario, cmd):
+  result = scenario.run(cmd)
+  found = dict(re.findall(r"^(\w+): (\d+) examples", result.stdout, re.M))
+  assert set(found) == {"train", "validation"}, result.stdout
+  # Every image of the annotation files decodes (../shared's README): one example per image.
+  argv, _ = scenario.adapter.argv(cmd)
+  anns = dict(a[2:].split("=", 1) for a in argv if a.startswith(("--train_ann=", "--val_ann=")))
+  for split, key in (("train", "train_ann"), ("validation", "val_ann")):
+    with open(COCO_DIR / "annotations" / anns[key]) as f:
+      assert int(found[split]) == len(json.load(f)["images"]), (split, result.stdout)
+
+
+def check_tensorboard(scenario, cmd):
+  # `--inspect` makes TensorBoard summarise the logs it would serve, then exit.
+  for dep in scenario.producers(cmd):
+    scenario.run(dep)
+  argv, _ = scenario.adapter.argv(cmd)
+  result = scenario.runner.run(argv + ["--inspect"])
+  assert "train/loss" in result.stdout + result.stderr, _failure(argv, result)
+
+
+def check_quickstart(scenario, cmd):
+  # The whole quickstart (smoke preset) runs twice in tests/test_quickstart.py; here the flags.
+  argv, _ = scenario.adapter.argv(cmd)
+  result = scenario.runner.run(argv + ["--helpfull"], check=False)
+  for flag in Command(tuple(argv), 0, "").flags:
+    assert f"{flag}:" in result.stdout, (flag, result.stdout[-2000:])
+  source = (REPO / "tests" / "test_quickstart.py").read_text()
+  assert '"-m", "mpn_jax.quickstart", f"--workdir={workdir}", "--preset=smoke"' in source
+  assert "test_first_run_trains_evaluates_and_draws" in source
+
+
+def check_venv(scenario, cmd):
+  del scenario
+  assert cmd.argv[:3] == ("python3", "-m", "venv") and len(cmd.argv) == 4, cmd.argv
+  import venv  # pylint: disable=g-import-not-at-top,unused-import  (the module the command runs)
+
+
+def check_activate(scenario, cmd):
+  del scenario
+  assert cmd.argv == (".", ".venv/bin/activate"), cmd.argv  # the venv made just before
+
+
+def _test_command_of_ci():
+  text = (REPO / ".ci" / "run").read_text()
+  marker = "# --- the README's test command (keep identical) ---\n"
+  assert marker in text, ".ci/run lost its README test-command marker"
+  return shlex.split(text.split(marker, 1)[1].splitlines()[0])
+
+
+def check_pip_install(scenario, cmd):
+  del scenario
+  assert cmd.argv[:3] == ("pip", "install", "-e"), cmd.argv
+  target = cmd.argv[3]
+  import tomllib  # pylint: disable=g-import-not-at-top
+  project = tomllib.loads((REPO / "pyproject.toml").read_text())
+  base, _, extras = target.partition("[")
+  assert base == ".", target
+  assert project["build-system"]["build-backend"]
+  for extra in filter(None, extras.rstrip("]").split(",")):
+    assert extra in project["project"]["optional-dependencies"], extra
+  # `pip install -e .` made this environment: the package is installed, editable, from this tree.
+  import mpn_jax  # pylint: disable=g-import-not-at-top
+  assert pathlib.Path(mpn_jax.__file__).resolve().parent == REPO / "mpn_jax"
+  if extras:  # the README's test command: .ci/run runs exactly this install and pytest
+    i = next(i for i, c in enumerate(COMMANDS) if c is cmd)
+    assert _test_command_of_ci() == [*cmd.argv, "&&", *COMMANDS[i + 1].argv]
+
+
+def check_pytest(scenario, cmd):
+  del scenario
+  i = next(i for i, c in enumerate(COMMANDS) if c is cmd)
+  assert _test_command_of_ci() == [*COMMANDS[i - 1].argv, "&&", *cmd.argv]
+  assert cmd.argv[1:] == ("-n", "2")
+  import xdist  # pylint: disable=g-import-not-at-top,unused-import  (-n needs pytest-xdist)
+
+
+# (program regex, check, how it runs) -- first match wins. 'runs': the adapted command runs;
+# 'static': checked without running it (see its check).
+RULES = (
+    (r"python train\.py", check_train, "runs"),
+    (r"python evaluate\.py", check_evaluate, "runs"),
+    (r"python -m mpn_jax\.predict", check_predict, "runs"),
+    (r"python -m mpn_jax\.weights", check_weights, "runs"),
+    (r"python -m mpn_jax\.benchmark", check_benchmark, "runs"),
+    (r"python scripts/show_targets\.py", check_show_targets, "runs"),
+    (r"python -m mpn_jax\.data\.datasets", check_datasets, "runs"),
+    (r"tensorboard", check_tensorboard, "runs"),
+    (r"python -m mpn_jax\.quickstart", check_quickstart, "flags"),
+    (r"python3 -m venv", check_venv, "static"),
+    (r"\.", check_activate, "static"),
+    (r"pip install", check_pip_install, "static"),
+    (r"pytest", check_pytest, "static"),
+)
+
+
+def rule_of(cmd):
+  for pattern, check, how in RULES:
+    if re.fullmatch(pattern, cmd.program):
+      return check, how
+  return None, None
+
+
+def _case_id(cmd):
+  lines = "+".join(f"L{c.line}" for c in COMMANDS if c.text == cmd.text)
+  flags = " ".join(t for t in cmd.argv if t.startswith("--config=") or t.startswith("--source=")
+                   or t.startswith("--config.eval.mode=") or t.startswith("--name=")
+                   or t == "--quick")
+  return f"{lines}-{cmd.program}{(' ' + flags) if flags else ''}".replace(" ", "_")
+
+
+_UNIQUE = [c for i, c in enumerate(COMMANDS)  # a command shown twice runs once
+           if c.text not in {d.text for d in COMMANDS[:i]}]
+
+
+# --------------------------------------------------------------------------------------- tests
+
+
+def test_readme_parses_into_commands():
+  programs = {c.program for c in COMMANDS}
+  # The README's own blocks: if parsing broke, these would be missing.
+  assert {"python train.py", "python evaluate.py", "python -m mpn_jax.predict",
+          "python -m mpn_jax.weights", "python -m mpn_jax.quickstart", "pytest",
+          "python -m mpn_jax.benchmark"} <= programs, programs
+  assert all(c.argv and "\\" not in c.argv for c in COMMANDS)
+  assert not any(t.startswith("#") for c in COMMANDS for t in c.argv)
+
+
+def test_parser_on_a_known_text():
+  text = ("x `python a.py --b=1`\n```bash\n# c\npython t.py --x=1 \\\n    --y=2  # z\n"
+          "p -m venv v && q --r\n```\n`--config.k=3` and `trainable=detection`\n")
+  got = [(c.argv, c.line, c.where) for c in readme_commands(text)]
+  assert got == [(("python", "t.py", "--x=1", "--y=2"), 4, "bash"),
+                 (("p", "-m", "venv", "v"), 6, "bash"), (("q", "--r"), 6, "bash"),
+                 (("python", "a.py", "--b=1"), 1, "prose")]
+  assert readme_prose_flags(text) == {"--config.k": ["3"],
+                                      "--config.train.trainable": ["detection"]}
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=[_case_id(c) for c in COMMANDS])
+def test_every_readme_command_has_a_rule(cmd):
+  check, _ = rule_of(cmd)
+  assert check is not None, (
+      f"README.md line {cmd.line}: `{cmd.text}` matches no rule of tests/test_readme_commands.py "
+      "RULES: add one that runs it (tiny substitutions) or checks it")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cmd", _UNIQUE, ids=[_case_id(c) for c in _UNIQUE])
+def test_readme_command_works(cmd, scenario):
+  check, _ = rule_of(cmd)
+  if check is None:
+    pytest.fail(f"no rule for README line {cmd.line}: {cmd.text}")
+  check(scenario, cmd)
+
+
+# Flags named in the README's prose, and the run that exercises each (a README command plus them).
+PROSE_RUNS = (
+    # Stage one's second step: detection, the rest frozen, in a new workdir from the first
+    # workdir (here the README's runs/branches; the freezing itself: tests/test_training.py).
+    ("python train.py --config=configs/branches.py:synthetic --workdir=runs/prose_detection "
+     "--config.train.trainable=detection --config.init_from=runs/branches "
+     "--config.train.learning_rate=3e-4"),
+    # Test-time augmentation, on the synthetic pipeline evaluation of the README.
+    ("python evaluate.py --config=configs/prn.py:synthetic --workdir=runs/prn "
+     "--config.eval.mode=pipeline --config.eval.branches_workdir=runs/branches "
+     "--config.eval.branches_config=configs/branches.py:synthetic "
+     "--config.inference.flip=True --config.inference.scales=0.75,1.0,1.25 "
+     "--config.eval.output=runs/prose_tta.json"),
+    # The benchmark's selection flags (--quick would override the sizes: tiny sizes given here).
+    ("python -m mpn_jax.benchmark --model_size=tiny --image_size=64 --peak_sizes=256 "
+     "--parts=peak,forward --dtypes=float32,bfloat16 --batch_sizes=1 --repeats=1 "
+     "--output=/tmp/prose_b.json"),
+)
+# Parsed (not run: they need several hosts or are the defaults run above), by the same
+# config_flags machinery as train.py / evaluate.py, and checked to land in the config.
+PROSE_PARSED = (
+    ("configs/branches.py", "--config.distributed.coordinator_address=HOST:1234",
+     ("distributed", "coordinator_address"), "HOST:1234"),
+    ("configs/branches.py", "--config.distributed.num_processes=2",
+     ("distributed", "num_processes"), 2),
+    ("configs/branches.py", "--config.distributed.process_id=1", ("distributed", "process_id"), 1),
+    ("configs/branches.py", "--config.train.trainable=all", ("train", "trainable"), "all"),
+    ("configs/branches.py", "--config.train.trainable=keypoints", ("train", "trainable"),
+     "keypoints"),
+    ("configs/branches.py", "--config.model.backbone.variant=v1",
+     ("model", "backbone", "variant"), "v1"),
+    ("configs/branches.py", "--config.model.backbone.bn_epsilon=1.001e-5",
+     ("model", "backbone", "bn_epsilon"), 1.001e-5),
+)
+
+
+def _prose_command(text, line=0):
+  return Command(tuple(shlex.split(text)), line, "prose-run")
+
+
+def _parsed_config(path, overrides):
+  """The config train.py would get for `--config=path` plus overrides (same absl/config_flags
+  parsing, locked config)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  argv = ["train.py", f"--config={REPO / path}", *overrides]
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True,
+                                  sys_argv=argv)
+  fv(argv)
+  return fv.config
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("text", PROSE_RUNS, ids=[f"prose-{i}" for i in range(len(PROSE_RUNS))])
+def test_readme_prose_flags_work(text, scenario):
+  cmd = _prose_command(text)
+  check, _ = rule_of(cmd)
+  check(scenario, cmd)
+  if cmd.program == "python train.py" and cmd.flags.get("--config.init_from"):
+    dep = pathlib.Path(scenario.adapter.path(cmd.flags["--config.init_from"]))
+    assert _steps(dep), dep  # the workdir it started from was trained first
+
+
+@pytest.mark.parametrize("path,flag,field,want", PROSE_PARSED, ids=[p[1] for p in PROSE_PARSED])
+def test_readme_prose_flags_parse(path, flag, field, want):
+  value = _parsed_config(path, [flag])
+  for part in field:
+    value = value[part]
+  assert value == want
+
+
+def test_misspelt_override_is_refused():
+  # README: "a misspelt field is an error that suggests the right one"
+  proc = subprocess.run([sys.executable, "train.py", "--config=configs/branches.py:smoke",
+                         "--workdir=/nonexistent", "--config.train.learning_rat=3e-4"],
+                        cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode != 0
+  assert "learning_rate" in proc.stderr, proc.stderr[-2000:]
+
+
+def _exercised_flags(adapter):
+  """Flag names (and values) passed by commands that run here."""
+  seen = {}
+  cmds = list(_UNIQUE) + [_prose_command(t) for t in PROSE_RUNS]
+  for cmd in cmds:
+    _, how = rule_of(cmd)
+    if how in ("runs", "flags"):
+      argv, _ = adapter.argv(cmd)
+      for name, value in Command(tuple(argv), 0, "").flags.items():
+        seen.setdefault(name, set()).add(value)
+  for _, flag, _, _ in PROSE_PARSED:
+    name, _, value = flag.partition("=")
+    seen.setdefault(name, set()).add(value)
+  return seen
+
+
+def unexercised_flags(text, seen):
+  """Flags of README text (commands and prose) that no command of `seen` passes, and values of
+  the behaviour-selecting flags that none passes."""
+  named = {}
+  for cmd in readme_commands(text):
+    for name, value in cmd.flags.items():
+      named.setdefault(name, set()).add(value)
+  for name, values in readme_prose_flags(text).items():
+    named.setdefault(name, set()).update(values)
+  missing = sorted(set(named) - set(seen))
+  for name in ("--config.train.trainable", "--config.eval.mode", "--config.eval.assign",
+               "--source", "--dtypes", "--config.inference.scales", "--preset"):
+    want = {v for v in named.get(name, ()) if v is not None}
+    missing += [f"{name}={v}" for v in sorted(want - seen.get(name, set()))]
+  return missing
+
+
+def test_every_readme_flag_is_exercised(tmp_path):
+  seen = _exercised_flags(Adapter(tmp_path, COCO_DIR))
+  text = README.read_text()
+  missing = unexercised_flags(text, seen)
+  assert not missing, f"README flags that no test command passes: {missing}"
+  # The check itself: a flag or value added to the README without a run is reported.
+  added = text + "\n`--config.train.new_field=1`, `--config.eval.mode=nonsense`\n"
+  assert unexercised_flags(added, seen) == ["--config.train.new_field",
+                                            "--config.eval.mode=nonsense"]
+
+
+def test_readme_paths_exist():
+  """Files and folders the README names relative to the checkout."""
+  text = README.read_text()
+  for rel in sorted(set(re.findall(r"`((?:configs|scripts|mpn_jax|tests|docs|\.ci)/[\w./]+)`",
+                                   text))):
+    assert (REPO / rel).exists(), rel
+  require_shared()
+  for name in re.findall(r"`(person_keypoints_val2017_prn_\w+\.json)`", text):
+    assert (COCO_DIR / "annotations" / name).is_file(), name
