@@ -65,18 +65,10 @@ DEFAULT_CHECKPOINT = {"branches": "latest", "prn": "best"}
 
 def checkpoint_steps(workdir):
   """Sorted steps (ints) saved under workdir/checkpoints."""
-  ckpt_dir = os.path.join(os.path.abspath(os.path.expanduser(workdir)), "checkpoints")
+  from mpn_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
+  ckpt_dir = checkpoints.checkpoint_dir(workdir)
   names = os.listdir(ckpt_dir) if os.path.isdir(ckpt_dir) else []
   return sorted(int(n) for n in names if n.isdigit())
-
-
-def _saved_config(workdir, step):
-  path = os.path.join(os.path.abspath(os.path.expanduser(workdir)), "checkpoints", str(step),
-                      "config", "metadata")
-  if not os.path.isfile(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
 
 
 def _event_scalars(workdir, tag):
@@ -106,10 +98,12 @@ def step_metrics(workdir, metric):
   """{step: value of `metric`} for the saved steps that have one.
 
   Orbax's per-step metrics (<step>/metrics/metrics) when the manager wrote them, else the
-  evaluation scalars the training loop logs (`eval/<metric>` in workdir's event files).
+  evaluation scalars the training loop logs (`eval/<metric>` in workdir's event files: runs saved
+  before the checkpoints kept their metrics).
   """
+  from mpn_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
   steps = checkpoint_steps(workdir)
-  ckpt_dir = os.path.join(os.path.abspath(os.path.expanduser(workdir)), "checkpoints")
+  ckpt_dir = checkpoints.checkpoint_dir(workdir)
   values = {}
   for step in steps:
     path = os.path.join(ckpt_dir, str(step), "metrics", "metrics")
@@ -143,7 +137,9 @@ def select_step(workdir, which="latest"):
   latest = steps[-1]
   if which == "latest":
     return latest, "latest"
-  train = (_saved_config(workdir, latest) or {}).get("train") or {}
+  from mpn_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
+  latest_dir = os.path.join(checkpoints.checkpoint_dir(workdir), str(latest))
+  train = (checkpoints.saved_config(latest_dir) or {}).get("train") or {}
   metric, mode = train.get("best_metric"), train.get("best_mode", "min")
   if not metric:
     return latest, "latest (the run kept no best_metric)"
@@ -164,7 +160,7 @@ def restore(workdir, stage, which=None):
   require_checkpoint(workdir, stage)
   from mpn_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
   step, reason = select_step(workdir, which or DEFAULT_CHECKPOINT.get(stage, "latest"))
-  step_dir = os.path.join(os.path.abspath(os.path.expanduser(workdir)), "checkpoints", str(step))
+  step_dir = os.path.join(checkpoints.checkpoint_dir(workdir), str(step))
   params, batch_stats, saved = checkpoints.restore_variables(step_dir)
   message = f"restored the {stage} checkpoint of step {step} from {workdir}: {reason}"
   logging.info(message)

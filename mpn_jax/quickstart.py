@@ -76,11 +76,9 @@ def make_configs(workdir, preset="synthetic"):
 
 def latest_step(stage_workdir):
   """The newest checkpoint step of a stage's workdir, or None."""
-  ckpt_dir = os.path.join(stage_workdir, "checkpoints")
-  if not os.path.isdir(ckpt_dir):
-    return None
-  steps = [int(n) for n in os.listdir(ckpt_dir) if n.isdigit()]
-  return max(steps) if steps else None
+  from mpn_jax import predict  # pylint: disable=g-import-not-at-top
+  steps = predict.checkpoint_steps(stage_workdir)
+  return steps[-1] if steps else None
 
 
 def _say(msg):

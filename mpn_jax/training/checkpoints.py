@@ -35,9 +35,12 @@ class StageCheckpoints:
         raise ValueError(f"config.eval.best_mode={best_mode!r}: use 'min' or 'max'")
       policies.append(pp.BestN(get_metric_fn=lambda m: m[best_metric], reverse=best_mode == "min",
                                n=1, keep_checkpoints_without_metrics=False))
+    # best_fn makes Orbax write each step's metrics next to it (<step>/metrics/metrics), so the
+    # best step stays known after a restart, to the BestN policy and to predict.restore.
+    best = dict(best_fn=lambda m: m[best_metric], best_mode=best_mode) if best_metric else {}
     options = ocp.CheckpointManagerOptions(
         preservation_policy=pp.AnyPreservationPolicy(policies), create=True,
-        enable_async_checkpointing=True)
+        enable_async_checkpointing=True, **best)
     self.directory = checkpoint_dir(workdir)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -123,12 +126,17 @@ def restore_variables(path):
   if not isinstance(tree, dict) or "params" not in tree:
     raise ValueError(f"checkpoint {var_dir} must hold a tree {{'params': ..., 'batch_stats': ...}}"
                      f", got top-level keys {list(tree) if isinstance(tree, dict) else type(tree)}")
-  config = None
-  if step_dir and os.path.exists(os.path.join(step_dir, "config", "metadata")):
-    with open(os.path.join(step_dir, "config", "metadata")) as f:
-      config = json.load(f)
   tree = jax.device_get(tree)
-  return tree["params"], tree.get("batch_stats", {}) or {}, config
+  return tree["params"], tree.get("batch_stats", {}) or {}, saved_config(step_dir)
+
+
+def saved_config(step_dir):
+  """The config dict saved with a training step (None if absent)."""
+  path = os.path.join(step_dir or "", "config", "metadata")
+  if not step_dir or not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
 
 
 def _single_device_target(ckptr, directory):
