@@ -47,7 +47,7 @@ def get_config(arg=None):
   config.data.val_file = "annotations/person_keypoints_val2017.json"
   # mpn_synthetic only: the synthetic TFDS dataset whose annotation files are used.
   config.data.synthetic = ml_collections.ConfigDict(dict(
-      data_dir="/tmp/mpn_tfds", image_size=128, num_train=512, num_val=64, seed=0))
+      data_dir="/tmp/mpn_tfds", image_size=128, num_train=2048, num_val=64, seed=0))
 
   config.data.batch_size = 8               # global batch (split over devices and hosts)
 
@@ -127,15 +127,26 @@ def _synthetic(config):
   config.data.train_files = ()          # filled in from config.data.synthetic
   config.data.val_file = ""
   config.data.batch_size = 32
-  # ~2 minutes on 2 CPU cores; PRN-on-ground-truth AP is ~0.70 after 250 steps already.
+  # The coco_small recipe (256 hidden units, input x3, linear output): on the synthetic annotations
+  # its PRN-on-ground-truth AP is 0.982 after 400 steps against 0.838 for the paper's MLP (1024
+  # hidden units, x1), at a third of the time (~100 s on one core).
+  config.model.hidden_sizes = (256,)
+  config.model.input_scale = 3.0
+  config.train.schedule = "cosine"
   config.train.num_steps = 400
   config.train.log_every_steps = 25
   config.train.checkpoint_every_steps = 200
   config.train.eval_every_steps = 200
   config.eval.mode = "prn_gt"
-  # Averaging the heatmaps of the image and its mirror (left/right swapped back) doubled the
-  # synthetic pipeline's AP with the quickstart's small stage one (0.067 -> 0.134).
+  # Test-time augmentation: the image and its mirror (left/right swapped back), at 1x and 1.25x
+  # (heatmaps averaged on the base grid, boxes merged by NMS). With the quickstart's small stage one,
+  # flip doubled the pipeline AP (0.067 -> 0.134) and the 1.25x scale added 0.036 (0.267 -> 0.303)
+  # on a synthetic set of another seed (README, quickstart).
   config.inference.flip = True
+  config.inference.scales = (1.0, 1.25)
+  # The PRN's 'peaks' inputs draw every detected peak alike; weighing each box's choice by the
+  # peak's heatmap value too lets a strong peak beat a spurious one nearby (0.312 -> 0.330).
+  config.inference.peak_score_power = 1.0
 
 
 def _smoke(config):

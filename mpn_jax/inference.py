@@ -60,6 +60,7 @@ def inference_config():
   c.assign_window = 1             # odd window (grid cells) of PRN probability around a candidate
   c.candidate_scores = "prn"      # 'prn' | 'center' (PRN-free nearest-centre baseline)
   c.instance_score = "box"        # one of mpn_jax.assignment.SCORE_MODES
+  c.peak_score_power = 0.0        # candidate score x peak value ** this (0: the PRN's alone)
   # Test-time augmentation.
   c.flip = False                  # also run on the mirrored image and average
   c.scales = (1.0,)               # input scales; heatmaps resized to the base grid and averaged
@@ -386,6 +387,9 @@ def predict_people(heatmaps, cand_boxes, cand_scores, scales, prn_apply, config,
       s = assignment.center_scores(cand_xy, cand_ok, wide)
     else:
       s = assignment.candidate_scores(probs, cand_xy, cand_ok, wide, config.assign_window)
+    power = float(config.get("peak_score_power", 0.0))
+    if power:  # 'peaks' PRN inputs draw every peak alike: the heatmap's confidence breaks ties
+      s = s * jnp.power(jnp.clip(cand_sc, 1e-6, 1.0), power)[None]
     idx, a_score = assignment.assign(s, cand_ok, box_ok, config.assign_method)
     kps = assignment.gather_keypoints(cand_xy, cand_sc, idx)  # [N, K, 3]
     person_score = assignment.instance_scores(kps[..., 2], a_score, box_scores,

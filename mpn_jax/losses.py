@@ -9,20 +9,26 @@ import jax
 import jax.numpy as jnp
 
 
-def weighted_l2(pred, target, weights):
+def weighted_l2(pred, target, weights, peak_weight=0.0):
   """Masked squared error, summed over channels and averaged over batch and positions.
 
   Args:
     pred: [B, h, w, C] float32 raw outputs.
     target: [B, h, w, C] float32.
     weights: [B, h, w, 1] (or [B, h, w, C]) float32, 0 where the position is ignored.
+    peak_weight: each cell's error also counts `peak_weight * target` times more (0: the plain L2
+      of the paper), so that the few cells under the Gaussian peaks and the person mask weigh as
+      much as the many background cells.
   Returns:
-    scalar float32: sum(weights * (pred - target)^2) / (B * h * w).
+    scalar float32: sum(weights * (1 + peak_weight * target) * (pred - target)^2) / (B * h * w).
   """
   if pred.shape != target.shape:
     raise ValueError(f"prediction {pred.shape} and target {target.shape} shapes differ")
   b, h, w = pred.shape[:3]
-  sq = jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32))
+  target = target.astype(jnp.float32)
+  sq = jnp.square(pred.astype(jnp.float32) - target)
+  if peak_weight:
+    sq = sq * (1.0 + peak_weight * target)
   return jnp.sum(weights * sq) / (b * h * w)
 
 
@@ -48,7 +54,7 @@ def upsample_to(x, size, factor):
   return x[:, :h, :w]
 
 
-def keypoint_loss(final, intermediate, target, weights, intermediate_weight=1.0):
+def keypoint_loss(final, intermediate, target, weights, intermediate_weight=1.0, peak_weight=0.0):
   """Keypoint-subnet loss: L2 on the final output plus every intermediate (per-FPN-level) output.
 
   Intermediate outputs (native P2..P5 resolution) are upsampled bilinearly to the stride-4 target
@@ -61,11 +67,12 @@ def keypoint_loss(final, intermediate, target, weights, intermediate_weight=1.0)
     target: [B, h, w, 18]: heatmaps then mask.
     weights: [B, h, w, 1] loss-weight map (0 on ignored regions).
     intermediate_weight: factor on each intermediate term.
+    peak_weight: `weighted_l2`'s extra weight of the cells under the targets (0: the paper's L2).
   Returns:
     (total scalar, {'keypoint_final': ..., 'keypoint_intermediate': ...}).
   """
-  final_loss = weighted_l2(final, target, weights)
-  inter = [weighted_l2(upsample_to(p, target.shape[1:3], 2**i), target, weights)
+  final_loss = weighted_l2(final, target, weights, peak_weight)
+  inter = [weighted_l2(upsample_to(p, target.shape[1:3], 2**i), target, weights, peak_weight)
            for i, p in enumerate(intermediate)]
   inter_loss = sum(inter) if inter else jnp.zeros((), jnp.float32)
   total = final_loss + intermediate_weight * inter_loss

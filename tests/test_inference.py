@@ -446,3 +446,25 @@ def test_results_to_coco_scores_perfect_predictions_at_ap_1():
   assert evaluation.run_coco_eval(gt, box_res, "bbox")["AP"] == pytest.approx(1.0)
   with pytest.raises(ValueError, match="visibility"):
     inference.results_to_coco(image_ids, kps, scores, valid, "maybe")
+
+
+@pytest.mark.parametrize("power,want", [(0.0, (18.0, 26.0)), (1.0, (38.0, 34.0))])
+def test_peak_score_power_lets_the_stronger_peak_win(power, want):
+  # One box, two peaks of every type inside it: a weak one (0.5) in the box's left half and a strong
+  # one (0.9) in its right half. The stand-in PRN slightly prefers the left half (x1.2): by the PRN
+  # alone the weak peak wins; with the peak values as a factor (0.6 against 0.9) the strong one.
+  h = w = S // 4
+  heat = np.zeros((1, h, w, K + 1), np.float32)
+  heat[0, 6, 4, :K] = 0.5   # cell centre = input (18, 26)
+  heat[0, 8, 9, :K] = 0.9   # input (38, 34)
+  cls, deltas = _detector_outputs([[(4, 4, 60, 60)]], [[3.0]])
+  outputs = {"keypoints": jnp.asarray(heat), "cls_logits": cls, "box_deltas": deltas}
+  cfg = _config(max_people=1, peaks_per_keypoint=2, peak_refine="none", peak_score_power=power)
+
+  def prn(x):
+    left = (jnp.arange(x.shape[2]) < x.shape[2] // 2).astype(jnp.float32)
+    return _sum_prn(x * (1.0 + 0.2 * left)[None, None, :, None])
+
+  out = inference.predict_from_outputs(outputs, jnp.ones((1,), jnp.float32), prn, cfg)
+  xy = np.asarray(out["keypoints"][0, 0, :, :2])
+  np.testing.assert_allclose(xy, np.broadcast_to(want, xy.shape), atol=1e-4)

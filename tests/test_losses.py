@@ -93,6 +93,14 @@ def test_weighted_l2_by_hand():
   weights = np.ones((2, 2, 2, 1), np.float32)
   weights[1, 1, 1] = 0.0  # ignored region: its error must not count
   np.testing.assert_allclose(losses.weighted_l2(pred, target, weights), (1 + 0.25) / 8, rtol=1e-6)
+  # peak_weight 4: the cell errors count 1 + 4 * target: 1 * (1 + 4) + 0.25 * (1 + 2) = 5.75.
+  np.testing.assert_allclose(losses.weighted_l2(pred, target, weights, peak_weight=4.0),
+                             (5.0 + 0.75) / 8, rtol=1e-6)
+  # The weight follows the target, not the prediction: a false positive counts once.
+  fp = np.zeros_like(pred)
+  fp[0, 1, 1, 2] = 3.0
+  np.testing.assert_allclose(losses.weighted_l2(fp, np.zeros_like(pred), weights, peak_weight=9.0),
+                             9.0 / 8, rtol=1e-6)
 
 
 def _ramp(n, stride):

@@ -204,3 +204,24 @@ def test_left_limbs_are_lighter_than_right_ones(yaw):
     assert left >= 0.8 * 120 * synthetic.SIDE_TINT["left"] - 1
     assert right <= 120 * synthetic.SIDE_TINT["right"] + 1
     assert left > 1.3 * right
+
+
+def test_overlap_is_the_covered_fraction_of_the_smaller_box():
+  assert synthetic._overlap((0, 0, 10, 10), (5, 5, 15, 15)) == pytest.approx(25 / 100)
+  assert synthetic._overlap((0, 0, 10, 10), (2, 2, 4, 4)) == pytest.approx(1.0)  # inside
+  assert synthetic._overlap((0, 0, 10, 10), (10, 0, 20, 10)) == 0.0  # touching
+
+
+def test_labelled_figures_rarely_cover_each_other():
+  # Positions are redrawn while a figure covers more than MAX_OVERLAP of an earlier one's extent;
+  # only when PLACE_TRIES draws all fail does a heavier overlap remain.
+  cfg = synthetic.make_config(image_size=128, num_train=40, num_val=1, seed=3)
+  pairs = heavy = 0
+  for _, anns, _ in synthetic.generate_split(cfg, "train"):
+    boxes = [a["bbox"] for a in anns if not a["iscrowd"] and a["area"] > 200]
+    for i in range(len(boxes)):
+      for j in range(i):
+        a, b = ([x, y, x + w, y + h] for x, y, w, h in (boxes[i], boxes[j]))
+        pairs += 1
+        heavy += synthetic._overlap(a, b) > 0.8
+  assert pairs > 20 and heavy <= 0.1 * pairs

@@ -6,12 +6,13 @@ Build (seconds for a few hundred images):
       --num_val=64 --seed=0 --data_dir=/tmp/tfds
 
 Each image (image_size x image_size, png) shows 1 to 6 articulated figures over a cluttered
-background (gradient, 1-6 random shapes, noise). A figure is a 3D stick body with COCO's 17
+background (gradient, 0-3 random shapes, noise). A figure is a 3D stick body with COCO's 17
 keypoints and rough human proportions (head with eyes, nose and ears; torso; arms and legs with joint
 angles in plausible ranges) turned by a yaw angle (frontal, side and back views, so left/right appear
-mirrored), rotated in the image plane, scaled and placed anywhere, often overlapping others or cut by
-the border. Limbs are drawn as thick lines with joint blobs, parts painted far to near, left limbs in
-a lighter tint than right ones (SIDE_TINT). Keypoints follow COCO: v=2 visible, v=1 labelled but
+mirrored), rotated in the image plane, scaled and placed anywhere, often overlapping others (but
+rarely covering more than 40% of another's box, MAX_OVERLAP) or cut by the border. Limbs are drawn
+as thick lines with joint blobs, parts painted far to near, left limbs in a lighter tint than right
+ones (SIDE_TINT). Keypoints follow COCO: v=2 visible, v=1 labelled but
 hidden (covered by a later-drawn person, or the far ear behind the head), v=0 with x=y=0 when
 unlabelled (outside the image, the face of a figure seen from behind). Some figures are unlabelled
 (num_keypoints=0, so they land in the ignore mask) and some images hold a crowd region (iscrowd=1) of
@@ -69,7 +70,14 @@ SMALL_HEIGHT = (0.15, 0.28)
 # learnable locally, so the quickstart measures detection, localisation and grouping.
 SIDE_TINT = {"left": 1.25, "right": 0.7}
 # Background clutter: this many random shapes (some of them limb-like lines) behind the figures.
-CLUTTER_SHAPES = (1, 7)
+CLUTTER_SHAPES = (0, 4)
+# Figures overlap, but rarely almost completely: a figure's position is drawn again (up to
+# PLACE_TRIES times) while its box covers more than MAX_OVERLAP of an earlier figure's box or of its
+# own. COCO's people overlap too, but most of them are well apart; without this a 128 px image with
+# three or more figures is mostly one tangle.
+MAX_OVERLAP = 0.4
+PLACE_TRIES = 10
+FIT_FRACTION = 0.8  # figures placed wholly inside the image; the rest anywhere, often cut
 
 
 @dataclasses.dataclass(eq=False)
@@ -356,15 +364,41 @@ def _sample_view(rng):
   return yaw, angle
 
 
-def _place(rng, painter, size, height, person_id, style=None):
-  """Samples and paints one figure; returns its keypoints [17, 3] before occlusion."""
+def _overlap(a, b):
+  """Largest fraction of either xyxy box covered by their intersection."""
+  iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+  ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+  inter = iw * ih
+  small = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+  return inter / max(small, 1e-6)
+
+
+def _extent(proj):
+  xy = np.array([v[0] for v in proj.values()])
+  return (*xy.min(0), *xy.max(0))
+
+
+def _place(rng, painter, size, height, person_id, style=None, taken=None):
+  """Samples and paints one figure; returns its keypoints [17, 3] before occlusion.
+
+  taken: optional list of xyxy extents of earlier figures; the figure's position is redrawn while it
+  covers one of them by more than MAX_OVERLAP, and its own extent is appended.
+  """
   yaw, angle = _sample_view(rng)
-  if rng.random() < 0.65 and height < 0.8 * size:  # most figures fit, the rest may be cut
-    half = np.array([0.3, 0.5]) * height
-    center = rng.uniform(half, size - half)
-  else:
-    center = rng.uniform(0.08, 0.92, size=2) * size
-  proj = project(body_points(sample_pose(rng)), yaw, angle, height, center)
+  pts = body_points(sample_pose(rng))
+  fit = rng.random() < FIT_FRACTION and height < 0.8 * size  # most figures fit, the rest may be cut
+  for _ in range(PLACE_TRIES if taken else 1):
+    if fit:
+      half = np.array([0.3, 0.5]) * height
+      center = rng.uniform(half, size - half)
+    else:
+      center = rng.uniform(0.08, 0.92, size=2) * size
+    proj = project(pts, yaw, angle, height, center)
+    box = _extent(proj)
+    if not taken or all(_overlap(box, t) <= MAX_OVERLAP for t in taken):
+      break
+  if taken is not None:
+    taken.append(box)
   painter.id = person_id
   draw_figure(painter, proj, height, style or sample_style(rng))
   return figure_keypoints(proj)
@@ -403,12 +437,12 @@ def render_image(rng, size):
     for _ in range(int(rng.integers(4, 10))):
       _place(rng, painter, size, rng.uniform(0.12, 0.22) * size, CROWD_ID)
   num_people = int(rng.choice(np.arange(1, 7), p=PEOPLE_PER_IMAGE))
-  people = []
+  people, taken = [], []
   for k in range(num_people):
     small = rng.random() < SMALL_FRACTION
     height = size * (rng.uniform(*SMALL_HEIGHT) if small else rng.uniform(*HEIGHT))
     labelled = rng.random() >= (0.6 if small else 0.08)
-    people.append((_place(rng, painter, size, height, k + 2), labelled))
+    people.append((_place(rng, painter, size, height, k + 2, taken=taken), labelled))
   # Noise over everything, so that the figures are not flat colour either.
   pixels = np.asarray(image, np.float32) + rng.normal(0.0, 5.0, size=(size, size, 3))
   pixels = np.clip(np.round(pixels), 0, 255).astype(np.uint8)
@@ -456,10 +490,12 @@ def generate_split(config, split):
 class MpnSynthetic(coco_keypoints.CodePathMixin, tfds.core.GeneratorBasedBuilder):
   """Synthetic multi-person keypoint images with COCO-style annotations and masks."""
 
-  VERSION = tfds.core.Version("1.2.0")
+  VERSION = tfds.core.Version("1.3.0")
   RELEASE_NOTES = {"1.0.0": "Initial release.",
                    "1.1.0": "Larger, thicker figures (0.4-0.9 of the image), fewer people per image.",
-                   "1.2.0": "Left/right limb tints, less background clutter."}
+                   "1.2.0": "Left/right limb tints, less background clutter.",
+                   "1.3.0": "Figures rarely cover each other almost completely; 0-3 clutter shapes; "
+                            "80% of figures wholly inside the image."}
   BUILDER_CONFIGS = [make_config()]
 
   def _info(self):

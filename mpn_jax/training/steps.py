@@ -42,7 +42,8 @@ def branches_loss_fn(model, anchors, loss_cfg, trainable="all"):
     out, new_stats = _apply(model, params, batch_stats, batch["image"], rng, train)
     target = jnp.concatenate([batch["heatmaps"], batch["mask"]], axis=-1)
     kp, kp_parts = losses.keypoint_loss(out["keypoints"], out.get("keypoints_intermediate", []),
-                                        target, batch["weights"], loss_cfg.intermediate_weight)
+                                        target, batch["weights"], loss_cfg.intermediate_weight,
+                                        loss_cfg.get("peak_weight", 0.0))
     cls_t, box_t = jax.vmap(
         functools.partial(boxes.anchor_targets, pos_iou=loss_cfg.pos_iou, neg_iou=loss_cfg.neg_iou),
         in_axes=(0, 0, None))(batch["boxes"], batch["box_labels"], anchors)
