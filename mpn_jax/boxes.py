@@ -104,17 +104,17 @@ def decode(deltas, anchors, stds=BOX_STDS):
   return jnp.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], -1).astype(jnp.float32)
 
 
-def area(boxes):
-  """[..., 4] -> [...] area; inverted boxes have area 0."""
-  return (jnp.maximum(boxes[..., 2] - boxes[..., 0], 0.0) *
-          jnp.maximum(boxes[..., 3] - boxes[..., 1], 0.0))
+def area(boxes, xp=jnp):
+  """[..., 4] -> [...] area; inverted boxes have area 0. xp: jnp, or np for host-side numpy."""
+  return (xp.maximum(boxes[..., 2] - boxes[..., 0], 0.0) *
+          xp.maximum(boxes[..., 3] - boxes[..., 1], 0.0))
 
 
-def intersection(a, b):
-  """Pairwise intersection areas: a [N, 4], b [M, 4] -> [N, M]."""
-  lt = jnp.maximum(a[:, None, :2], b[None, :, :2])
-  rb = jnp.minimum(a[:, None, 2:], b[None, :, 2:])
-  wh = jnp.maximum(rb - lt, 0.0)
+def intersection(a, b, xp=jnp):
+  """Pairwise intersection areas: a [N, 4], b [M, 4] -> [N, M]. xp: jnp, or np."""
+  lt = xp.maximum(a[:, None, :2], b[None, :, :2])
+  rb = xp.minimum(a[:, None, 2:], b[None, :, 2:])
+  wh = xp.maximum(rb - lt, 0.0)
   return wh[..., 0] * wh[..., 1]
 
 

@@ -12,8 +12,8 @@ angles in plausible ranges) turned by a yaw angle (frontal, side and back views,
 mirrored), rotated in the image plane, scaled and placed anywhere, often overlapping others (but
 rarely covering more than 40% of another's box, MAX_OVERLAP) or cut by the border. Limbs are drawn
 as thick lines with joint blobs, parts painted far to near, left limbs in a lighter tint than right
-ones (SIDE_TINT). Keypoints follow COCO: v=2 visible, v=1 labelled but
-hidden (covered by a later-drawn person, or the far ear behind the head), v=0 with x=y=0 when
+ones (SIDE_TINT). Keypoints follow COCO: v=2 visible, v=1 labelled but hidden (covered by a
+later-drawn person, or the far ear behind the head), v=0 with x=y=0 when
 unlabelled (outside the image, the face of a figure seen from behind). Some figures are unlabelled
 (num_keypoints=0, so they land in the ignore mask) and some images hold a crowd region (iscrowd=1) of
 small figures. Masks, boxes and areas come from the pixels each figure actually covers.
@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 import tensorflow_datasets as tfds
 
+from mpn_jax import boxes as box_lib
 from mpn_jax import coco
 from mpn_jax.data import coco_keypoints
 
@@ -366,11 +367,10 @@ def _sample_view(rng):
 
 def _overlap(a, b):
   """Largest fraction of either xyxy box covered by their intersection."""
-  iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-  ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-  inter = iw * ih
-  small = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
-  return inter / max(small, 1e-6)
+  a, b = np.asarray([a], np.float64), np.asarray([b], np.float64)
+  inter = box_lib.intersection(a, b, xp=np)[0, 0]
+  small = min(box_lib.area(a, xp=np)[0], box_lib.area(b, xp=np)[0])
+  return float(inter / max(small, 1e-6))
 
 
 def _extent(proj):
@@ -387,9 +387,9 @@ def _place(rng, painter, size, height, person_id, style=None, taken=None):
   yaw, angle = _sample_view(rng)
   pts = body_points(sample_pose(rng))
   fit = rng.random() < FIT_FRACTION and height < 0.8 * size  # most figures fit, the rest may be cut
+  half = np.array([0.3, 0.5]) * height
   for _ in range(PLACE_TRIES if taken else 1):
     if fit:
-      half = np.array([0.3, 0.5]) * height
       center = rng.uniform(half, size - half)
     else:
       center = rng.uniform(0.08, 0.92, size=2) * size
