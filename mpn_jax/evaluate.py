@@ -292,12 +292,12 @@ def make_detect_fn(model, icfg):
   def detect(variables, images):
     apply_fn = lambda x: model.apply(variables, x, train=False)
     heat, cand_boxes, cand_scores = inference.merge_outputs(apply_fn, images, icfg)
+    _, stride = inference.merge_grid(images.shape[1:3], icfg)
     boxes, scores, valid = inference.select_people(
         cand_boxes, cand_scores, icfg.score_threshold, icfg.iou_threshold, icfg.max_people,
         images.shape[1:3])
     xy, peak_scores, peak_valid = inference.find_peaks(
-        heat[..., :k], icfg.heatmap_threshold, icfg.peaks_per_keypoint,
-        inference.HEATMAP_STRIDE, icfg.peak_refine)
+        heat[..., :k], icfg.heatmap_threshold, icfg.peaks_per_keypoint, stride, icfg.peak_refine)
     return {"boxes": boxes, "box_scores": scores, "valid": valid, "peak_xy": xy,
             "peak_scores": peak_scores, "peak_valid": peak_valid}
   return detect

@@ -6,8 +6,8 @@ test-time-augmentation variants, which are static).
 
 Pipeline for a batch of letterboxed images [B, S, S, 3]:
   1. the MultiPoseNet runs once per TTA variant (optional horizontal flip, optional extra scales);
-     keypoint heatmaps are brought back to the base stride-4 grid (flip back + left/right channel
-     swap, bilinear resize) and averaged; box candidates (top `pre_nms_top_k` anchors, decoded) of
+     keypoint heatmaps are brought to the grid of the largest scale (flip back + left/right
+     channel swap, bilinear resize) and averaged, so that a larger scale's finer cells are kept; box candidates (top `pre_nms_top_k` anchors, decoded) of
      all variants are mapped back to the base input and merged;
   2. `find_peaks`: per keypoint type up to `peaks_per_keypoint` local maxima (3x3) above
      `heatmap_threshold`, with sub-pixel refinement;
@@ -63,7 +63,7 @@ def inference_config():
   c.peak_score_power = 0.0        # candidate score x peak value ** this (0: the PRN's alone)
   # Test-time augmentation.
   c.flip = False                  # also run on the mirrored image and average
-  c.scales = (1.0,)               # input scales; heatmaps resized to the base grid and averaged
+  c.scales = (1.0,)               # input scales; heatmaps averaged on the largest scale's grid
   # COCO results.
   c.keypoint_visibility = "score"  # 'score' | 'one': the v written for each keypoint
   return c
@@ -120,7 +120,7 @@ def find_peaks(heatmaps, threshold, top_k, stride=HEATMAP_STRIDE, refine="quadra
     heatmaps: [B, h, w, K] float32.
     threshold: float, minimum peak value (exclusive).
     top_k: static int C, peaks kept per image and type (highest first).
-    stride: input pixels per heatmap cell.
+    stride: input pixels per heatmap cell, a float or an (x, y) pair.
     refine: 'quadratic' | 'quarter' | 'none'.
   Returns:
     xy: [B, K, C, 2] float32 input pixels (0 where invalid);
@@ -152,7 +152,7 @@ def find_peaks(heatmaps, threshold, top_k, stride=HEATMAP_STRIDE, refine="quadra
   center = at(0, 0)
   ox = _refine_offset(at(0, -1), center, at(0, 1), (x > 0) & (x < w - 1), refine)
   oy = _refine_offset(at(-1, 0), center, at(1, 0), (y > 0) & (y < h - 1), refine)
-  xy = jnp.stack([x + 0.5 + ox, y + 0.5 + oy], -1) * stride
+  xy = jnp.stack([x + 0.5 + ox, y + 0.5 + oy], -1) * jnp.asarray(stride, jnp.float32)
   xy = jnp.where(valid[..., None], xy, 0.0)
   scores = jnp.where(valid, scores, 0.0)
   if n < top_k:  # Maps smaller than C cells: pad to the static C.
@@ -248,13 +248,13 @@ def crop_heatmaps(heatmaps, boxes, stride=HEATMAP_STRIDE):
   """Crop-and-resize of heatmaps to the PRN grid (vmap over the batch).
 
   Args:
-    heatmaps: [h, w, K] float32 at `stride`.
+    heatmaps: [h, w, K] float32 at `stride` (input pixels per cell, a float or an (x, y) pair).
     boxes: [N, 4] float32 already widened boxes, input pixels.
   Returns:
     [N, 56, 36, K] float32: the heatmaps sampled bilinearly at `prn_grid.cell_centers`.
   """
   centers = prn_grid.cell_centers(boxes, xp=jnp)  # [N, 56, 36, 2] input pixels
-  return bilinear_sample(heatmaps, centers / stride)
+  return bilinear_sample(heatmaps, centers / jnp.asarray(stride, jnp.float32))
 
 
 def rasterize_peaks(cand_xy, cand_valid, boxes, sigma):
@@ -300,14 +300,36 @@ def _scaled_size(n, scale):
   return max(_SCALE_MULTIPLE, int(round(n * scale / _SCALE_MULTIPLE)) * _SCALE_MULTIPLE)
 
 
+def merge_grid(image_size, config):
+  """Shape and stride of the grid on which `merge_outputs` averages the TTA heatmaps.
+
+  The grid of the largest of `config.scales` (the base stride-4 grid when none exceeds 1): a 1.25x
+  input's heatmaps have 1.25x finer cells, and resizing them down to the base grid would throw that
+  resolution away.
+
+  Args:
+    image_size: static (H, W) of the base network input.
+    config: `inference_config()`.
+  Returns:
+    ((h, w) cells, (stride_x, stride_y) base input pixels per cell), Python ints and floats.
+  """
+  h, w = image_size
+  s = max(1.0, max(config.scales))
+  sh, sw = _scaled_size(h, s), _scaled_size(w, s)
+  cells = (-(-sh // HEATMAP_STRIDE), -(-sw // HEATMAP_STRIDE))
+  if s == 1.0:
+    return cells, (float(HEATMAP_STRIDE), float(HEATMAP_STRIDE))
+  return cells, (HEATMAP_STRIDE * w / sw, HEATMAP_STRIDE * h / sh)
+
+
 def merge_outputs(apply_fn, images, config):
-  """Runs the network on every TTA variant and merges the outputs on the base input grid.
+  """Runs the network on every TTA variant and merges the outputs.
 
   Variants: each scale in `config.scales` (the image resized bilinearly, sides rounded to a multiple
   of 32 unless the scale is 1), each also mirrored when `config.flip`. Heatmaps of a mirrored run are
-  mirrored back with the left/right channels swapped; all are resized to the base stride-4 grid and
-  averaged. Box candidates are mirrored / rescaled back to the base input and concatenated, so NMS
-  (in `select_people`) merges the variants' detections.
+  mirrored back with the left/right channels swapped; all are resized bilinearly to `merge_grid`
+  (that of the largest scale) and averaged. Box candidates are mirrored / rescaled back to the base
+  input and concatenated, so NMS (in `select_people`) merges the variants' detections.
 
   Args:
     apply_fn: images [B, H', W', 3] -> MultiPoseNet output dict ('keypoints', 'cls_logits',
@@ -315,14 +337,15 @@ def merge_outputs(apply_fn, images, config):
     images: [B, H, W, 3] float32 letterboxed, normalised.
     config: `inference_config()`.
   Returns:
-    heatmaps [B, ceil(H/4), ceil(W/4), C] float32 (mean over variants), box candidates
-    [B, V*P, 4] float32 in base input pixels and their scores [B, V*P].
+    heatmaps [B, h, w, C] float32 (mean over variants) on `merge_grid(config)` ([B, ceil(H/4),
+    ceil(W/4), C] at scale <= 1), box candidates [B, V*P, 4] float32 in base input pixels and their
+    scores [B, V*P].
   """
   b, h, w, _ = images.shape
   if config.flip and w % HEATMAP_STRIDE:
     raise ValueError(f"inference.flip needs an input width that is a multiple of {HEATMAP_STRIDE} "
                      f"(got {w}): set input.size accordingly or turn flip off")
-  base = (-(-h // HEATMAP_STRIDE), -(-w // HEATMAP_STRIDE))
+  base, _ = merge_grid((h, w), config)
   heat, cand_boxes, cand_scores = [], [], []
   for s in config.scales:
     sh, sw = _scaled_size(h, s), _scaled_size(w, s)
@@ -348,16 +371,18 @@ def merge_outputs(apply_fn, images, config):
 # ------------------------------------------------------------------------------------------------
 # The pipeline.
 
-def predict_people(heatmaps, cand_boxes, cand_scores, scales, prn_apply, config, image_size):
+def predict_people(heatmaps, cand_boxes, cand_scores, scales, prn_apply, config, image_size,
+                   stride=HEATMAP_STRIDE):
   """Merged network outputs -> people, in original image pixels.
 
   Args:
-    heatmaps: [B, h, w, >=17] float32 keypoint maps at stride 4 (first 17 channels used).
+    heatmaps: [B, h, w, >=17] float32 keypoint maps (first 17 channels used).
     cand_boxes: [B, P, 4] float32 box candidates, input pixels; cand_scores: [B, P] float32.
     scales: [B] float32 letterbox scales (input = original * scale).
     prn_apply: [M, 56, 36, 17] PRN inputs -> [M, 56, 36, 17] PRN probabilities.
     config: `inference_config()`.
     image_size: static (H, W) of the network input.
+    stride: input pixels per heatmap cell, a float or (x, y) pair (`merge_grid`'s for TTA outputs).
   Returns:
     dict of 'keypoints' [B, N, 17, 3] (x, y, score) original pixels, 'scores' [B, N] person scores,
     'boxes' [B, N, 4] original pixels, 'box_scores' [B, N], 'valid' [B, N] bool; invalid slots zero.
@@ -367,7 +392,7 @@ def predict_people(heatmaps, cand_boxes, cand_scores, scales, prn_apply, config,
   hm = heatmaps[..., :k].astype(jnp.float32)
   b = hm.shape[0]
   cand_xy, cand_sc, cand_ok = find_peaks(hm, config.heatmap_threshold, config.peaks_per_keypoint,
-                                         HEATMAP_STRIDE, config.peak_refine)
+                                         stride, config.peak_refine)
   people, box_scores, box_ok = select_people(cand_boxes, cand_scores, config.score_threshold,
                                              config.iou_threshold, config.max_people, image_size)
   n = people.shape[1]
@@ -378,7 +403,7 @@ def predict_people(heatmaps, cand_boxes, cand_scores, scales, prn_apply, config,
                                                                 config.prn_sigma)
   else:
     # Raw heatmap outputs are clipped to [0, 1], the range of the PRN's training inputs.
-    inputs = jnp.clip(jax.vmap(crop_heatmaps, in_axes=(0, 0, None))(hm, wide, HEATMAP_STRIDE),
+    inputs = jnp.clip(jax.vmap(crop_heatmaps, in_axes=(0, 0, None))(hm, wide, stride),
                       0.0, 1.0)
   probs = prn_apply(inputs.reshape((b * n,) + inputs.shape[2:])).reshape(inputs.shape)
 
@@ -448,8 +473,9 @@ def make_predict_fn(model, prn_model, config):
     apply_fn = lambda x: model.apply(variables, x, train=False)
     prn_apply = lambda x: models.prn_probabilities(prn_model.apply(prn_variables, x, train=False))
     heat, cand_boxes, cand_scores = merge_outputs(apply_fn, images, config)
+    _, stride = merge_grid(images.shape[1:3], config)
     return predict_people(heat, cand_boxes, cand_scores, scales, prn_apply, config,
-                          images.shape[1:3])
+                          images.shape[1:3], stride)
 
   return predict
 

@@ -287,6 +287,46 @@ def test_multiscale_maps_candidates_back_to_the_base_input():
   np.testing.assert_allclose(np.asarray(cand_boxes[0, 5:]), np.asarray(half), atol=1e-4)
 
 
+@pytest.mark.parametrize("image_size,scales,cells,stride", [
+    ((128, 96), (1.0, 1.25), (40, 32), (3.0, 3.2)),   # 160 x 128 input: 96 * 4 / 128, 128 * 4 / 160
+    ((128, 96), (1.0, 0.5), (32, 24), (4.0, 4.0)),    # no scale above 1: the base grid
+    ((130, 130), (1.0,), (33, 33), (4.0, 4.0)),       # base grid of a non-multiple of 4
+])
+def test_merge_grid_is_the_largest_scales_grid(image_size, scales, cells, stride):
+  got_cells, got_stride = inference.merge_grid(image_size, _config(scales=scales))
+  assert got_cells == cells
+  np.testing.assert_allclose(got_stride, stride)
+
+
+def test_multiscale_heatmaps_keep_the_finer_grid():
+  """A fake network draws one sharp peak at a fixed input point on each variant's own grid; on the
+  merged (largest-scale) grid the refined peak is closer to the point than the base grid allows."""
+  point = np.array([29.0, 37.0])  # base input pixels (x, y)
+
+  def apply_fn(im):
+    b, h, w, _ = im.shape
+    s = w / S
+    yy, xx = np.mgrid[0:h // 4, 0:w // 4]
+    cx, cy = point * s / 4.0 - 0.5  # in this variant's cells (cell j centred at j + 0.5)
+    g = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * 0.6 ** 2)).astype(np.float32)
+    a = box_lib.generate_anchors((h, w)).shape[0]
+    return {"keypoints": jnp.broadcast_to(jnp.asarray(g)[None, :, :, None], (b, h // 4, w // 4, K)),
+            "cls_logits": jnp.zeros((b, a, 1)), "box_deltas": jnp.zeros((b, a, 4))}
+
+  errors = {}
+  for scales in ((1.0,), (1.0, 2.0)):
+    cfg = _config(scales=scales)
+    heat, _, _ = inference.merge_outputs(apply_fn, jnp.zeros((1, S, S, 3)), cfg)
+    cells, stride = inference.merge_grid((S, S), cfg)
+    assert heat.shape[1:3] == cells
+    xy, _, valid = inference.find_peaks(heat, 0.1, 1, stride)
+    assert bool(valid[0, 0, 0])
+    errors[scales] = float(np.linalg.norm(np.asarray(xy[0, 0, 0]) - point))
+  # A sigma-0.6-cell peak is too sharp for the parabola: on the base grid (4 px cells) the refined
+  # peak is 0.64 px off, on the 2x grid (2 px cells, the 1x variant only upsampled) 0.09 px.
+  assert errors[(1.0, 2.0)] < 0.5 * errors[(1.0,)]
+
+
 def test_flip_tta_pipeline_is_mirror_equivariant(flip_tta_run):
   """With flip TTA, the people found in a mirrored image are the mirrored people (any network)."""
   x = np.random.default_rng(5).normal(size=(1, S, S, 3)).astype(np.float32)
