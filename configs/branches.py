@@ -157,7 +157,7 @@ def _synthetic(config):
   config.train.learning_rate = 2e-3
   config.train.schedule = "cosine"
   config.train.warmup_steps = 50
-  config.train.num_steps = 3600   # ~14 minutes on 2 CPU cores
+  config.train.num_steps = 3000   # ~14 minutes on 2 CPU cores
   config.train.log_every_steps = 50
   config.train.checkpoint_every_steps = 500
   config.train.eval_every_steps = 1000
