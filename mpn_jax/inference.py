@@ -7,8 +7,9 @@ test-time-augmentation variants, which are static).
 Pipeline for a batch of letterboxed images [B, S, S, 3]:
   1. the MultiPoseNet runs once per TTA variant (optional horizontal flip, optional extra scales);
      keypoint heatmaps are brought to the grid of the largest scale (flip back + left/right
-     channel swap, bilinear resize) and averaged, so that a larger scale's finer cells are kept; box candidates (top `pre_nms_top_k` anchors, decoded) of
-     all variants are mapped back to the base input and merged;
+     channel swap, bilinear resize) and averaged, so that a larger scale's finer cells are kept;
+     box candidates (top `pre_nms_top_k` anchors, decoded) of all variants are mapped back to the
+     base input and merged;
   2. `find_peaks`: per keypoint type up to `peaks_per_keypoint` local maxima (3x3) above
      `heatmap_threshold`, with sub-pixel refinement;
   3. detections: score threshold, clip to the input, greedy NMS, up to `max_people` boxes;
@@ -337,7 +338,7 @@ def merge_outputs(apply_fn, images, config):
     images: [B, H, W, 3] float32 letterboxed, normalised.
     config: `inference_config()`.
   Returns:
-    heatmaps [B, h, w, C] float32 (mean over variants) on `merge_grid(config)` ([B, ceil(H/4),
+    heatmaps [B, h, w, C] float32 (mean over variants) on `merge_grid((H, W), config)` ([B, ceil(H/4),
     ceil(W/4), C] at scale <= 1), box candidates [B, V*P, 4] float32 in base input pixels and their
     scores [B, V*P].
   """
@@ -345,7 +346,7 @@ def merge_outputs(apply_fn, images, config):
   if config.flip and w % HEATMAP_STRIDE:
     raise ValueError(f"inference.flip needs an input width that is a multiple of {HEATMAP_STRIDE} "
                      f"(got {w}): set input.size accordingly or turn flip off")
-  base, _ = merge_grid((h, w), config)
+  grid, _ = merge_grid((h, w), config)
   heat, cand_boxes, cand_scores = [], [], []
   for s in config.scales:
     sh, sw = _scaled_size(h, s), _scaled_size(w, s)
@@ -355,8 +356,8 @@ def merge_outputs(apply_fn, images, config):
       hm = out["keypoints"].astype(jnp.float32)
       if flip:
         hm = flip_heatmaps(hm)
-      if hm.shape[1:3] != base:
-        hm = jax.image.resize(hm, (b,) + base + (hm.shape[-1],), "bilinear")
+      if hm.shape[1:3] != grid:
+        hm = jax.image.resize(hm, (b,) + grid + (hm.shape[-1],), "bilinear")
       heat.append(hm)
       anchors = box_lib.generate_anchors((sh, sw))
       bx, sc = box_candidates(out["cls_logits"], out["box_deltas"], anchors, config.pre_nms_top_k)
