@@ -328,3 +328,28 @@ def test_bad_augment_config_names_the_field(field, value):
   aug[field] = value
   with pytest.raises(ValueError, match=f"config.input.augment.{field}"):
     augment.sample_params(tf.constant([0, 0], tf.int64), aug)
+
+
+@pytest.mark.parametrize("case", ["scale", "combined"])
+def test_crop_is_the_centre_of_the_full_canvas(samples, case):
+  # input.crop_size: the same warp, shifted so the C x C output is the centre of the S x S one.
+  example, _ = samples["people"]
+  c = 96
+  o = (S - c) // 2
+  full = tf.nest.map_structure(np.asarray, augment.augment_example(_tf(example), S, _params(case)))
+  crop = tf.nest.map_structure(np.asarray,
+                               augment.augment_example(_tf(example), S, _params(case), crop=c))
+  assert crop["image"].shape == (c, c, 3)
+  np.testing.assert_allclose(crop["image"], full["image"][o:o + c, o:o + c], atol=1e-4)
+  np.testing.assert_array_equal(crop["person_mask"], full["person_mask"][o:o + c, o:o + c])
+  np.testing.assert_array_equal(crop["ignore_mask"], full["ignore_mask"][o:o + c, o:o + c])
+  # Keypoints inside the window move by -o; boxes move by -o and are clipped to the window.
+  xy = full["keypoints"][..., :2] - o
+  inside = (full["keypoints"][..., 2] > 0) & np.all((xy >= 0) & (xy < c), -1)
+  assert inside.sum() >= 10
+  np.testing.assert_allclose(crop["keypoints"][..., :2][inside], xy[inside], atol=1e-3)
+  both = crop["box_valid"] & full["box_valid"]
+  assert both.sum() >= 2
+  np.testing.assert_allclose(crop["boxes"][both], np.clip(full["boxes"][both] - o, 0, c), atol=1e-3)
+  with pytest.raises(ValueError, match="crop_size"):
+    augment.augment_example(_tf(example), S, _params(case), crop=S + 4)

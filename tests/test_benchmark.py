@@ -170,3 +170,17 @@ def test_command_writes_json(tmp_path):
   assert data["prn_batch"] == 8 and data["prn_us_per_person"] > 0
   assert data["matmul_peak_size"] == 256
   assert "prn_bs8" in proc.stdout
+
+
+def test_branches_loss_without_anchors_generates_them_per_batch_size():
+  # anchors=None (the training loop: crops and full-size validation batches) gives the loss of
+  # explicit anchors for each batch's size.
+  model = models.build_multiposenet(models.multiposenet_config("tiny"))
+  cfg = benchmark._stage_config("branches")
+  v = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False)
+  auto = steps.branches_loss_fn(model, None, cfg.loss)
+  for s in (32, 64):
+    batch = benchmark.synthetic_branches_batch(2, s, max_boxes=6, max_people=3, seed=s)
+    fixed = steps.branches_loss_fn(model, boxes.generate_anchors((s, s)), cfg.loss)
+    args = (v["params"], v.get("batch_stats", {}), batch, jax.random.key(1), False)
+    np.testing.assert_allclose(float(auto(*args)[0]), float(fixed(*args)[0]), rtol=1e-6)

@@ -315,12 +315,14 @@ def apply_affine(example, matrix, flip, out_hw, min_box_size=2.0):
   )
 
 
-def augment_example(example, size, params=None, color_seed=None, aug=None):
+def augment_example(example, size, params=None, color_seed=None, aug=None, crop=None):
   """Letterbox (params=None) or random affine + colour jitter into an S x S canvas.
 
   Args:
     example: decoded example as in `apply_affine`.
     size: S.
+    crop: C <= S (None: S): only the central C x C window of the S x S canvas is produced, i.e.
+      the matrix is followed by a shift of -(S - C) / 2 and the canvas is C x C.
     params: dict from `sample_params` (or hand-made with keys scale, angle, translate, flip); None
       for the plain eval letterbox.
     color_seed: [2] stateless seed for the colour jitter; None: no jitter.
@@ -334,10 +336,16 @@ def augment_example(example, size, params=None, color_seed=None, aug=None):
   shape = tf.shape(example["image"])
   params = params or dict(scale=1.0, angle=0.0, translate=(0.0, 0.0), flip=False)
   matrix = affine_matrix(shape[0], shape[1], size, **params)
+  out_side = size if crop is None else int(crop)
+  if out_side != size:
+    if not 0 < out_side <= size:
+      raise ValueError(f"crop {out_side} must lie in (0, S={size}] (config.input.crop_size)")
+    off = -(size - out_side) / 2.0
+    matrix = _mat([[1.0, 0.0, off], [0.0, 1.0, off], [0.0, 0.0, 1.0]]) @ matrix
   image = tf.cast(example["image"], tf.float32)
   if color_seed is not None:
     image = color_jitter(image, color_seed, aug.color_jitter)
   example = dict(example, image=coco.normalize_image(image))
-  out = apply_affine(example, matrix, params["flip"], (size, size), aug.min_box_size)
+  out = apply_affine(example, matrix, params["flip"], (out_side, out_side), aug.min_box_size)
   out["matrix"] = matrix
   return out

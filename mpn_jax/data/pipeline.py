@@ -33,6 +33,8 @@ def input_config():
   """Default config.input of the branches stage."""
   return ml_collections.ConfigDict(dict(
       size=480,                # S: square network input, longest image side -> S
+      crop_size=0,             # C: train on the central C x C window of the augmented S x S
+                               # canvas (0: all of it); evaluation always sees S x S
       batch_size=32,           # global train batch (split over processes and devices)
       eval_batch_size=0,       # global eval batch; 0: same as batch_size
       heatmap_sigma=2.0,       # Gaussian sigma in stride-4 heatmap cells (= 8 input pixels)
@@ -60,7 +62,8 @@ def preprocess_train(example, seed, input_cfg):
   geo_seed, color_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
   aug = input_cfg.augment
   params = augment.sample_params(geo_seed, aug)
-  out = augment.augment_example(example, input_cfg.size, params, color_seed, aug)
+  crop = int(input_cfg.get("crop_size", 0)) or None
+  out = augment.augment_example(example, input_cfg.size, params, color_seed, aug, crop=crop)
   return targets_lib.make_targets(out, input_cfg.heatmap_sigma, input_cfg.max_boxes,
                                   input_cfg.max_people)
 

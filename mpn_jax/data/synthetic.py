@@ -69,6 +69,8 @@ SMALL_HEIGHT = (0.15, 0.28)
 # two-tone jersey). In photos, telling a person's left from right in side and back views takes
 # context that a network of CPU size does not learn in minutes; the tint makes the keypoint types
 # learnable locally, so the quickstart measures detection, localisation and grouping.
+# Mirroring a figure makes its lighter limbs the right ones: train and test it without flips
+# (configs/branches.py:synthetic).
 SIDE_TINT = {"left": 1.25, "right": 0.7}
 # Background clutter: this many random shapes (some of them limb-like lines) behind the figures.
 CLUTTER_SHAPES = (0, 4)

@@ -281,14 +281,13 @@ def check_dataset(dataset_cfg):
 
 def branches_task(config, mesh):
   """MultiPoseNet (backbone + keypoint subnet + RetinaNet) on the TFDS pipeline."""
-  from mpn_jax import boxes  # pylint: disable=g-import-not-at-top
   from mpn_jax import models  # pylint: disable=g-import-not-at-top
   from mpn_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   check_dataset(config.dataset)
   size = config.input.size
   model = models.build_multiposenet(config.model)
-  anchors = boxes.generate_anchors((size, size))
-  loss_fn = steps.branches_loss_fn(model, anchors, config.loss, config.train.trainable)
+  # Anchors follow each batch's size: training crops (input.crop_size) and S x S validation batches.
+  loss_fn = steps.branches_loss_fn(model, None, config.loss, config.train.trainable)
 
   def init_variables(rng):
     return model.init(rng, np.zeros((1, size, size, 3), np.float32), train=False)

@@ -34,11 +34,14 @@ def branches_loss_fn(model, anchors, loss_cfg, trainable="all"):
 
   Batch keys (see docs/CONTRACTS.md): image [B,S,S,3], heatmaps [B,S/4,S/4,17], mask
   [B,S/4,S/4,1], weights [B,S/4,S/4,1], boxes [B,M,4], box_labels [B,M] int32.
+  `anchors`: [A, 4] of the S x S input, or None to generate them for each batch's (static) image
+  size, so that training crops and full-size validation batches share one loss.
   `trainable` drops the loss terms of frozen parts ('keypoints' / 'detection').
   """
-  anchors = jnp.asarray(anchors)
+  fixed = None if anchors is None else jnp.asarray(anchors)
 
   def loss_fn(params, batch_stats, batch, rng, train):
+    anchors = fixed if fixed is not None else boxes.generate_anchors(batch["image"].shape[1:3])
     out, new_stats = _apply(model, params, batch_stats, batch["image"], rng, train)
     target = jnp.concatenate([batch["heatmaps"], batch["mask"]], axis=-1)
     kp, kp_parts = losses.keypoint_loss(out["keypoints"], out.get("keypoints_intermediate", []),
