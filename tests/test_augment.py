@@ -353,3 +353,11 @@ def test_crop_is_the_centre_of_the_full_canvas(samples, case):
   np.testing.assert_allclose(crop["boxes"][both], np.clip(full["boxes"][both] - o, 0, c), atol=1e-3)
   with pytest.raises(ValueError, match="crop_size"):
     augment.augment_example(_tf(example), S, _params(case), crop=S + 4)
+
+
+@pytest.mark.parametrize("crop", [90, 132, -8])
+def test_bad_crop_size_names_the_field(crop):
+  cfg = pipeline.input_config()
+  cfg.size, cfg.crop_size = 128, crop
+  with pytest.raises(ValueError, match="config.input.crop_size"):
+    pipeline.preprocess_train(None, None, cfg)
