@@ -124,9 +124,9 @@ def _synthetic(config):
   config.input.heatmap_sigma = 1.5
   config.input.augment.rotation = 10.0
   # Zoomed in 1.1-1.5x (a 128 px window, shifted up to 20% so the whole image is seen) and tested
-  # at 1.25x and 1.5x (configs/prn.py:synthetic): the network sees larger figures at no extra
-  # training cost, and the peaks come out on a finer grid. With keypoint weight 30: pipeline AP
-  # 0.415 -> 0.444 on the seed-1 images (README, quickstart).
+  # at 1.25x, 1.5x and 1.75x (configs/prn.py:synthetic): the network sees larger figures at no
+  # extra training cost, and the peaks come out on a finer grid. With keypoint weight 30: pipeline
+  # AP 0.415 -> 0.444 on the seed-1 images (README, quickstart).
   config.input.augment.scale_min = 1.1
   config.input.augment.scale_max = 1.5
   config.input.augment.translate = 0.2

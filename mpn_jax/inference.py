@@ -318,9 +318,7 @@ def merge_grid(image_size, config):
   s = max(1.0, max(config.scales))
   sh, sw = _scaled_size(h, s), _scaled_size(w, s)
   cells = (-(-sh // HEATMAP_STRIDE), -(-sw // HEATMAP_STRIDE))
-  if s == 1.0:
-    return cells, (float(HEATMAP_STRIDE), float(HEATMAP_STRIDE))
-  return cells, (HEATMAP_STRIDE * w / sw, HEATMAP_STRIDE * h / sh)
+  return cells, (HEATMAP_STRIDE * w / sw, HEATMAP_STRIDE * h / sh)  # (4.0, 4.0) at scale 1
 
 
 def merge_outputs(apply_fn, images, config):
@@ -338,9 +336,9 @@ def merge_outputs(apply_fn, images, config):
     images: [B, H, W, 3] float32 letterboxed, normalised.
     config: `inference_config()`.
   Returns:
-    heatmaps [B, h, w, C] float32 (mean over variants) on `merge_grid((H, W), config)` ([B, ceil(H/4),
-    ceil(W/4), C] at scale <= 1), box candidates [B, V*P, 4] float32 in base input pixels and their
-    scores [B, V*P].
+    heatmaps [B, h, w, C] float32 (mean over variants) on `merge_grid((H, W), config)`
+    ([B, ceil(H/4), ceil(W/4), C] at scale <= 1), box candidates [B, V*P, 4] float32 in base input
+    pixels and their scores [B, V*P].
   """
   b, h, w, _ = images.shape
   if config.flip and w % HEATMAP_STRIDE:
