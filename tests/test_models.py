@@ -4,6 +4,7 @@ variants (PRN softmax, single trace under jit, bfloat16, frozen BN, stride place
 import math
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 from mpn_jax import boxes
 from mpn_jax import models
 from mpn_jax.models import fpn
+from mpn_jax.models import resnet
 
 
 def _num_params(tree):
@@ -123,6 +125,16 @@ def test_upsample_nearest_and_crop():
   np.testing.assert_allclose(z, 1.0, rtol=1e-6)
   with pytest.raises(ValueError, match="upsample"):
     fpn.upsample(x, 2, (5, 6))
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 7, 9, 2), (1, 1, 1, 1), (1, 2, 5, 4)])
+def test_stem_max_pool_matches_flax_max_pool(shape):
+  x = jnp.asarray(np.random.default_rng(1).normal(size=shape).astype(np.float32))
+  ref = lambda x: nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+  np.testing.assert_array_equal(resnet.max_pool_3x3_s2(x), ref(x))
+  loss = lambda f: lambda x: jnp.sum(f(x) ** 2)
+  np.testing.assert_allclose(jax.grad(loss(resnet.max_pool_3x3_s2))(x), jax.grad(loss(ref))(x),
+                             atol=1e-6)
 
 
 def test_keypoint_head_bilinear_odd_sizes():

@@ -39,6 +39,25 @@ def stage_sizes_for_depth(depth):
   return sizes
 
 
+def max_pool_3x3_s2(x):
+  """The stem's 3x3 / stride-2 max-pool (padding 1), [B, H, W, C] -> [B, ceil(H/2), ceil(W/2), C].
+
+  The same values (and gradients, ties aside) as nn.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1))),
+  written as the maximum of 9 strided slices: XLA on CPUs differentiates a reduce-window max with
+  index arrays (iota, a variadic reduce-window); in a training step of configs/branches.py:synthetic
+  (128 px, batch 8, 2 cores) that took ~15-20 ms of ~240 ms, the slices' gradient ~7 ms.
+  """
+  _, h, w, _ = x.shape
+  oh, ow = (h + 1) // 2, (w + 1) // 2
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+  out = None
+  for dy in range(3):
+    for dx in range(3):
+      s = xp[:, dy:dy + 2 * oh - 1:2, dx:dx + 2 * ow - 1:2]
+      out = s if out is None else jnp.maximum(out, s)
+  return out
+
+
 class Bottleneck(nn.Module):
   """1x1 -> 3x3 -> 1x1 (x4 channels) residual block; [B, H, W, C] -> [B, H/s, W/s, 4 * features]."""
   features: int
@@ -115,7 +134,7 @@ class ResNet(nn.Module):
                 kernel_init=conv_init, dtype=self.dtype, param_dtype=self.param_dtype,
                 name="conv1")(x)
     x = nn.relu(norm(name="bn1")(x))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = max_pool_3x3_s2(x)
     if self.freeze_at >= 1:
       x = jax.lax.stop_gradient(x)
     features = {}
