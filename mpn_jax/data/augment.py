@@ -139,6 +139,15 @@ def check_config(aug):
       raise ValueError(f"{name}.color_jitter.{field} = {cj[field]}: must lie in [0, {hi}]")
 
 
+def check_crop(crop, size, multiple=1):
+  """Raises ValueError naming config.input.crop_size unless 0 < crop <= size and crop % multiple
+  == 0 (multiple: the heatmap stride for training targets)."""
+  if not (0 < crop <= size and crop % multiple == 0):
+    need = f"a multiple of {multiple} " if multiple > 1 else ""
+    raise ValueError(f"config.input.crop_size={crop}: use 0 (no crop) or {need}in (0, "
+                     f"config.input.size={size}]")
+
+
 # ---------------------------------------------------------------------------------------------------
 # Applying a matrix.
 
@@ -338,8 +347,7 @@ def augment_example(example, size, params=None, color_seed=None, aug=None, crop=
   matrix = affine_matrix(shape[0], shape[1], size, **params)
   out_side = size if crop is None else int(crop)
   if out_side != size:
-    if not 0 < out_side <= size:
-      raise ValueError(f"crop {out_side} must lie in (0, S={size}] (config.input.crop_size)")
+    check_crop(out_side, size)
     off = -(size - out_side) / 2.0
     matrix = _mat([[1.0, 0.0, off], [0.0, 1.0, off], [0.0, 0.0, 1.0]]) @ matrix
   image = tf.cast(example["image"], tf.float32)

@@ -60,9 +60,8 @@ def example_seed(seed, process_index, index):
 def preprocess_train(example, seed, input_cfg):
   """Decoded example + [2] seed -> the targets dict of `targets.make_targets` (one example)."""
   crop = int(input_cfg.get("crop_size", 0)) or None
-  if crop is not None and (crop < 0 or crop % targets_lib.STRIDE or crop > input_cfg.size):
-    raise ValueError(f"config.input.crop_size={crop}: use 0 (no crop) or a multiple of "
-                     f"{targets_lib.STRIDE} no larger than config.input.size={input_cfg.size}")
+  if crop is not None:
+    augment.check_crop(crop, input_cfg.size, targets_lib.STRIDE)
   geo_seed, color_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
   aug = input_cfg.augment
   params = augment.sample_params(geo_seed, aug)
