@@ -122,7 +122,13 @@ def _synthetic(config):
   # 0.456 -> 0.482, peaks (oracle) 0.346 -> 0.385; README, quickstart).
   config.dataset.num_train = 2048
   config.input.heatmap_sigma = 1.5
-  config.input.augment.rotation = 10.0
+  # No rotation and no colour jitter: the generator already draws every figure at its own angle,
+  # size and colours, and in 6400 steps the validation loss stays level with the training loss
+  # (nothing to regularise), so the extra variation only made the task harder. Against rotations of
+  # 10 degrees and jitter 0.2: pipeline AP 0.534 -> 0.548 on 256 seed-2 images (README, quickstart).
+  config.input.augment.rotation = 0.0
+  config.input.augment.color_jitter.update(dict(brightness=0.0, contrast=0.0, saturation=0.0,
+                                                hue=0.0))
   # Zoomed in 1.1-1.5x (a 128 px window, shifted up to 20% so the whole image is seen) and tested
   # at 1.25x, 1.5x and 1.75x (configs/prn.py:synthetic): the network sees larger figures at no
   # extra training cost, and the peaks come out on a finer grid. With keypoint weight 30: pipeline
