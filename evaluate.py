@@ -15,14 +15,16 @@ r"""Evaluates a trained MultiPoseNet (COCO keypoint AP through pycocotools).
       --config.eval.ann_file=ANN.json --config.eval.output=OUT.json
 
 Statistics are printed as a table and written as JSON (config.eval.output, default
-WORKDIR/eval/<mode>_stats.json). See mpn_jax/evaluate.py for every config.eval field.
+WORKDIR/eval/<mode>_stats.json). See mpn_jax/evaluate.py for every config.eval field. Statistics
+are never computed on nothing: no image evaluated, or no annotated person, is an error. Errors the
+user can fix are one line `evaluate.py: error: ...`, exit status 2.
 """
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from mpn_jax import evaluate as evaluate_lib
+from mpn_jax import cli
 
 config_flags.DEFINE_config_file("config", None, "Config file (configs/prn.py or configs/branches.py).",
                                 lock_config=True)
@@ -33,11 +35,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  try:
-    evaluate_lib.evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
-  except (FileNotFoundError, ValueError) as e:  # bad flags or files: the message, no traceback
-    raise SystemExit(f"evaluate.py: error: {e}") from e
+  from mpn_jax import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top  (flags first)
+  evaluate_lib.evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, "evaluate.py")

@@ -43,7 +43,6 @@ every dtype's full set and 'timings' every part's raw seconds.
 
 import dataclasses
 import inspect
-import json
 import os
 import resource
 import statistics
@@ -56,6 +55,10 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from mpn_jax import cli
+from mpn_jax import errors
+from mpn_jax import evaluation
 
 PARTS = ("peak", "forward", "pipeline", "prn", "train_branches", "train_prn")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -617,14 +620,14 @@ def main(argv):
   try:
     settings = settings_from_flags()
   except ValueError as e:
-    raise app.UsageError(str(e)) from e
+    raise errors.ConfigError(str(e)) from e
+  if _OUTPUT.value:  # before the measurements, not after them
+    evaluation.check_writable_file(_OUTPUT.value, "--output")
   out = run(settings)
   if _OUTPUT.value:
-    os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
-    with open(_OUTPUT.value, "w") as f:
-      json.dump(out, f, indent=1)
+    evaluation.write_json(_OUTPUT.value, out)
     print(f"wrote {_OUTPUT.value}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, "mpn_jax.benchmark")

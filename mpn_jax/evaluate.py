@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 
 from mpn_jax import coco
+from mpn_jax import errors
 from mpn_jax import evaluation
 from mpn_jax import inference
 from mpn_jax import predict
@@ -63,7 +64,7 @@ def _eval_fields(config):
     if k in given:
       ec[k] = given[k]
   if ec.mode not in MODES:
-    raise ValueError(f"config.eval.mode must be one of {MODES}, got {ec.mode!r}")
+    raise errors.ConfigError(f"config.eval.mode must be one of {MODES}, got {ec.mode!r}")
   return ec
 
 
@@ -71,6 +72,10 @@ def evaluate(config, workdir):
   """Runs the evaluation config.eval.mode asks for; returns the dict of named statistics."""
   ec = _eval_fields(config)
   workdir = os.path.abspath(os.path.expanduser(workdir)) if workdir else ""
+  output = ec.output or os.path.join(workdir, "eval", f"{ec.mode}_stats.json")
+  if jax.process_index() == 0:  # before the work, not after it
+    evaluation.check_writable_file(output, "--config.eval.output")
+    evaluation.check_writable_file(_results_path(ec, workdir), "--config.eval.results_file")
   start = time.time()
   if ec.mode == "prn_gt":
     stats = evaluate_prn_gt(config, ec, workdir)
@@ -78,7 +83,6 @@ def evaluate(config, workdir):
     stats = evaluate_pipeline(config, ec, workdir)
   else:
     stats = evaluate_detector(config, ec, workdir)
-  output = ec.output or os.path.join(workdir, "eval", f"{ec.mode}_stats.json")
   if jax.process_index() == 0:  # every process holds the same statistics
     evaluation.write_json(output, stats)
   logging.info("evaluation (%s) took %.1f s; statistics written to %s", ec.mode,
@@ -153,14 +157,19 @@ def _method(config, ec):
 
 def _require_file(path, flag):
   if not path:
-    raise FileNotFoundError(f"no annotation file: set {flag}=PATH (a COCO person_keypoints json)")
+    raise errors.MissingFileError(f"no annotation file: set {flag}=PATH (a COCO person_keypoints "
+                                  "json)")
   if not os.path.isfile(os.path.expanduser(path)):
-    raise FileNotFoundError(f"annotation file {path} does not exist (set by {flag}): pass an "
+    raise errors.MissingFileError(f"annotation file {path} does not exist (set by {flag}): pass an "
                             "existing COCO person_keypoints json")
 
 
+def _results_path(ec, workdir):
+  return ec.results_file or os.path.join(workdir, "eval", f"{ec.mode}_results.json")
+
+
 def _write_results(ec, workdir, results):
-  path = ec.results_file or os.path.join(workdir, "eval", f"{ec.mode}_results.json")
+  path = _results_path(ec, workdir)
   if jax.process_index() == 0:
     evaluation.write_json(path, results)
   logging.info("%d COCO results written to %s", len(results), path)
@@ -185,7 +194,7 @@ def _eval_source(ec, branches_cfg, pipe):
   if ec.image_dir:
     _require_file(ec.ann_file, "config.eval.ann_file")
     if not os.path.isdir(os.path.expanduser(ec.image_dir)):
-      raise FileNotFoundError(f"config.eval.image_dir={ec.image_dir} is not a folder (the images "
+      raise errors.MissingFileError(f"config.eval.image_dir={ec.image_dir} is not a folder (the images "
                               f"of {ec.ann_file})")
     gt = evaluation.load_coco(ec.ann_file)
     ids = sorted(gt.getImgIds())[:ec.max_images or None]
@@ -194,7 +203,7 @@ def _eval_source(ec, branches_cfg, pipe):
     batches = predict.image_batches(items, pipe.image_size, pipe.batch_size, skipped, keep)
     return ec.ann_file, batches, skipped
   if ec.ann_file:
-    raise ValueError(f"config.eval.ann_file={ec.ann_file} needs config.eval.image_dir (the folder "
+    raise errors.ConfigError(f"config.eval.ann_file={ec.ann_file} needs config.eval.image_dir (the folder "
                      "of its images); leave both empty to evaluate the TFDS split config.eval.split")
   from mpn_jax.data import datasets  # pylint: disable=g-import-not-at-top
   from mpn_jax.data import pipeline  # pylint: disable=g-import-not-at-top
@@ -278,8 +287,8 @@ def evaluate_pipeline(config, ec, workdir):
     if ec.max_images and len(image_ids) >= ec.max_images:
       break
   _report_images(len(image_ids), skipped)
-  _write_results(ec, workdir, results)
   stats = evaluation.run_coco_eval(gt_file, results, "keypoints", image_ids=image_ids)
+  _write_results(ec, workdir, results)
   print(evaluation.format_table(stats, f"COCO keypoints, {len(image_ids)} images ({gt_file})"))
   return stats
 
@@ -345,9 +354,9 @@ def evaluate_detector(config, ec, workdir):
     if ec.max_images and len(image_ids) >= ec.max_images:
       break
   _report_images(len(image_ids), skipped)
-  _write_results(ec, workdir, box_results)
   bbox = evaluation.run_coco_eval(gt, box_results, "bbox", image_ids=image_ids)
   peaks = evaluation.run_coco_eval(gt, kp_results, "keypoints", image_ids=image_ids)
+  _write_results(ec, workdir, box_results)
   print(evaluation.format_table(bbox, f"COCO person boxes, {len(image_ids)} images ({gt_file})"))
   print(evaluation.format_table(peaks, "COCO keypoints of the heatmap peaks, oracle assignment "
                                        "(upper bound of the PRN's)"))

@@ -8,10 +8,12 @@ import copy
 import io
 import json
 import os
+import tempfile
 
 import numpy as np
 
 from mpn_jax import coco as coco_lib
+from mpn_jax import errors
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APM", "APL", "AR", "AR50", "AR75", "ARM", "ARL")
 # COCOeval('bbox') has 12 statistics (small objects too); keypoints has the 10 above.
@@ -119,11 +121,40 @@ def oracle_keypoints(cand_xy, cand_scores, cand_valid, gt_keypoints):
 
 
 def write_json(path, obj):
-  """Writes obj as JSON at path, creating the folder."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(obj, f, indent=1)
+  """Writes obj as JSON at path, creating the folder. Atomic: a temporary file in the same folder
+  renamed over `path`, so a kill or a full disk never leaves a half-written file behind."""
+  path = os.path.abspath(os.path.expanduser(path))
+  folder = os.path.dirname(path)
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "w") as f:
+      json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
   return path
+
+
+def check_writable_file(path, flag):
+  """Raises errors.ConfigError naming `flag` when a file cannot be written at `path`, checked
+  before a long evaluation rather than after it (nothing is created): a file stands where a folder
+  of the path should be, a folder stands at `path`, or the nearest existing folder is not
+  writable."""
+  path = os.path.abspath(os.path.expanduser(path))
+  problem = "Is a directory" if os.path.isdir(path) else ""
+  parent = os.path.dirname(path)
+  while not problem and not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not problem and not os.path.isdir(parent):
+    problem = f"{parent} is a file, not a folder"
+  elif not problem and not os.access(parent, os.W_OK | os.X_OK):
+    problem = f"{parent} is not writable"
+  if problem:
+    raise errors.ConfigError(f"{flag}={path} cannot be written ({problem}): choose a writable "
+                             "path")
 
 
 def load_coco(ann):
@@ -145,6 +176,28 @@ def load_coco(ann):
   return coco
 
 
+def check_evaluable(coco_gt, image_ids=None, iou_type="keypoints", name=""):
+  """Raises errors.DataError when COCO statistics would be computed on nothing: no image evaluated,
+  or no annotated (non-crowd) person in the evaluated images -- for 'keypoints', none with a
+  labelled keypoint. COCOeval then reports zeros or -1 that look like a result."""
+  name = f" {name}" if name else ""
+  ids = sorted(coco_gt.getImgIds()) if image_ids is None else sorted({int(i) for i in image_ids})
+  if not ids:
+    raise errors.DataError(
+        f"no image was evaluated against the ground truth{name}: the images are missing or "
+        "unreadable, or the annotation file lists none. No statistics written; check "
+        "--config.eval.image_dir / ann_file")
+  anns = coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=ids, catIds=[coco_lib.PERSON_CATEGORY_ID]))
+  people = [a for a in anns if not a.get("iscrowd", 0) and (
+      iou_type != "keypoints" or a.get("num_keypoints", 0) > 0)]
+  if not people:
+    what = "person with a labelled keypoint" if iou_type == "keypoints" else "annotated person"
+    raise errors.DataError(
+        f"the ground truth{name} has no {what} in the {len(ids)} evaluated image(s): AP would be "
+        "computed on nothing. No statistics written; evaluate on a COCO person_keypoints file "
+        "with annotated people")
+
+
 def run_coco_eval(gt, results, iou_type="keypoints", image_ids=None, verbose=False):
   """Scores COCO-format results against ground truth with pycocotools.
 
@@ -159,10 +212,13 @@ def run_coco_eval(gt, results, iou_type="keypoints", image_ids=None, verbose=Fal
     dict name -> float for the named statistics (STAT_NAMES for keypoints, BBOX_STAT_NAMES for bbox).
     With no results at all every statistic is 0.0 (pycocotools cannot load an empty result list).
     A statistic is -1.0 where the ground truth has nobody in its area range (COCOeval's convention).
+  Raises:
+    errors.DataError when there is nothing to score (`check_evaluable`).
   """
   from pycocotools.cocoeval import COCOeval  # pylint: disable=g-import-not-at-top
   names = STAT_NAMES if iou_type == "keypoints" else BBOX_STAT_NAMES
   coco_gt = load_coco(gt)
+  check_evaluable(coco_gt, image_ids, iou_type, gt if isinstance(gt, (str, os.PathLike)) else "")
   if isinstance(results, (str, os.PathLike)):
     with open(results) as f:
       results = json.load(f)

@@ -12,6 +12,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from mpn_jax import errors
+
 DATA_AXIS = "data"
 
 
@@ -29,7 +31,7 @@ def maybe_initialize_distributed(coordinator_address="", num_processes=0, proces
     return jax.process_count() > 1
   if addr:
     if n <= 0 or pid < 0:
-      raise ValueError("multi-host: set num_processes and process_id (config.distributed.* or "
+      raise errors.ConfigError("multi-host: set num_processes and process_id (config.distributed.* or "
                        "MPN_NUM_PROCESSES / MPN_PROCESS_ID) together with the coordinator address")
     jax.distributed.initialize(coordinator_address=addr, num_processes=n, process_id=pid)
     logging.info("jax.distributed initialised: process %d of %d", jax.process_index(),
@@ -59,7 +61,7 @@ def local_batch_size(global_batch_size, mesh=None):
   """Examples this process loads per step; checks the global batch divides over devices/processes."""
   ndev = mesh.size if mesh is not None else jax.device_count()
   if global_batch_size % ndev:
-    raise ValueError(f"batch_size={global_batch_size} must be divisible by the number of devices "
+    raise errors.ConfigError(f"batch_size={global_batch_size} must be divisible by the number of devices "
                      f"({ndev}): set --config.input.batch_size to a multiple of {ndev}")
   return global_batch_size // jax.process_count()
 

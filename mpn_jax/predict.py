@@ -10,8 +10,10 @@ Command: pictures of any folder of images
   python -m mpn_jax.predict --config=configs/prn.py --workdir=runs/prn \
       --config.eval.branches_workdir=runs/branches --images=FOLDER --output=OUT_DIR
 
-writes OUT_DIR/<image name>.png (skeletons, keypoints, boxes, scores) and OUT_DIR/predictions.json
-(per image: people's keypoints [17 x (x, y, score)], box [x1, y1, x2, y2], score).
+writes OUT_DIR/<image stem>.png (skeletons, keypoints, boxes, scores; <file name>.png where two
+inputs share a stem) and OUT_DIR/predictions.json (per image: people's keypoints [17 x (x, y,
+score)], box [x1, y1, x2, y2], score). OUT_DIR must not be, or lie inside, the images folder: the
+inputs are never overwritten.
 """
 
 import dataclasses
@@ -29,6 +31,7 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
+from mpn_jax import errors
 from mpn_jax import inference
 from mpn_jax import parallel
 from mpn_jax import visualize
@@ -53,7 +56,7 @@ def require_checkpoint(workdir, stage):
   if not has:
     cmd = TRAIN_COMMANDS[stage].format(workdir=workdir or "DIR")
     hint = " and pass that workdir as --config.eval.branches_workdir" if stage == "branches" else ""
-    raise FileNotFoundError(
+    raise errors.MissingFileError(
         f"no {stage} checkpoint in workdir {workdir or '(none given)'!r} (expected "
         f"{ckpt_dir or 'WORKDIR/checkpoints'}/<step>/): train it first with `{cmd}`{hint}")
 
@@ -66,9 +69,7 @@ DEFAULT_CHECKPOINT = {"branches": "latest", "prn": "best"}
 def checkpoint_steps(workdir):
   """Sorted steps (ints) saved under workdir/checkpoints."""
   from mpn_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
-  ckpt_dir = checkpoints.checkpoint_dir(workdir)
-  names = os.listdir(ckpt_dir) if os.path.isdir(ckpt_dir) else []
-  return sorted(int(n) for n in names if n.isdigit())
+  return checkpoints.saved_steps(checkpoints.checkpoint_dir(workdir))
 
 
 def _event_scalars(workdir, tag):
@@ -99,7 +100,7 @@ def step_metrics(workdir, metric):
 
   Orbax's per-step metrics (<step>/metrics/metrics) when the manager wrote them, else the
   evaluation scalars the training loop logs (`eval/<metric>` in workdir's event files: runs saved
-  before the checkpoints kept their metrics).
+  before the checkpoints kept their metrics). An unreadable metrics file is skipped with a warning.
   """
   from mpn_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
   steps = checkpoint_steps(workdir)
@@ -108,14 +109,31 @@ def step_metrics(workdir, metric):
   for step in steps:
     path = os.path.join(ckpt_dir, str(step), "metrics", "metrics")
     if os.path.isfile(path):
-      with open(path) as f:
-        found = json.load(f)
+      try:
+        with open(path) as f:
+          found = json.load(f)
+      except ValueError as e:
+        logging.warning("%s is unreadable (%s): step %d is not ranked", path, e, step)
+        continue
       if metric in found:
         values[step] = float(found[metric])
   if len(values) < len(steps):
     logged = _event_scalars(workdir, f"eval/{metric}")
     values.update({s: logged[s] for s in steps if s not in values and s in logged})
   return values
+
+
+def _run_config(workdir, steps):
+  """The config saved with the newest step whose config file reads ({} when none does)."""
+  from mpn_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
+  for step in reversed(steps):
+    try:
+      saved = checkpoints.saved_config(os.path.join(checkpoints.checkpoint_dir(workdir), str(step)))
+    except errors.CheckpointError:
+      continue
+    if saved:
+      return saved
+  return {}
 
 
 def select_step(workdir, which="latest"):
@@ -126,20 +144,19 @@ def select_step(workdir, which="latest"):
   """
   steps = checkpoint_steps(workdir)
   if not steps:
-    raise FileNotFoundError(f"no checkpoint steps under {workdir}/checkpoints")
+    raise errors.MissingFileError(f"no checkpoint steps under {workdir}/checkpoints")
   if str(which).isdigit():
     if int(which) not in steps:
-      raise FileNotFoundError(f"step {which} is not saved in {workdir}/checkpoints (saved: "
-                              f"{steps})")
+      raise errors.MissingFileError(f"step {which} is not saved in {workdir}/checkpoints (saved: "
+                                    f"{steps})")
     return int(which), "requested"
   if which not in ("latest", "best"):
-    raise ValueError(f"checkpoint to restore must be 'latest', 'best' or a step, got {which!r}")
+    raise errors.ConfigError(f"checkpoint to restore must be 'latest', 'best' or a step, got "
+                             f"{which!r}")
   latest = steps[-1]
   if which == "latest":
     return latest, "latest"
-  from mpn_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
-  latest_dir = os.path.join(checkpoints.checkpoint_dir(workdir), str(latest))
-  train = (checkpoints.saved_config(latest_dir) or {}).get("train") or {}
+  train = _run_config(workdir, steps).get("train") or {}
   metric, mode = train.get("best_metric"), train.get("best_mode", "min")
   if not metric:
     return latest, "latest (the run kept no best_metric)"
@@ -155,28 +172,54 @@ def restore(workdir, stage, which=None):
   """(variables {'params'[, 'batch_stats']}, saved config dict or None) of one saved step.
 
   which: 'latest', 'best' or a step (see `select_step`); None = DEFAULT_CHECKPOINT[stage]. The
-  step and why it was chosen are logged and printed.
+  step and why it was chosen are logged and printed. When the chosen step is unreadable (damaged
+  files), the newest readable step is restored instead, with a warning naming the bad step; a
+  requested step number that is unreadable is an error naming it and the intact steps.
   """
   require_checkpoint(workdir, stage)
   from mpn_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
-  step, reason = select_step(workdir, which or DEFAULT_CHECKPOINT.get(stage, "latest"))
-  step_dir = os.path.join(checkpoints.checkpoint_dir(workdir), str(step))
-  params, batch_stats, saved = checkpoints.restore_variables(step_dir)
-  message = f"restored the {stage} checkpoint of step {step} from {workdir}: {reason}"
-  logging.info(message)
-  if jax.process_index() == 0:
-    print(message)
-  variables = {"params": params}
-  if batch_stats:
-    variables["batch_stats"] = batch_stats
-  return variables, saved
+  which = which or DEFAULT_CHECKPOINT.get(stage, "latest")
+  step, reason = select_step(workdir, which)
+  candidates = [(step, reason)]
+  if not str(which).isdigit():
+    candidates += [(s, f"the newest readable step (step {step}, {reason}, is unreadable)")
+                   for s in reversed(checkpoint_steps(workdir)) if s != step]
+  bad = []
+  for step, reason in candidates:
+    step_dir = os.path.join(checkpoints.checkpoint_dir(workdir), str(step))
+    try:
+      params, batch_stats, saved = checkpoints.restore_variables(step_dir)
+    except errors.UnreadableCheckpointError as e:
+      bad.append((step, str(e)))
+      message = f"warning: {stage} checkpoint step {step} is unreadable, skipped: {e}"
+      logging.warning(message)
+      if jax.process_index() == 0:
+        print(message, file=sys.stderr)
+      continue
+    message = f"restored the {stage} checkpoint of step {step} from {workdir}: {reason}"
+    logging.info(message)
+    if jax.process_index() == 0:
+      print(message)
+    variables = {"params": params}
+    if batch_stats:
+      variables["batch_stats"] = batch_stats
+    return variables, saved
+  ckpt_dir = checkpoints.checkpoint_dir(workdir)
+  bad_steps = [s for s, _ in bad]
+  intact = [s for s in checkpoint_steps(workdir) if s not in bad_steps and
+            checkpoints.metadata_problem(os.path.join(ckpt_dir, str(s))) is None]
+  raise errors.UnreadableCheckpointError(
+      f"no readable {stage} checkpoint to restore in {ckpt_dir}: "
+      + "; ".join(f"step {s}: {problem}" for s, problem in bad)
+      + f". Steps whose metadata reads: {intact or 'none'}")
 
 
 def load_config_file(spec):
   """get_config(arg) of a config file given as 'path/to/config.py[:arg]'."""
   path, _, arg = str(spec).partition(":")
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"config file {path} does not exist (config.eval.branches_config)")
+    raise errors.MissingFileError(f"config file {path} does not exist "
+                                  "(config.eval.branches_config)")
   root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
   if root not in sys.path:  # configs import each other as `from configs import ...`
     sys.path.insert(0, root)
@@ -365,13 +408,101 @@ def image_batches(items, size, batch_size, skipped, keep_originals=0):
 
 
 def list_images(folder):
-  """Sorted image files of a folder (by extension); clear error when there is none."""
+  """Sorted paths (str) of the image files of a folder: the entries whose name ends in one of
+  IMAGE_EXTENSIONS (any case), sub-folders left out.
+
+  Raises:
+    errors.MissingFileError: `folder` is not a folder, or holds no image file.
+  """
   if not os.path.isdir(folder):
-    raise FileNotFoundError(f"--images={folder} is not a folder")
-  names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS))
+    raise errors.MissingFileError(f"--images={folder} is not a folder: give the folder of the "
+                                  "images to run on")
+  names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS)
+                 and not os.path.isdir(os.path.join(folder, n)))
   if not names:
-    raise FileNotFoundError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in --images={folder}")
+    raise errors.MissingFileError(
+        f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in --images={folder}")
   return [os.path.join(folder, n) for n in names]
+
+
+PREDICTIONS_FILE = "predictions.json"
+
+
+def output_names(paths):
+  """The picture file name of each input image: distinct inputs never share one.
+
+  An image keeps its stem (photo.jpg -> photo.png) when no other input has that stem; inputs that
+  share a stem (photo.jpg, photo.png) each take their whole file name (photo.jpg.png,
+  photo.png.png). A stem name can still meet a whole name (beside those two, photo.jpg.png would
+  keep the stem name photo.jpg.png), so the rule repeats until no two inputs share a name: the
+  whole names of the files of one folder are distinct, so it ends. Names are compared as they
+  are: a.JPG and a.jpg are two files on Linux, and become a.JPG.png and a.jpg.png.
+
+  Args:
+    paths: list of str, image files of one folder (distinct base names), e.g. `list_images`.
+  Returns:
+    dict path -> picture file name (str ending in .png, so never PREDICTIONS_FILE).
+  """
+  whole = set()  # the paths named by their whole file name
+  while True:
+    names = {}
+    for p in paths:
+      base = os.path.basename(p)
+      names[p] = (base if p in whole else os.path.splitext(base)[0]) + ".png"
+    claims = {}
+    for p, name in names.items():
+      claims.setdefault(name, []).append(p)
+    shared = {p for group in claims.values() if len(group) > 1 for p in group}
+    if not shared:
+      return names
+    if shared <= whole:  # only two inputs with one base name (two folders) get here
+      raise ValueError(f"output_names: inputs with the same file name: {sorted(shared)}")
+    whole |= shared
+
+
+def check_output(images, output, names):
+  """Refuses an --output where a written file would replace an input image.
+
+  Refused: `output` is the `images` folder or a folder inside it (compared as real paths, after
+  symlinks and `..`, and by device and inode, so another spelling of the same folder is caught
+  too), or a picture / PREDICTIONS_FILE would land where an input image really is (an input that
+  is a symlink to a file of `output`). Reads no image: run it before loading checkpoints.
+
+  Args:
+    images: str, the --images folder (it exists).
+    output: str, the --output folder (it need not exist yet).
+    names: `output_names` of the input image paths.
+  Raises:
+    errors.ConfigError: naming --output and --images, and what to do.
+  """
+  images_real = os.path.realpath(images)
+  output_real = os.path.realpath(output)
+  folder = output_real
+  while True:
+    try:
+      same = folder == images_real or os.path.samefile(folder, images_real)
+    except OSError:  # this part of --output does not exist yet
+      same = False
+    if same:
+      where = "is the --images folder" if folder == output_real else (
+          "is inside the --images folder")
+      raise errors.ConfigError(
+          f"--output={output} {where} (--images={images}): predictions are kept out of the "
+          "folder of the input images so that none of them can be replaced; choose an --output "
+          f"folder outside --images, e.g. --output={images_real.rstrip(os.sep)}_predictions")
+    parent = os.path.dirname(folder)
+    if parent == folder:
+      break
+    folder = parent
+  # The last component is not resolved: os.replace replaces a symlink, not the file it points to.
+  inputs = {os.path.realpath(p): p for p in names}
+  for name in [*names.values(), PREDICTIONS_FILE]:
+    target = os.path.join(output_real, name)
+    if target in inputs:
+      raise errors.ConfigError(
+          f"--output={output}: writing {name} there would replace the file {target}, which the "
+          f"input image {inputs[target]} (--images={images}) links to; choose an --output folder "
+          "that holds none of the input images")
 
 
 def people_of(out, b, min_score=0.0):
@@ -390,52 +521,78 @@ def draw_prediction(original, out, b, min_score=0.0):
 
 
 def predict_folder(config, workdir, images, output, branches_workdir, min_score=0.1):
-  """Runs the pipeline on every image of a folder, writes PNGs and predictions.json.
+  """Runs the pipeline on every image of a folder, writes a picture per readable image
+  (`output_names`) and PREDICTIONS_FILE into `output`.
 
+  No input is replaced: `check_output` refuses an `output` inside `images` before any checkpoint
+  is loaded, and each file is written whole (`visualize.replace_atomically`). Unreadable images are
+  skipped with a warning.
+
+  Args:
+    config: the PRN config (configs/prn.py); config.eval: branches_config, method, batch_size.
+    workdir: str, the PRN training workdir.
+    images: str, the folder of images.
+    output: str, the folder for the pictures (created at the first write).
+    branches_workdir: str, the branches training workdir.
+    min_score: draw people with at least this score.
   Returns:
-    (number of images drawn, list of unreadable image paths).
+    (number of pictures written by this process (int), list of its unreadable image paths (str)).
+  Raises:
+    errors.MissingFileError: `images` is not a folder or holds no image file.
+    errors.ConfigError: `output` would replace an input (see `check_output`).
+    errors.DataError: no image of the folder could be read.
   """
+  paths = list_images(images)
+  names = output_names(paths)
+  check_output(images, output, names)
   ec = config.get("eval") or {}
   pipe = load_pipeline(config, workdir, branches_workdir,
                        ec.get("branches_config", "configs/branches.py"), ec.get("method", ""),
                        ec.get("batch_size", 8))
-  paths = list_images(images)
   skipped = Skipped()
-  predictions, drawn = {}, 0
+  predictions, written, readable = {}, 0, 0
   for batch in image_batches(list(enumerate(paths)), pipe.image_size, pipe.batch_size, skipped,
                              keep_originals=len(paths)):
     out = run_batch(pipe, batch)
+    readable += int(out["image_valid"].sum())  # the images every process could read
     offset = jax.process_index() * len(batch["valid"])
     for i, path in enumerate(batch["path"]):
       if not batch["valid"][i]:
         continue
       b = offset + i
-      name = os.path.splitext(os.path.basename(path))[0]
       visualize.save_png(draw_prediction(batch["originals"][i], out, b, min_score),
-                         os.path.join(output, name + ".png"))
-      drawn += 1
+                         os.path.join(output, names[path]))
+      written += 1  # counted once the file is in place
       kps, scores, boxes = people_of(out, b)
       predictions[os.path.basename(path)] = [
           {"keypoints": np.round(k, 3).tolist(), "box": np.round(x, 3).tolist(),
            "score": float(s)} for k, s, x in zip(kps, scores, boxes)]
+  if not readable:
+    example = (skipped.paths or paths)[0]
+    raise errors.DataError(
+        f"none of the {len(paths)} image file(s) in --images={images} could be read (e.g. "
+        f"{example}); give a folder of images PIL can open")
+  json_dir = output
   if jax.process_count() > 1:
-    output = os.path.join(output, f"process_{jax.process_index()}")
-  os.makedirs(output, exist_ok=True)
-  with open(os.path.join(output, "predictions.json"), "w") as f:
-    json.dump(predictions, f)
-  print(f"{drawn} pictures written to {output}; {len(skipped.paths)} unreadable image(s) skipped")
-  return drawn, skipped.paths
+    json_dir = os.path.join(output, f"process_{jax.process_index()}")
+  json_path = os.path.join(json_dir, PREDICTIONS_FILE)
+  visualize.replace_atomically(json_path, lambda f: f.write(json.dumps(predictions).encode()))
+  print(f"{written} pictures written to {output}, predictions in {json_path}; "
+        f"{len(skipped.paths)} unreadable image(s) skipped")
+  return written, skipped.paths
 
 
 # --- command ------------------------------------------------------------------------------------
 
 if __name__ == "__main__":
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from mpn_jax import cli  # pylint: disable=g-import-not-at-top
   config_flags.DEFINE_config_file("config", None, "The PRN config (configs/prn.py).",
                                   lock_config=True)
   flags.DEFINE_string("workdir", None, "PRN training workdir (its checkpoint is restored).")
   flags.DEFINE_string("images", None, "Folder of images to run on.")
-  flags.DEFINE_string("output", None, "Folder for the pictures and predictions.json.")
+  flags.DEFINE_string("output", None, "Folder for the pictures and predictions.json (not the "
+                      "--images folder nor one inside it).")
   flags.DEFINE_string("branches_workdir", "", "Branches training workdir (default "
                       "config.eval.branches_workdir).")
   flags.DEFINE_float("min_score", 0.1, "Draw people with at least this score.")
@@ -447,9 +604,6 @@ if __name__ == "__main__":
     f = flags.FLAGS
     ec = f.config.get("eval") or {}
     branches_workdir = f.branches_workdir or ec.get("branches_workdir", "")
-    try:
-      predict_folder(f.config, f.workdir, f.images, f.output, branches_workdir, f.min_score)
-    except (FileNotFoundError, ValueError) as e:
-      raise SystemExit(f"predict: error: {e}") from e
+    predict_folder(f.config, f.workdir, f.images, f.output, branches_workdir, f.min_score)
 
-  app.run(main)
+  cli.run(main, "mpn_jax.predict")

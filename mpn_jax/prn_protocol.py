@@ -20,6 +20,7 @@ import numpy as np
 
 from mpn_jax import assignment
 from mpn_jax import coco
+from mpn_jax import errors
 from mpn_jax import evaluation
 from mpn_jax import prn_grid
 from mpn_jax.data import prn_samples
@@ -119,6 +120,11 @@ def evaluate_prn_gt(ann_file, assign="prn", prn_apply=None, method="greedy", win
     raise ValueError("assign='prn' needs prn_apply (a function inputs -> PRN probabilities)")
   images = [im for im in prn_samples.load_image_people(ann_file)
             if (im.keypoints[..., 2] > 0).any()]
+  if not images:
+    raise errors.DataError(
+        f"{ann_file} has no person with a labelled keypoint: the PRN-on-ground-truth AP would be "
+        "computed on nothing (no statistics written); pass a COCO person_keypoints file with "
+        "annotated people (--config.eval.ann_file)")
   wboxes = [prn_grid.widen_boxes(im.boxes, widen) for im in images]
   if assign == "prn":
     inputs = np.stack([prn_samples.render_inputs(b, im.keypoints, input_sigma)

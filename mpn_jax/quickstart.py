@@ -27,6 +27,9 @@ from absl import flags
 from absl import logging
 import ml_collections
 
+from mpn_jax import cli
+from mpn_jax import errors
+
 PRESETS = ("synthetic", "smoke")
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,8 +44,8 @@ def _config(name, preset):
   from mpn_jax import predict  # pylint: disable=g-import-not-at-top
   path = os.path.join(_ROOT, "configs", f"{name}.py")
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path} does not exist: run the quickstart from a checkout of mpn-jax "
-                            "installed with `pip install -e .`")
+    raise errors.MissingFileError(f"{path} does not exist: run the quickstart from a checkout of "
+                                  "mpn-jax installed with `pip install -e .`")
   return predict.load_config_file(f"{path}:{preset}")
 
 
@@ -51,7 +54,7 @@ def make_configs(workdir, preset="synthetic"):
   workdir/tfds; the PRN config evaluates the whole pipeline with the branches run of
   workdir/branches."""
   if preset not in PRESETS:
-    raise ValueError(f"--preset={preset!r}: use one of {PRESETS}")
+    raise errors.ConfigError(f"--preset={preset!r}: use one of {PRESETS}")
   workdir = os.path.abspath(os.path.expanduser(workdir))
   branches = _config("branches", preset)
   branches.dataset.data_dir = os.path.join(workdir, "tfds")
@@ -212,11 +215,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.INFO)
-  try:
-    run(_WORKDIR.value, _PRESET.value)
-  except (FileNotFoundError, ValueError) as e:
-    raise SystemExit(f"mpn_jax.quickstart: error: {e}") from e
+  run(_WORKDIR.value, _PRESET.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, "mpn_jax.quickstart")

@@ -63,7 +63,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mpn_jax import cli
 from mpn_jax import coco
+from mpn_jax import errors
 from mpn_jax.models import resnet
 
 SOURCES = ("torchvision", "keras")
@@ -340,7 +342,8 @@ def save_pretrained(imported, directory, overwrite=False):
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   directory = os.path.abspath(os.fspath(directory))
   if os.path.exists(directory) and not overwrite:
-    raise ValueError(f"--output={directory} already exists; remove it or pass --overwrite")
+    raise errors.ConfigError(f"--output={directory} already exists; remove it or pass "
+                             "--overwrite")
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(directory, jax.tree.map(np.asarray, imported.variables()), force=overwrite)
   checkpointer.wait_until_finished()
@@ -407,6 +410,9 @@ def main(argv=None):
                       help="blocks per stage, e.g. 1,1,1,1 (non-standard nets); default: --depth")
   parser.add_argument("--width", type=int, default=64, help="first-stage width (torchvision)")
   args = parser.parse_args(argv)
+  if os.path.exists(args.output) and not args.overwrite:  # before the (slow) conversion
+    raise errors.ConfigError(f"--output={os.path.abspath(args.output)} already exists; remove it "
+                             "or pass --overwrite")
   stage_sizes = tuple(int(s) for s in args.stage_sizes.split(",")) if args.stage_sizes else None
   if args.source == "torchvision":
     imported = from_torchvision(load_state_dict(args.input), args.depth, stage_sizes, args.width)
@@ -425,5 +431,9 @@ def main(argv=None):
 if __name__ == "__main__":
   try:
     main()
-  except ValueError as e:  # bad file / flags: the message says what to fix, no traceback needed
-    sys.exit(f"error: {e}")
+  except (errors.UserError, ValueError) as e:  # bad file / flags: the message says what to fix
+    cli.fail("mpn_jax.weights", str(e))
+  except OSError as e:
+    if e.filename is None:
+      raise
+    cli.fail("mpn_jax.weights", cli.describe_os_error(e))

@@ -1,14 +1,19 @@
 """The `coco_keypoints` TFDS builder against the real samples in ../shared and pycocotools."""
 
+import hashlib
 import json
+import os
 import pathlib
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
 
+from mpn_jax import errors
 from mpn_jax.data import coco_keypoints
 from mpn_jax.data import datasets
 
@@ -322,3 +327,155 @@ def test_official_config_downloads_the_archives(coco_dir, tmp_path, monkeypatch)
   assert builder.builder_config.name == "2017"
   assert requested == [coco_keypoints.URLS]
   assert len(_examples(builder, "train")) == 2 and len(_examples(builder, "validation")) == 2
+
+
+# --------------------------------------------------------------------------------------------------
+# Prepared records remember their source (source.json).
+
+
+def _sha256(path):
+  return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
+
+
+@pytest.mark.shared
+def test_records_remember_their_source(sample_build, coco_dir):
+  cfg, builder, _ = sample_build
+  with open(pathlib.Path(builder.data_path) / coco_keypoints.SOURCE_FILE) as f:
+    source = json.load(f)
+  assert source["coco_dir"] == str(coco_dir.resolve()) and source["download_urls"] is None
+  for split in coco_keypoints.SPLITS:
+    path = coco_dir.resolve() / "annotations" / SAMPLE[split]
+    assert source["annotations"][split] == {"path": str(path), "sha256": _sha256(path)}
+  datasets.load_builder(cfg)  # the unchanged source passes
+
+
+@pytest.mark.shared
+def test_records_of_another_coco_dir_are_refused(sample_build, coco_dir, tmp_path):
+  """Same data_dir, a copy of the COCO folder with an edited train annotation file."""
+  cfg, builder, _ = sample_build
+  copy = tmp_path / "coco_copy"
+  (copy / "annotations").mkdir(parents=True)
+  for d in coco_keypoints.SPLIT_DIRS.values():
+    (copy / d).symlink_to(coco_dir / d, target_is_directory=True)
+  shutil.copy(coco_dir / "annotations" / SAMPLE["validation"], copy / "annotations")
+  data = json.loads((coco_dir / "annotations" / SAMPLE["train"]).read_text())
+  data["annotations"][0]["keypoints"][0] += 1
+  edited = copy / "annotations" / SAMPLE["train"]
+  edited.write_text(json.dumps(data))
+  with pytest.raises(errors.DataError) as e:
+    datasets.load_builder(dict(cfg, coco_dir=str(copy)))
+  msg = str(e.value)
+  assert "\n" not in msg
+  assert msg.startswith(f"data_dir {cfg['data_dir']}: the records coco_keypoints/2017_sample/")
+  assert f"built from coco_dir {coco_dir.resolve()}, the config says {copy.resolve()}" in msg
+  assert f"annotations/{SAMPLE['train']} differs (sha256 " in msg and _sha256(edited)[:8] in msg
+  assert SAMPLE["validation"] not in msg  # its content is the same
+  assert f"Delete {builder.data_path} to rebuild" in msg and "--config.dataset.data_dir" in msg
+
+
+@pytest.mark.shared
+def test_changed_annotation_file_is_refused_old_records_warn(coco_dir, tmp_path, monkeypatch):
+  _no_network(monkeypatch)
+  _mini_coco(coco_dir, tmp_path / "coco", n=1)
+  cfg = _cfg(tmp_path / "coco", tmp_path / "tfds")
+  builder = datasets.load_builder(cfg)
+  ann = (tmp_path / "coco" / "annotations" / SAMPLE["validation"]).resolve()
+  before = _sha256(ann)
+  data = json.loads(ann.read_text())
+  data["annotations"][0]["area"] += 1.0
+  ann.write_text(json.dumps(data))
+  with pytest.raises(errors.DataError, match="annotation file") as e:
+    datasets.load_builder(cfg)
+  msg = str(e.value)
+  assert f"annotation file {ann} changed since the records were built" in msg
+  assert f"sha256 {before[:8]} then, {_sha256(ann)[:8]} now" in msg
+  assert SAMPLE["train"] not in msg
+  # The command line names its own flag.
+  with pytest.raises(errors.DataError, match="set --data_dir to another folder"):
+    datasets.load_builder(cfg, data_dir_flag="--data_dir")
+  # Records prepared before source.json existed: a warning (once), and they are used.
+  (pathlib.Path(builder.data_path) / coco_keypoints.SOURCE_FILE).unlink()
+  warned = []
+  monkeypatch.setattr(coco_keypoints.logging, "warning",
+                      lambda msg, *a, **k: warned.append(str(msg) % a))
+  for _ in range(2):
+    assert datasets.load_builder(cfg).info.splits["validation"].num_examples == 1
+  warned = [w for w in warned if coco_keypoints.SOURCE_FILE in w]  # TFDS logs through absl too
+  assert len(warned) == 1, warned
+  assert "cannot be checked" in warned[0] and str(builder.data_path) in warned[0]
+
+
+def test_file_sha256_is_cached_by_size_and_mtime(tmp_path, monkeypatch):
+  path = tmp_path / "a.json"
+  path.write_text("[1]")
+  assert coco_keypoints.file_sha256(path) == _sha256(path)
+  opened = []
+  real_open = open
+  monkeypatch.setattr("builtins.open", lambda *a, **k: opened.append(a) or real_open(*a, **k))
+  assert coco_keypoints.file_sha256(path) == _sha256(path) and not opened  # from the cache
+  path.write_text("[1, 2]")
+  assert coco_keypoints.file_sha256(path) == _sha256(path)
+
+
+# --------------------------------------------------------------------------------------------------
+# The command line: user errors are one line and exit status 2.
+
+
+def _run_cli(*args):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  return subprocess.run([sys.executable, "-m", "mpn_jax.data.datasets", *args], env=env,
+                        cwd=pathlib.Path(__file__).resolve().parents[1], capture_output=True,
+                        text=True, timeout=300)
+
+
+def _assert_one_line_error(proc, *names):
+  assert proc.returncode == 2, proc.stderr
+  assert "Traceback" not in proc.stderr, proc.stderr
+  lines = [line for line in proc.stderr.splitlines() if "error:" in line]
+  assert len(lines) == 1, proc.stderr
+  assert lines[0].startswith("mpn_jax.data.datasets: error: "), lines[0]
+  for name in names:
+    assert name in lines[0], lines[0]
+  return lines[0]
+
+
+def _sample_flags(tmp_path):
+  return [f"--train_ann={SAMPLE['train']}", f"--val_ann={SAMPLE['validation']}",
+          "--name=coco_keypoints", f"--data_dir={tmp_path / 'tfds'}"]
+
+
+def test_cli_without_coco_dir_asks_for_it_or_download(tmp_path):
+  line = _assert_one_line_error(_run_cli(*_sample_flags(tmp_path)), "--coco_dir is required",
+                                "--download")
+  assert "~19 GB" in line
+  assert not (tmp_path / "tfds").exists()
+
+
+def test_cli_missing_coco_dir(tmp_path):
+  missing = tmp_path / "nowhere"
+  _assert_one_line_error(_run_cli(*_sample_flags(tmp_path), f"--coco_dir={missing}"),
+                         str(missing), "does not exist")
+
+
+@pytest.mark.shared
+def test_cli_truncated_annotation_file(coco_dir, tmp_path):
+  _mini_coco(coco_dir, tmp_path / "coco", n=1)
+  bad = tmp_path / "coco" / "annotations" / SAMPLE["train"]
+  bad.write_text(bad.read_text()[:300])
+  _assert_one_line_error(_run_cli(*_sample_flags(tmp_path), f"--coco_dir={tmp_path / 'coco'}"),
+                         str(bad), "not valid JSON")
+
+
+@pytest.mark.shared
+def test_cli_download_flag_fetches_the_official_archives(coco_dir, tmp_path, monkeypatch, capsys):
+  root = tmp_path / "extracted"
+  _mini_coco(coco_dir, root, n=1, ann_names=coco_keypoints.OFFICIAL_ANNS.values())
+  monkeypatch.setattr(tfds.download.DownloadManager, "download_and_extract",
+                      lambda self, urls: {k: root for k in urls})
+  datasets.main(["--name=coco_keypoints", f"--data_dir={tmp_path / 'tfds'}", "--download"])
+  out = capsys.readouterr().out
+  assert "train: 1 examples" in out and "validation: 1 examples" in out
+  with pytest.raises(SystemExit) as e:
+    datasets.main(["--name=coco_keypoints", f"--data_dir={tmp_path / 'tfds'}", "--download",
+                   f"--coco_dir={coco_dir}"])
+  assert e.value.code == 2 and "pass one of them" in capsys.readouterr().err

@@ -286,3 +286,16 @@ def test_predict_command_on_a_folder(tiny_stages, coco_dir, tmp_path):
   for people in predictions.values():
     for p in people:
       assert np.shape(p["keypoints"]) == (17, 3) and len(p["box"]) == 4
+
+
+def test_pipeline_with_every_image_missing_writes_no_statistics(tiny_stages, image_set, tmp_path):
+  from mpn_jax import errors  # pylint: disable=g-import-not-at-top
+  branches, prn, pcfg, _ = tiny_stages
+  ann_file, _, _ = image_set
+  empty = tmp_path / "no_images"
+  empty.mkdir()
+  config = _pipeline_config(pcfg, branches, tmp_path, ann_file, empty, pictures=0,
+                            results_file=str(tmp_path / "res.json"))
+  with pytest.raises(errors.DataError, match="no image was evaluated"):
+    evaluate_lib.evaluate(config, str(prn))
+  assert not (tmp_path / "stats.json").exists() and not (tmp_path / "res.json").exists()

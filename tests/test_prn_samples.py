@@ -1,12 +1,14 @@
 """PRN samples: targets on the person's own keypoints, inputs with everyone's, augmentation, batching."""
 
 import json
+import pathlib
 
 import ml_collections
 import numpy as np
 import pytest
 
 from mpn_jax import coco
+from mpn_jax import errors
 from mpn_jax import prn_grid
 from mpn_jax.data import prn_samples
 
@@ -193,4 +195,21 @@ def test_missing_file_names_the_field(tmp_path):
   dcfg = prn_samples.prn_data_config()
   dcfg.data_dir = str(tmp_path)
   with pytest.raises(FileNotFoundError, match="config.data"):
+    prn_samples.make_prn_eval_set(dcfg)
+
+
+def test_malformed_file_stops_the_source_with_file_id_and_field(scene_file, tmp_path):
+  """The training and eval sources read through load_image_people's checks (see
+  tests/test_annotation_validation.py for the full table)."""
+  data = json.loads(pathlib.Path(scene_file).read_text())
+  data["annotations"][1]["keypoints"] = data["annotations"][1]["keypoints"][:48]
+  bad = tmp_path / "bad.json"
+  bad.write_text(json.dumps(data))
+  with pytest.raises(errors.DataError) as e:
+    prn_samples.PrnSampleSource(str(bad))
+  assert str(e.value).startswith(f"{bad}: annotation #1 (id 2, image_id 7): field 'keypoints' ")
+  assert "got 48 values" in str(e.value)
+  dcfg = prn_samples.prn_data_config()
+  dcfg.data_dir = str(tmp_path)
+  with pytest.raises(errors.MissingFileError, match="config.data.data_dir"):
     prn_samples.make_prn_eval_set(dcfg)

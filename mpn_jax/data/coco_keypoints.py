@@ -8,10 +8,13 @@ Build from a local copy in the standard COCO layout (`annotations/person_keypoin
       --val_ann=person_keypoints_val2017_sample.json --data_dir=/tmp/tfds
 
 (in Python: `datasets.load_builder(config.dataset)`, or `CocoKeypoints(data_dir=..., config='2017_sample',
-coco_dir=...)`; a TFDS `DownloadConfig(manual_dir=...)` works too). Without --coco_dir the official
-files are used: the '2017' config downloads the archives (images ~19 GB + annotations_trainval2017.zip).
-The config is named by the annotation files ('2017', '2017_sample' or 'custom_<hash>'): rebuilding from
-another folder with the same file names reuses the records; delete them to rebuild.
+coco_dir=...)`; a TFDS `DownloadConfig(manual_dir=...)` works too). Without a coco_dir the official
+files are used: the '2017' config downloads the archives (images ~19 GB +
+annotations_trainval2017.zip; the command line asks for --download).
+The config is named by the annotation files ('2017', '2017_sample' or 'custom_<hash>'), so the
+records also remember their source in `source.json` (the resolved coco_dir or the download URLs,
+and each annotation file's path and sha256): `datasets.load_builder` refuses records built from
+another coco_dir or from an annotation file that has changed since (`source_mismatches`).
 
 Every image of the annotation file becomes an example, also images without people (negatives for the
 detector). Features (see docs/CONTRACTS.md "data"): 'image' uint8 [H, W, 3] jpeg, 'image_id' int64,
@@ -20,6 +23,11 @@ detector). Features (see docs/CONTRACTS.md "data"): 'image' uint8 [H, W, 3] jpeg
 [H, W, 1] png (union of non-crowd people) and 'ignore_mask' uint8 [H, W, 1] png (crowd regions and
 people without any labelled keypoint). The annotation file of each split, restricted to the images that
 made it into the dataset, is written next to the records as `annotations_{split}.json`.
+
+Annotation values are checked before anything is built (`load_annotations`, with the checks of
+`mpn_jax.data.annotations` that the PRN's loader shares): a malformed, non-finite (NaN, Infinity) or
+mis-sized value stops the build with an AnnotationError (an errors.DataError) naming the file, the
+annotation (index, id, image_id) and the field.
 """
 
 import dataclasses
@@ -38,6 +46,8 @@ from PIL import Image
 import tensorflow_datasets as tfds
 
 from mpn_jax import coco
+from mpn_jax import errors
+from mpn_jax.data import annotations
 
 SPLITS = ("train", "validation")
 # COCO's own names for the split folders and the default annotation files.
@@ -52,14 +62,17 @@ URLS = {
     "validation": "http://images.cocodataset.org/zips/val2017.zip",
 }
 ANNOTATION_FILE_PATTERN = "annotations_{split}.json"
+# Written next to the records: where they were built from (see `source_record`).
+SOURCE_FILE = "source.json"
 
 _IMAGE_FIELDS = {"id": int, "file_name": str, "width": int, "height": int}
 _ANN_FIELDS = ("id", "image_id", "category_id", "bbox", "keypoints", "num_keypoints", "iscrowd",
                "area", "segmentation")
 
 
-class AnnotationError(ValueError):
-  """A COCO annotation file is missing a field or holds a malformed value."""
+# A COCO annotation file is not valid JSON, lacks a field or holds a malformed value (a
+# errors.DataError and a ValueError; shared with prn_samples, which reads the same files).
+AnnotationError = annotations.AnnotationError
 
 
 class UnreadableImageWarning(UserWarning):
@@ -89,18 +102,6 @@ def example_features(image_format="jpeg"):
 # Annotation file: loading and validation.
 
 
-def _is_number(x):
-  return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def _check_numbers(path, where, field, value, length):
-  if not isinstance(value, (list, tuple)) or len(value) != length or not all(
-      _is_number(v) for v in value):
-    got = f"{len(value)} values" if isinstance(value, (list, tuple)) else repr(value)[:60]
-    raise AnnotationError(f"{path}: {where}: field '{field}' must be a list of {length} numbers, "
-                          f"got {got}")
-
-
 def _check_segmentation(path, where, segm):
   if isinstance(segm, dict):
     if "counts" not in segm or "size" not in segm:
@@ -109,36 +110,28 @@ def _check_segmentation(path, where, segm):
   elif isinstance(segm, list):
     for poly in segm:
       if (not isinstance(poly, list) or len(poly) % 2 or
-          not all(_is_number(v) for v in poly)):
+          not all(annotations.is_number(v) for v in poly)):
         raise AnnotationError(f"{path}: {where}: field 'segmentation' must hold polygons, i.e. "
-                              "lists of an even number of coordinates")
+                              "lists of an even number of finite coordinates")
   else:
     raise AnnotationError(f"{path}: {where}: field 'segmentation' must be a list of polygons or an "
                           f"RLE dict, got {type(segm).__name__}")
 
 
 def validate_annotation(path, ann, index):
-  """Raises AnnotationError naming `path` and the field if `ann` is not a valid COCO person record."""
-  where = f"annotation #{index} (id {ann.get('id', '?')})" if isinstance(ann, dict) else (
-      f"annotation #{index}")
+  """Raises AnnotationError naming `path`, the annotation (index, id, image_id) and the field if
+  `ann` is not a valid COCO person record with keypoints (every number finite)."""
+  where = annotations.where(index, ann)
   if not isinstance(ann, dict):
     raise AnnotationError(f"{path}: {where} is not a JSON object")
   for field in _ANN_FIELDS:
     if field not in ann:
       raise AnnotationError(f"{path}: {where}: missing field '{field}'")
   for field in ("id", "image_id", "num_keypoints"):
-    if not isinstance(ann[field], int) or isinstance(ann[field], bool):
-      raise AnnotationError(f"{path}: {where}: field '{field}' must be an integer, "
-                            f"got {ann[field]!r}")
-  _check_numbers(path, where, "bbox", ann["bbox"], 4)
-  if ann["bbox"][2] < 0 or ann["bbox"][3] < 0:
-    raise AnnotationError(f"{path}: {where}: field 'bbox' has a negative width/height "
-                          f"{ann['bbox']} (COCO boxes are [x, y, w, h])")
-  _check_numbers(path, where, "keypoints", ann["keypoints"], 3 * coco.NUM_KEYPOINTS)
+    annotations.check_int(path, where, ann, field)
+  annotations.check_bbox(path, where, ann["bbox"])
+  annotations.check_keypoints(path, where, ann["keypoints"])
   vis = ann["keypoints"][2::3]
-  if any(v not in (0, 1, 2) for v in vis):
-    raise AnnotationError(f"{path}: {where}: field 'keypoints' has visibility flags {vis}; each "
-                          "must be 0, 1 or 2")
   labelled = sum(v > 0 for v in vis)
   if ann["num_keypoints"] != labelled:
     raise AnnotationError(f"{path}: {where}: field 'num_keypoints' is {ann['num_keypoints']} but "
@@ -146,9 +139,9 @@ def validate_annotation(path, ann, index):
   if ann["iscrowd"] not in (0, 1):
     raise AnnotationError(f"{path}: {where}: field 'iscrowd' must be 0 or 1, got "
                           f"{ann['iscrowd']!r}")
-  if not _is_number(ann["area"]) or ann["area"] < 0:
-    raise AnnotationError(f"{path}: {where}: field 'area' must be a non-negative number, got "
-                          f"{ann['area']!r}")
+  if not annotations.is_number(ann["area"]) or ann["area"] < 0:
+    raise AnnotationError(f"{path}: {where}: field 'area' must be a finite non-negative number, "
+                          f"got {ann['area']!r}")
   _check_segmentation(path, where, ann["segmentation"])
 
 
@@ -161,32 +154,27 @@ def load_annotations(path):
     (dataset dict as loaded, list of (image record, [person annotation records]) in file order).
     Annotations of other categories than person are left out.
   Raises:
-    FileNotFoundError if the file is missing; AnnotationError naming the file and field if malformed.
+    errors.MissingFileError (a FileNotFoundError) if the file is missing; AnnotationError (an
+    errors.DataError) naming the file, the record and the field if it is malformed: not JSON, a
+    missing field, a non-finite (NaN, Infinity) or mis-sized value.
   """
   path = pathlib.Path(path)
   if not path.is_file():
-    raise FileNotFoundError(f"COCO annotation file {path} does not exist: check the dataset's "
-                            "coco_dir (manual dir) and train_ann/val_ann")
-  try:
-    with open(path) as f:
-      data = json.load(f)
-  except json.JSONDecodeError as e:
-    raise AnnotationError(f"{path}: not valid JSON ({e})") from e
-  if not isinstance(data, dict):
-    raise AnnotationError(f"{path}: expected a JSON object with 'images' and 'annotations'")
-  for field in ("images", "annotations"):
-    if not isinstance(data.get(field), list):
-      raise AnnotationError(f"{path}: missing field '{field}' (a list) at the top level")
+    raise errors.MissingFileError(f"COCO annotation file {path} does not exist: check the "
+                                  "dataset's coco_dir (manual dir) and train_ann/val_ann")
+  data = annotations.read_json(path, fields=("images", "annotations"))
   images, order = {}, []
   for i, img in enumerate(data["images"]):
     for field, kind in _IMAGE_FIELDS.items():
       if not isinstance(img, dict) or field not in img:
         raise AnnotationError(f"{path}: image #{i}: missing field '{field}'")
+      # NaN and Infinity are floats: the int fields (id, width, height) cannot hold them.
       if not isinstance(img[field], kind) or isinstance(img[field], bool):
         raise AnnotationError(f"{path}: image #{i} (id {img.get('id')}): field '{field}' must be "
                               f"{kind.__name__}, got {img[field]!r}")
     if img["width"] <= 0 or img["height"] <= 0:
-      raise AnnotationError(f"{path}: image #{i} (id {img['id']}): non-positive width/height")
+      raise AnnotationError(f"{path}: image #{i} (id {img['id']}): field 'width'/'height' must be "
+                            f"positive, got {img['width']}x{img['height']}")
     if img["id"] in images:
       raise AnnotationError(f"{path}: image #{i}: duplicate image id {img['id']}")
     images[img["id"]] = (img, [])
@@ -197,7 +185,7 @@ def load_annotations(path):
       continue
     validate_annotation(path, ann, i)
     if ann["image_id"] not in images:
-      raise AnnotationError(f"{path}: annotation #{i} (id {ann['id']}): field 'image_id' "
+      raise AnnotationError(f"{path}: {annotations.where(i, ann)}: field 'image_id' "
                             f"{ann['image_id']} names no image of the file")
     images[ann["image_id"]][1].append(ann)
   return data, [images[i] for i in order]
@@ -383,8 +371,9 @@ class CocoKeypoints(CodePathMixin, tfds.core.GeneratorBasedBuilder):
         return None
     root = pathlib.Path(root)
     if not root.is_dir():
-      raise FileNotFoundError(f"COCO directory {root} does not exist: pass the folder that holds "
-                              "annotations/, train2017/ and val2017/ as coco_dir (or --manual_dir)")
+      raise errors.MissingFileError(
+          f"COCO directory {root} does not exist: pass the folder that holds annotations/, "
+          "train2017/ and val2017/ as coco_dir (or --manual_dir)")
     return root
 
   def _split_generators(self, dl_manager):
@@ -394,7 +383,7 @@ class CocoKeypoints(CodePathMixin, tfds.core.GeneratorBasedBuilder):
       sources = {s: (self._ann_path(root, config.ann(s)), root / SPLIT_DIRS[s]) for s in SPLITS}
     else:
       if not config.is_official:
-        raise FileNotFoundError(
+        raise errors.MissingFileError(
             f"coco_keypoints config '{config.name}' reads {config.train_ann} / {config.val_ann}, "
             "which are not in the official archives: pass coco_dir (or --manual_dir) holding them "
             "in annotations/")
@@ -403,12 +392,43 @@ class CocoKeypoints(CodePathMixin, tfds.core.GeneratorBasedBuilder):
                      pathlib.Path(paths[s]) / SPLIT_DIRS[s]) for s in SPLITS}
     for split, (ann_path, image_dir) in sources.items():
       if not ann_path.is_file():
-        raise FileNotFoundError(f"COCO annotation file {ann_path} for split '{split}' does not "
-                                "exist: check coco_dir and train_ann/val_ann")
+        raise errors.MissingFileError(
+            f"COCO annotation file {ann_path} for split '{split}' does not exist: check coco_dir "
+            "and train_ann/val_ann")
       if not image_dir.is_dir():
-        raise FileNotFoundError(f"COCO image directory {image_dir} for split '{split}' does not "
-                                "exist: coco_dir must hold train2017/ and val2017/")
+        raise errors.MissingFileError(
+            f"COCO image directory {image_dir} for split '{split}' does not exist: coco_dir must "
+            "hold train2017/ and val2017/")
+    # self.data_dir is TFDS's temporary folder here: source.json moves with the records.
+    write_source(os.path.join(self.data_dir, SOURCE_FILE), root,
+                 {s: sources[s][0] for s in SPLITS})
     return {s: self._generate_examples(s, *sources[s]) for s in SPLITS}
+
+  def source_mismatches(self):
+    """How the source of the prepared records differs from this builder's coco_dir and files.
+
+    Call it on prepared records only.
+    Returns:
+      list of one-line descriptions (empty when the source matches), or None when there is nothing
+      to compare: no coco_dir was given (the records are read as they are), or the records were
+      prepared before source.json was written (a warning is logged once per records folder).
+    Raises:
+      errors.DataError when source.json cannot be read.
+    """
+    if self._coco_dir is None:
+      return None
+    recorded = read_source(self.data_path)
+    if recorded is None:
+      key = os.fspath(self.data_path)
+      if key not in _UNCHECKED_WARNED:
+        _UNCHECKED_WARNED.add(key)
+        logging.warning("coco_keypoints: the records in %s were prepared without %s, so their "
+                        "source cannot be checked against coco_dir %s; delete them to rebuild if "
+                        "the COCO files changed", key, SOURCE_FILE, self._coco_dir)
+      return None
+    root = self._coco_dir.resolve()
+    return source_mismatches(recorded, root, {
+        s: self._ann_path(root, self.builder_config.ann(s)) for s in SPLITS})
 
   @staticmethod
   def _ann_path(root, ann):
@@ -444,7 +464,8 @@ class CocoKeypoints(CodePathMixin, tfds.core.GeneratorBasedBuilder):
       warnings.warn(msg, UnreadableImageWarning)
       logging.warning(msg)
       if len(skipped) == len(records):
-        raise ValueError(f"coco_keypoints: no image of {ann_path} could be read from {image_dir}")
+        raise errors.DataError(f"coco_keypoints: no image of {ann_path} could be read from "
+                               f"{image_dir}")
     write_annotations(data, {i["id"] for i in skipped},
                       os.path.join(self.data_dir, ANNOTATION_FILE_PATTERN.format(split=split)))
 
@@ -457,3 +478,112 @@ def write_annotations(data, skip_ids, path):
   out.setdefault("categories", [coco.PERSON_CATEGORY])
   with open(path, "w") as f:
     json.dump(out, f)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Where prepared records came from (source.json): the config names only the annotation files, so
+# that the same data_dir with another coco_dir or an edited file of the same name is caught.
+
+_SHA256_CACHE = {}  # (resolved path, size, mtime_ns) -> hex digest: hash a 240 MB file once a run
+_UNCHECKED_WARNED = set()  # records folders without source.json already warned about
+
+
+def file_sha256(path, chunk_size=1 << 20):
+  """Hex sha256 of a file, read in chunks; cached by (path, size, mtime) within the process."""
+  path = pathlib.Path(path).resolve()
+  st = path.stat()
+  key = (os.fspath(path), st.st_size, st.st_mtime_ns)
+  if key not in _SHA256_CACHE:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+      for chunk in iter(lambda: f.read(chunk_size), b""):
+        digest.update(chunk)
+    _SHA256_CACHE[key] = digest.hexdigest()
+  return _SHA256_CACHE[key]
+
+
+def source_record(coco_dir, ann_paths):
+  """What source.json holds.
+
+  Args:
+    coco_dir: the COCO root the records are built from, or None when the archives are downloaded.
+    ann_paths: {split: annotation file path}.
+  Returns:
+    {'coco_dir': absolute resolved path or None, 'download_urls': URLS or None,
+     'annotations': {split: {'path': absolute resolved path, 'sha256': hex digest}}}.
+  """
+  return {
+      "coco_dir": None if coco_dir is None else os.fspath(pathlib.Path(coco_dir).resolve()),
+      "download_urls": dict(URLS) if coco_dir is None else None,
+      "annotations": {s: {"path": os.fspath(pathlib.Path(p).resolve()), "sha256": file_sha256(p)}
+                      for s, p in ann_paths.items()},
+  }
+
+
+def write_source(path, coco_dir, ann_paths):
+  """Writes `source_record(coco_dir, ann_paths)` as JSON to `path`."""
+  with open(path, "w") as f:
+    json.dump(source_record(coco_dir, ann_paths), f, indent=1)
+
+
+def read_source(records_dir):
+  """The source record in `records_dir`, or None for records prepared before it was written.
+
+  Raises:
+    errors.DataError when the file exists but is not a source record.
+  """
+  path = os.path.join(os.fspath(records_dir), SOURCE_FILE)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      record = json.load(f)
+  except (OSError, ValueError) as e:
+    record = e
+  if not isinstance(record, dict) or not isinstance(record.get("annotations"), dict):
+    raise errors.DataError(f"{path} is unreadable ({errors.first_line(record)[:100]}): delete "
+                           f"{records_dir} to rebuild the records")
+  return record
+
+
+def _short(digest):
+  return str(digest)[:8]
+
+
+def source_mismatches(recorded, coco_dir, ann_paths):
+  """The differences between a source record and the current source, one short clause each.
+
+  Args:
+    recorded: a `source_record` as read from source.json.
+    coco_dir: the current COCO root.
+    ann_paths: {split: current annotation file path}.
+  Returns:
+    list of str, empty when coco_dir and every annotation file's content match. An annotation file
+    that no longer exists is not a difference (the records may outlive their source; logged).
+  """
+  out = []
+  now = pathlib.Path(coco_dir).resolve()
+  if recorded.get("coco_dir") is None:
+    out.append(f"built from the official download, the config says coco_dir {now} (leave "
+               "coco_dir unset to read them)")
+  elif recorded["coco_dir"] != os.fspath(now):
+    out.append(f"built from coco_dir {recorded['coco_dir']}, the config says {now}")
+  for split, given in ann_paths.items():
+    then = recorded["annotations"].get(split) or {}
+    path = pathlib.Path(given).resolve()
+    if not path.is_file():
+      logging.warning("coco_keypoints: cannot check the records' %s annotations: %s is gone",
+                      split, path)
+      continue
+    digest = file_sha256(path)
+    if digest == then.get("sha256"):
+      continue
+    hashes = f"sha256 {_short(then.get('sha256'))} then, {_short(digest)} now"
+    if then.get("path") == os.fspath(path):
+      out.append(f"annotation file {path} changed since the records were built ({hashes})")
+    elif out and pathlib.Path(given).is_relative_to(now):  # coco_dir named above: keep it short
+      out.append(f"{pathlib.Path(given).relative_to(now)} differs ({hashes})")
+    else:
+      out.append(f"built from annotation file {then.get('path')}, the config's {path} differs "
+                 f"({hashes})")
+  return out

@@ -18,14 +18,15 @@ slice of the global batch, and the slice does not depend on how many processes t
 """
 
 import dataclasses
-import json
 import os
 
 import ml_collections
 import numpy as np
 
 from mpn_jax import coco
+from mpn_jax import errors
 from mpn_jax import prn_grid
+from mpn_jax.data import annotations
 
 _K = coco.NUM_KEYPOINTS
 _DEFAULT_DATA_DIR = os.environ.get("MPN_COCO_DIR", "../shared/data/coco")
@@ -61,11 +62,15 @@ def prn_data_config():
 
 
 def resolve(data_dir, path):
-  """`path` itself when absolute or existing, else data_dir/path; clear error when missing."""
+  """`path` itself when absolute or existing, else data_dir/path.
+
+  Raises:
+    errors.MissingFileError (a FileNotFoundError) naming the file and the config fields to set.
+  """
   path, data_dir = os.path.expanduser(path), os.path.expanduser(data_dir or "")
   full = path if os.path.isabs(path) or not data_dir else os.path.join(data_dir, path)
   if not os.path.isfile(full):
-    raise FileNotFoundError(
+    raise errors.MissingFileError(
         f"PRN annotation file {full} does not exist: set --config.data.data_dir (now "
         f"{data_dir!r}) or the file names (config.data.train_files / val_file), or MPN_COCO_DIR.")
   return full
@@ -87,15 +92,23 @@ class ImagePeople:
 
 
 def load_image_people(ann_file):
-  """Reads a COCO person-keypoints file -> list of ImagePeople (images with a person, id order)."""
-  with open(ann_file) as f:
-    data = json.load(f)
-  if "annotations" not in data:
-    raise ValueError(f"{ann_file}: not a COCO annotation file (no 'annotations' field)")
+  """Reads a COCO person-keypoints file -> list of ImagePeople (images with a person, id order).
+
+  Every person annotation used is checked first (`annotations.check_person`): integer id and
+  image_id, bbox of 4 finite numbers with w, h >= 0, keypoints absent/empty (no labelled keypoint)
+  or 51 finite numbers with visibility 0/1/2, iscrowd 0/1.
+  Raises:
+    errors.MissingFileError if the file does not exist; annotations.AnnotationError (an
+    errors.DataError) naming the file, the annotation (index, id, image_id) and the field when the
+    file is not JSON (e.g. truncated), has no 'annotations' list or holds a malformed value.
+  """
+  data = annotations.read_json(ann_file, fields=("annotations",))
   by_image = {}
-  for a in data["annotations"]:
-    if a.get("category_id", coco.PERSON_CATEGORY_ID) != coco.PERSON_CATEGORY_ID:
+  for i, a in enumerate(data["annotations"]):
+    if isinstance(a, dict) and a.get("category_id", coco.PERSON_CATEGORY_ID) != (
+        coco.PERSON_CATEGORY_ID):
       continue
+    annotations.check_person(ann_file, a, i)
     by_image.setdefault(a["image_id"], []).append(a)
   out = []
   for image_id in sorted(by_image):

@@ -5,10 +5,21 @@ Layout of a step: workdir/checkpoints/<step>/
   opt_state/  the optax state
   config/     the run's config as JSON
 The last `keep` steps are kept, plus the best one by the evaluation metric when there is one.
+
+Faults (docs/reliability.md):
+  * saves are synchronous: a save that fails (disk full, unwritable folder) raises
+    errors.CheckpointError naming the folder and the cause at that step, with the earlier steps
+    intact (Orbax writes a step to a temporary folder and renames it when complete);
+  * a step whose files do not read (a truncated metadata, metrics or array file) is "unreadable":
+    training moves it aside to <step>.corrupt and resumes from the newest readable step; inference
+    (`restore_readable`) falls back to the next candidate with a warning naming the bad step.
 """
 
+import glob
 import json
 import os
+import shutil
+import sys
 
 from absl import logging
 import flax
@@ -17,11 +28,106 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
+from mpn_jax import errors
 from mpn_jax import parallel
+
+
+_SPACE_MARGIN = 1 << 20  # bytes beyond the arrays: metadata, config, metrics
+
+
+def _drop_closed_loop_reports():
+  """Installs (once) an unraisable-exception hook that drops "RuntimeError: Event loop is closed".
+
+  After a failed save Orbax closes its asyncio loops while TensorStore still completes the
+  cancelled writes; each completion then reports that error as unraisable, a dozen tracebacks
+  around the one-line CheckpointError. Every other unraisable exception reaches the previous hook.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "_mpn_jax", False):
+    return
+
+  def hook(unraisable):
+    if isinstance(unraisable.exc_value, RuntimeError) and (
+        str(unraisable.exc_value) == "Event loop is closed"):
+      return
+    previous(unraisable)
+
+  hook._mpn_jax = True  # pylint: disable=protected-access
+  sys.unraisablehook = hook
 
 
 def checkpoint_dir(workdir):
   return os.path.join(os.path.abspath(os.path.expanduser(workdir)), "checkpoints")
+
+
+def saved_steps(directory):
+  """Sorted steps (ints) of the step folders in a checkpoints `directory` ([] when absent)."""
+  names = os.listdir(directory) if os.path.isdir(directory) else []
+  return sorted(int(n) for n in names if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
+
+
+# The JSON files of a step: Orbax's step metadata, the saved config and metrics, and each item's
+# tree / sharding / array metadata. Every one must parse for the step to be usable.
+_JSON_FILES = ("_CHECKPOINT_METADATA", "config/metadata", "metrics/metrics", "*/_METADATA",
+               "*/_sharding", "*/array_metadatas/*")
+
+
+def metadata_problem(step_dir):
+  """None when every JSON file of a step folder parses, else 'FILE: what is wrong'."""
+  for pattern in _JSON_FILES:
+    for path in sorted(glob.glob(os.path.join(step_dir, pattern))):
+      if not os.path.isfile(path):
+        continue
+      try:
+        with open(path, "rb") as f:
+          json.loads(f.read().decode("utf-8"))
+      except (ValueError, UnicodeDecodeError) as e:
+        return f"{path}: unreadable ({errors.first_line(e, 120)}; truncated or corrupt)"
+      except OSError as e:
+        return f"{path}: {e.strerror}"
+  return None
+
+
+# What TensorStore / Orbax say when an array file is truncated or damaged (as opposed to a
+# checkpoint of another model, which is a config error, or a bug).
+_CORRUPT_SIGNS = ("OUT_OF_RANGE", "DATA_LOSS", "Error reading", "Failed to decode", "CRC",
+                  "Unexpected end", "truncated", "corrupt", "JSONDecodeError", "Expecting value",
+                  "Unterminated string")
+_MISMATCH_SIGNS = ("not compatible with the stored shape", "tree structure", "Missing key",
+                   "Dict key mismatch", "Unexpected key", "do not match")
+
+
+def read_problem(step_dir, exc):
+  """Why restoring the step at `step_dir` raised `exc`: a CheckpointError to raise at once (the
+  checkpoint is of another model), 'FILE/FOLDER: cause' when the files are damaged, or None when
+  the exception is no checkpoint fault (a bug: re-raise it)."""
+  text = f"{type(exc).__name__}: {exc}"
+  chain = exc.__cause__ or exc.__context__
+  while chain is not None:
+    text += f"\n{type(chain).__name__}: {chain}"
+    chain = chain.__cause__ or chain.__context__
+  if any(sign in text for sign in _MISMATCH_SIGNS):
+    line = next((ln for ln in text.splitlines() if any(s in ln for s in _MISMATCH_SIGNS)), text)
+    return errors.CheckpointError(
+        f"the checkpoint {step_dir} holds another model than the config describes "
+        f"({errors.first_line(line, 240)}): use the run's own config, or another --workdir")
+  if isinstance(exc, OSError) and exc.filename:
+    return f"{exc.filename}: {exc.strerror}"
+  if any(sign in text for sign in _CORRUPT_SIGNS):
+    line = next((ln for ln in text.splitlines() if any(s in ln for s in _CORRUPT_SIGNS)), text)
+    return f"{step_dir}: {errors.first_line(line, 300)}"
+  return None
+
+
+def set_aside(step_dir):
+  """Renames an unreadable step folder to <step>.corrupt[-N] (kept for inspection; Orbax only
+  lists numeric folders, so it no longer counts as a step). Returns the new path."""
+  target, n = f"{step_dir}.corrupt", 1
+  while os.path.exists(target):
+    n += 1
+    target = f"{step_dir}.corrupt-{n}"
+  os.rename(step_dir, target)
+  return target
 
 
 class StageCheckpoints:
@@ -38,17 +144,66 @@ class StageCheckpoints:
     # best_fn makes Orbax write each step's metrics next to it (<step>/metrics/metrics), so the
     # best step stays known after a restart, to the BestN policy and to predict.restore.
     best = dict(best_fn=lambda m: m[best_metric], best_mode=best_mode) if best_metric else {}
+    # Synchronous saves: an asynchronous one that fails (disk full) is only seen at the next save
+    # or at exit, where Orbax's signalling threads then wait out their 300 s timeout. A save of
+    # ResNet-50 + Adam state (~0.4 GB) takes seconds, every checkpoint_every_steps.
     options = ocp.CheckpointManagerOptions(
         preservation_policy=pp.AnyPreservationPolicy(policies), create=True,
-        enable_async_checkpointing=True, **best)
+        enable_async_checkpointing=False, **best)
     self.directory = checkpoint_dir(workdir)
+    _drop_closed_loop_reports()
+    self.set_aside = []  # (step, problem, new path) of the unreadable steps moved aside
+    check_writable(self.directory)
+    if jax.process_index() == 0:
+      for step in saved_steps(self.directory):
+        problem = metadata_problem(os.path.join(self.directory, str(step)))
+        if problem:
+          self._set_aside(step, problem)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices("mpn_jax checkpoints: steps checked")
     self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def _set_aside(self, step, problem):
+    moved = set_aside(os.path.join(self.directory, str(step)))
+    self.set_aside.append((step, problem, moved))
+    logging.warning("checkpoint step %d is unreadable (%s): moved it to %s, the earlier steps are "
+                    "used", step, problem, moved)
 
   def latest_step(self):
     return self.manager.latest_step()
 
   def all_steps(self):
     return list(self.manager.all_steps())
+
+  def restore_latest_readable(self, state):
+    """(state restored from the newest readable step, that step), or (state, None) when there is
+    no step. Unreadable steps are moved aside (see the module docstring) with a warning; a
+    checkpoint of another model is a CheckpointError."""
+    while True:
+      step = self.latest_step()
+      if step is None:
+        if self.set_aside:
+          raise errors.CheckpointError(
+              f"no readable checkpoint in {self.directory}: "
+              + "; ".join(f"step {s}: {p}" for s, p, _ in self.set_aside)
+              + " (moved aside as <step>.corrupt); run again to start from scratch, or restore "
+              "the folder from a backup")
+        return state, None
+      try:
+        return self.restore(state, step), step
+      except Exception as e:  # pylint: disable=broad-except
+        problem = read_problem(os.path.join(self.directory, str(step)), e)
+        if isinstance(problem, errors.CheckpointError):
+          raise problem from e
+        if problem is None:
+          raise
+        if jax.process_index() == 0:
+          self._set_aside(step, problem)
+        if jax.process_count() > 1:
+          from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+          multihost_utils.sync_global_devices(f"mpn_jax checkpoints: step {step} set aside")
+        self.manager.reload()
 
   def save(self, state, config=None, metrics=None):
     """Saves `state` at state.step (asynchronously); `metrics` ranks it for the best-N policy."""
@@ -67,8 +222,33 @@ class StageCheckpoints:
                       sorted(metrics), step)
       metrics = None
     metrics = {k: float(v) for k, v in metrics.items()} if metrics and self.best_metric else None
-    self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+    self._check_space(state, step)
+    try:
+      self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+    except Exception as e:  # pylint: disable=broad-except  (Orbax/TensorStore raise many types)
+      kept = [s for s in saved_steps(self.directory) if s != step]
+      raise errors.CheckpointError(
+          f"could not save checkpoint step {step} in {self.directory}: {errors.os_cause(e)}. "
+          f"Training stopped; the earlier steps {kept or '(none)'} are intact. Free space or fix "
+          "the folder, then run the same command to resume") from e
     return step
+
+  def _check_space(self, state, step):
+    """CheckpointError before writing when the disk has less free space than the step's arrays
+    take uncompressed: a clean stop instead of a failure half-way through Orbax's writers."""
+    need = sum(int(getattr(x, "nbytes", 0)) for x in jax.tree.leaves(
+        (state.params, state.batch_stats, state.opt_state)))
+    try:
+      free = shutil.disk_usage(self.directory).free
+    except OSError:
+      return
+    if free < need + _SPACE_MARGIN:
+      kept = saved_steps(self.directory)
+      raise errors.CheckpointError(
+          f"could not save checkpoint step {step} in {self.directory}: No space left on device "
+          f"(it needs about {need / 2**20:.0f} MiB, {free / 2**20:.0f} MiB are free). Training "
+          f"stopped; the earlier steps {kept or '(none)'} are intact. Free space or fix the "
+          "folder, then run the same command to resume")
 
   def restore(self, state, step=None):
     """Restores step (default latest) into the structure/shardings of `state`."""
@@ -87,20 +267,40 @@ class StageCheckpoints:
     self.manager.wait_until_finished()
 
   def close(self):
-    self.manager.wait_until_finished()
-    self.manager.close()
+    """Waits for pending writes and closes; a failure here is logged, not raised (it runs in the
+    training loop's `finally`, where it must not hide the error that ended training)."""
+    try:
+      self.manager.wait_until_finished()
+      self.manager.close()
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning("closing the checkpoints in %s: %s", self.directory, errors.os_cause(e))
+
+
+def check_writable(directory):
+  """Creates `directory` if needed and writes a probe file there; CheckpointError naming the
+  folder and the cause when it cannot (a file in the way, no permission, read-only, disk full)."""
+  try:
+    os.makedirs(directory, exist_ok=True)
+    probe = os.path.join(directory, f".write_probe_{os.getpid()}")
+    with open(probe, "wb") as f:
+      f.write(b"ok")
+    os.remove(probe)
+  except OSError as e:
+    where = e.filename or directory
+    raise errors.CheckpointError(
+        f"cannot write checkpoints to {directory} ({where}: {e.strerror or e}): choose a "
+        "--workdir on a writable disk with free space") from e
 
 
 def _variables_dir(path):
   """Finds the {'params', 'batch_stats'} checkpoint under a workdir, checkpoints dir or step dir."""
   path = os.path.abspath(os.path.expanduser(path))
   if not os.path.exists(path):
-    raise FileNotFoundError(f"no checkpoint at {path}")
+    raise errors.MissingFileError(f"no checkpoint at {path}")
   for candidate in (path, os.path.join(path, "checkpoints")):
     if os.path.isdir(os.path.join(candidate, "variables")):
       return os.path.join(candidate, "variables"), candidate
-    names = os.listdir(candidate) if os.path.isdir(candidate) else []
-    steps = [int(d) for d in names if d.isdigit()]
+    steps = saved_steps(candidate)
     if steps:
       step_dir = os.path.join(candidate, str(max(steps)))
       return os.path.join(step_dir, "variables"), step_dir
@@ -117,14 +317,22 @@ def restore_variables(path):
     host numpy pytrees (params, batch_stats) and the saved config as a dict (None if absent).
   """
   var_dir, step_dir = _variables_dir(path)
+  _drop_closed_loop_reports()
+  problem = metadata_problem(step_dir) if step_dir else None
+  if problem:
+    raise errors.UnreadableCheckpointError(f"checkpoint {step_dir} is unreadable: {problem}")
   try:
     with ocp.StandardCheckpointer() as ckptr:
       tree = ckptr.restore(var_dir, _single_device_target(ckptr, var_dir))
   except Exception as e:  # orbax raises several types for a folder that is no checkpoint
-    raise ValueError(f"{path} is not a training workdir or an Orbax checkpoint of "
-                     f"{{'params', 'batch_stats'}}: {e}") from e
+    problem = read_problem(step_dir or var_dir, e)
+    if isinstance(problem, str):
+      raise errors.UnreadableCheckpointError(f"checkpoint {step_dir or var_dir} is unreadable: "
+                                   f"{problem}") from e
+    raise errors.CheckpointError(f"{path} is not a training workdir or an Orbax checkpoint of "
+                                 f"{{'params', 'batch_stats'}}: {errors.first_line(e, 300)}") from e
   if not isinstance(tree, dict) or "params" not in tree:
-    raise ValueError(f"checkpoint {var_dir} must hold a tree {{'params': ..., 'batch_stats': ...}}"
+    raise errors.CheckpointError(f"checkpoint {var_dir} must hold a tree {{'params': ..., 'batch_stats': ...}}"
                      f", got top-level keys {list(tree) if isinstance(tree, dict) else type(tree)}")
   tree = jax.device_get(tree)
   return tree["params"], tree.get("batch_stats", {}) or {}, saved_config(step_dir)
@@ -135,8 +343,12 @@ def saved_config(step_dir):
   path = os.path.join(step_dir or "", "config", "metadata")
   if not step_dir or not os.path.isfile(path):
     return None
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except ValueError as e:
+    raise errors.UnreadableCheckpointError(f"{path}: unreadable ({errors.first_line(e, 120)}; truncated or "
+                                 "corrupt)") from e
 
 
 def _single_device_target(ckptr, directory):

@@ -4,7 +4,10 @@
 runs the generic `run(config, workdir, task)`, which knows nothing about either stage:
 
   * one ("data",) mesh over every device of every process; state replicated, batches sharded;
-  * resume from workdir/checkpoints when it holds a step, else start from config.init_from;
+  * resume from the newest readable step of workdir/checkpoints (an unreadable one is moved aside
+    with a warning), else start from config.init_from;
+  * checkpoints are saved synchronously: a failed save stops training with errors.CheckpointError
+    naming the folder and the cause, the earlier steps intact;
   * SIGTERM: the loop finishes the current step, saves a checkpoint and returns;
   * a non-finite loss or gradient stops training with an error naming the step and the last
     good checkpoint; a non-finite state is never saved.
@@ -28,10 +31,12 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
+from mpn_jax import errors
 from mpn_jax import parallel
 from mpn_jax.training import checkpoints
 from mpn_jax.training import state as state_lib
 from mpn_jax.training import steps
+from mpn_jax.training import workdir as workdir_lib
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -147,9 +152,8 @@ def run(config, workdir, task, mesh=None):
   ckpt = checkpoints.StageCheckpoints(workdir, keep=tcfg.keep_checkpoints,
                                       best_metric=tcfg.get("best_metric", ""),
                                       best_mode=tcfg.get("best_mode", "min"))
-  latest = ckpt.latest_step()
+  state, latest = ckpt.restore_latest_readable(state)
   if latest is not None:
-    state = ckpt.restore(state, latest)
     logging.info("resumed from %s/%d", ckpt.directory, latest)
   elif config.get("init_from"):
     backbone_cfg = (config.get("model", {}).get("backbone")
@@ -429,11 +433,20 @@ TASKS = {"branches": branches_task, "prn": prn_task}
 
 class _LibraryInfoFilter(std_logging.Filter):
   """Drops INFO lines of orbax and tensorflow-datasets (dozens per checkpoint) so that the
-  progress lines stay readable; their warnings and errors still show."""
+  progress lines stay readable; their warnings and errors still show, except the tracebacks that
+  each of Orbax's writer threads logs for a failed save (the save raises, and the loop reports it
+  once as errors.CheckpointError) and Orbax's warning that a step saved between evaluations has no
+  metric."""
 
   def filter(self, record):
+    path = record.pathname
+    if f"{os.sep}orbax{os.sep}" in path and (
+        path.endswith(f"futures{os.sep}future.py") or
+        # Steps saved between evaluations carry no metrics by design (kept as the last N).
+        "Requested `tracked_metric`" in str(record.msg)):
+      return False
     return record.levelno >= std_logging.WARNING or not any(
-        f"{os.sep}{name}{os.sep}" in record.pathname for name in ("orbax", "tensorflow_datasets"))
+        f"{os.sep}{name}{os.sep}" in path for name in ("orbax", "tensorflow_datasets"))
 
 
 def quiet_library_logs():
@@ -443,19 +456,56 @@ def quiet_library_logs():
     handler.addFilter(_LibraryInfoFilter())
 
 
+def check_train_config(config):
+  """Raises errors.ConfigError naming the field when config.train holds an unusable value (before
+  any data is built or any checkpoint is touched)."""
+  tcfg = config.train
+
+  def need(ok, field, what):
+    if not ok:
+      raise errors.ConfigError(f"config.train.{field}={tcfg.get(field)!r}: {what} (set "
+                               f"--config.train.{field})")
+
+  def is_int(v):
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+  need(is_int(tcfg.num_steps) and tcfg.num_steps >= 1, "num_steps", "must be a positive number "
+       "of steps")
+  for field in ("log_every_steps", "checkpoint_every_steps", "eval_every_steps"):
+    if field in tcfg:
+      need(is_int(tcfg[field]) and tcfg[field] >= 0, field, "must be >= 0 (0: only at the end)")
+  if "keep_checkpoints" in tcfg:
+    need(is_int(tcfg.keep_checkpoints) and tcfg.keep_checkpoints >= 1, "keep_checkpoints",
+         "must be >= 1")
+  lr = tcfg.learning_rate
+  need(isinstance(lr, (int, float)) and np.isfinite(lr) and lr >= 0, "learning_rate",
+       "must be a finite number >= 0")
+  need(tcfg.get("best_mode", "min") in ("min", "max"), "best_mode", "use 'min' or 'max'")
+  state_lib.make_optimizer(tcfg)  # optimizer and schedule names
+  if config.get("stage") == "branches":
+    state_lib.frozen_fn(tcfg.get("trainable", "all"))
+
+
 def train_and_evaluate(config, workdir, mesh=None):
-  """Trains the stage `config.stage` ('branches' or 'prn') in `workdir`; returns a Result."""
+  """Trains the stage `config.stage` ('branches' or 'prn') in `workdir`; returns a Result.
+
+  The workdir is locked for the run (`workdir.WorkdirLock`): a second run on it stops at once.
+  """
   quiet_library_logs()
   if config.get("stage") not in TASKS:
-    raise ValueError(f"config.stage={config.get('stage')!r}: use one of {sorted(TASKS)} "
-                     "(configs/branches.py or configs/prn.py)")
+    raise errors.ConfigError(f"config.stage={config.get('stage')!r}: use one of {sorted(TASKS)} "
+                             "(configs/branches.py or configs/prn.py)")
   if not workdir:
-    raise ValueError("--workdir is required: the folder for checkpoints and TensorBoard logs")
+    raise errors.ConfigError("--workdir is required: the folder for checkpoints and TensorBoard "
+                             "logs")
+  check_train_config(config)
   dist = config.get("distributed", {})
   parallel.maybe_initialize_distributed(dist.get("coordinator_address", ""),
                                         dist.get("num_processes", 0), dist.get("process_id", -1))
-  mesh = mesh if mesh is not None else parallel.create_mesh()
-  logging.info("stage %s on %d devices (%d processes), workdir %s", config.stage, mesh.size,
-               jax.process_count(), workdir)
-  task = TASKS[config.stage](config, mesh)
-  return run(config, workdir, task, mesh)
+  workdir = workdir_lib.prepare(workdir)
+  with workdir_lib.WorkdirLock(workdir):
+    mesh = mesh if mesh is not None else parallel.create_mesh()
+    logging.info("stage %s on %d devices (%d processes), workdir %s", config.stage, mesh.size,
+                 jax.process_count(), workdir)
+    task = TASKS[config.stage](config, mesh)
+    return run(config, workdir, task, mesh)

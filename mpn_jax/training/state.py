@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mpn_jax import errors
+
 # Top-level MultiPoseNet subtrees trained by each `config.train.trainable` choice.
 TRAINABLE_SUBTREES = {
     "all": None,  # everything
@@ -64,7 +66,7 @@ def frozen_fn(trainable="all"):
   (Freezing the first backbone stages is the model's own `backbone.freeze_at`.)
   """
   if trainable not in TRAINABLE_SUBTREES:
-    raise ValueError(f"config.train.trainable={trainable!r}: use one of "
+    raise errors.ConfigError(f"config.train.trainable={trainable!r}: use one of "
                      f"{sorted(TRAINABLE_SUBTREES)}")
   subtrees = TRAINABLE_SUBTREES[trainable]
   if subtrees is None:
@@ -84,7 +86,7 @@ def learning_rate_schedule(train_cfg):
   elif train_cfg.schedule == "constant":
     main = optax.constant_schedule(lr)
   else:
-    raise ValueError(f"config.train.schedule={train_cfg.schedule!r}: use constant, piecewise or "
+    raise errors.ConfigError(f"config.train.schedule={train_cfg.schedule!r}: use constant, piecewise or "
                      "cosine")
   if warm:
     # Boundaries stay in absolute steps: the main schedule is evaluated at the global step.
@@ -110,7 +112,7 @@ def make_optimizer(train_cfg, frozen=None):
   elif name == "plain_sgd":  # no momentum: update = -lr * grad (used by tests to read gradients)
     base = optax.sgd(schedule)
   else:
-    raise ValueError(f"config.train.optimizer={name!r}: use adam, adamw or sgd")
+    raise errors.ConfigError(f"config.train.optimizer={name!r}: use adam, adamw or sgd")
   if train_cfg.grad_clip_norm:
     base = optax.chain(optax.clip_by_global_norm(train_cfg.grad_clip_norm), base)
   if frozen is None:

@@ -1,0 +1,106 @@
+"""The commands' shell: absl flags in, one line out for every error the user can fix.
+
+`run(main, prog)` is `absl.app.run(main)` where
+  * a bad flag or config override (misspelt field, unknown preset, missing config file, a value of
+    the wrong type) prints `prog: error: ...` naming the flag, instead of a traceback;
+  * `errors.UserError` raised by the library, and OS errors about a named path (unwritable folder,
+    disk full), print `prog: error: ...`;
+and each of those exits with status 2. Every other exception is a programming error: traceback.
+"""
+
+import re
+import sys
+
+from absl import app
+from absl import flags
+
+from mpn_jax import errors
+
+USER_ERROR_STATUS = 2
+
+# Errors config_flags raises while it loads a config file or applies a --config.* override.
+_FLAG_PARSE_ERRORS = (flags.Error, AttributeError, KeyError, ValueError, TypeError, OSError)
+
+
+def fail(prog, message):
+  """Prints `prog: error: message` (one line) to stderr and exits with USER_ERROR_STATUS."""
+  sys.stderr.flush()
+  print(f"{prog}: error: {errors.first_line(message)}", file=sys.stderr, flush=True)
+  sys.exit(USER_ERROR_STATUS)
+
+
+def describe_os_error(e):
+  """'<path>: <cause>' for an OSError about a path, with a hint for the common causes."""
+  path = e.filename if e.filename is not None else ""
+  cause = e.strerror or str(e)
+  hints = {
+      "Permission denied": "choose a folder you can write, or fix its permissions",
+      "Read-only file system": "choose a folder on a writable file system",
+      "No space left on device": "free some space or choose another disk",
+      "Not a directory": "a file stands where a folder is needed: choose another path",
+      "Is a directory": "a folder stands where a file is needed: choose another path",
+      "File exists": "a file stands where a folder is needed: choose another path",
+      "No such file or directory": "check the path",
+  }
+  hint = hints.get(cause)
+  return f"{path}: {cause}" + (f" ({hint})" if hint else "")
+
+
+def _override_flag(argv, key):
+  """The --config.* argument whose dotted path contains `key` (to name it in the message)."""
+  for arg in argv[1:]:
+    name = arg.split("=", 1)[0]
+    if name.startswith("--") and key in name.lstrip("-").split("."):
+      return name
+  return ""
+
+
+def describe_flag_error(e, argv):
+  """One line for an error raised while parsing flags / loading the config file."""
+  text = str(e)
+  if isinstance(e, (AttributeError, KeyError)):
+    keys = re.findall(r"'(\w+)'", text.replace("\\'", "'"))
+    suggestion = re.search(r'Did you mean \\?"(\w+)\\?"', text)
+    key = keys[0] if keys else text
+    flag = _override_flag(argv, key) or "--config"
+    hint = f"; did you mean {suggestion.group(1)!r}?" if suggestion else (
+        "; see the config file for the fields")
+    return f"{flag}: the config has no field {key!r}{hint}"
+  if isinstance(e, OSError) or "No such file or directory" in text:
+    config_args = [a for a in argv[1:] if a.startswith("--config=") or a.startswith("--config ")]
+    path = config_args[0].split("=", 1)[1].split(":")[0] if config_args else ""
+    if path:
+      return (f"--config={path}: config file not found (paths are relative to the current "
+              "folder; e.g. --config=configs/branches.py from the repository root)")
+  # absl wraps an error of the config file in its own text (source lines, the exception's class):
+  # its last line is the message of the config file itself.
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  return re.sub(r"^\w+(Error|Exception): ", "", lines[-1]) if lines else type(e).__name__
+
+
+def run(main, prog):
+  """absl.app.run(main) with user errors reported as one line (see the module docstring)."""
+
+  def parse(argv):
+    try:
+      rest = flags.FLAGS(argv)
+      for name in flags.FLAGS:  # config_flags defers a config file's load error to first use
+        value = flags.FLAGS[name].value
+        if type(value).__name__ == "_ErrorConfig":
+          value.keys()
+    except _FLAG_PARSE_ERRORS as e:
+      hint = " (--helpfull lists the flags)" if isinstance(e, flags.Error) else ""
+      fail(prog, describe_flag_error(e, argv) + hint)
+    return rest
+
+  def wrapped(argv):
+    try:
+      return main(argv)
+    except errors.UserError as e:
+      fail(prog, str(e))
+    except OSError as e:
+      if e.filename is None:  # not about a path the user gave: a programming error
+        raise
+      fail(prog, describe_os_error(e))
+
+  app.run(wrapped, flags_parser=parse)

@@ -1,0 +1,142 @@
+"""Every command answers a user error with one line: `<command>: error: <what and what to do>`,
+exit status 2, no traceback. Each case runs the real command in a fresh process."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+
+TRAIN = ["train.py", "--config=configs/prn.py:smoke"]
+EVAL_GT = ["evaluate.py", "--config=configs/prn.py:smoke", "--config.eval.mode=prn_gt",
+           "--config.eval.assign=center"]  # the nearest-centre rule: no checkpoint needed
+PERSON = {"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "bbox": [10, 10, 20, 40],
+          "area": 800.0, "num_keypoints": 17, "keypoints": [15, 20, 2] * 17, "segmentation": []}
+
+# (id, command after `python`, substrings of the error line, needs ../shared, files that must not
+# exist afterwards). {T} is the test's tmp folder, prepared by `files`.
+CASES = [
+    ("train_misspelt_field", TRAIN + ["--workdir={T}/w", "--config.train.num_stepz=3"],
+     ["--config.train.num_stepz", "'num_steps'"], False, ["w"]),
+    ("train_misspelt_group", TRAIN + ["--workdir={T}/w", "--config.trian.num_steps=3"],
+     ["--config.trian.num_steps", "'train'"], False, ["w"]),
+    ("train_missing_config", ["train.py", "--config=configs/nope.py", "--workdir={T}/w"],
+     ["--config=configs/nope.py", "not found"], False, ["w"]),
+    ("train_unknown_preset", ["train.py", "--config=configs/prn.py:smok", "--workdir={T}/w"],
+     ["unknown preset 'smok'"], False, ["w"]),
+    ("train_value_of_wrong_type", TRAIN + ["--workdir={T}/w", "--config.train.num_steps=abc"],
+     ["--config.train.num_steps", "abc"], False, ["w"]),
+    ("train_unknown_optimizer", TRAIN + ["--workdir={T}/w", "--config.train.optimizer=adamx"],
+     ["config.train.optimizer='adamx'", "adam"], False, ["w"]),
+    ("train_negative_steps", TRAIN + ["--workdir={T}/w", "--config.train.num_steps=-5"],
+     ["config.train.num_steps=-5", "positive"], False, ["w"]),
+    ("train_no_workdir", TRAIN, ["--workdir"], False, []),
+    ("train_unknown_flag", TRAIN + ["--workdir={T}/w", "--bogus=1"], ["bogus"], False, ["w"]),
+    ("train_workdir_is_a_file", TRAIN + ["--workdir={T}/afile"], ["--workdir=", "is a file"],
+     False, []),
+    ("train_workdir_under_a_file", TRAIN + ["--workdir={T}/afile/w"], ["--workdir=", "afile"],
+     False, []),
+    ("train_missing_annotation_file", TRAIN + ["--workdir={T}/w",
+                                               "--config.data.val_file={T}/missing.json"],
+     ["{T}/missing.json", "does not exist"], True, []),
+    ("train_truncated_annotation_file", TRAIN + ["--workdir={T}/w",
+                                                 "--config.data.val_file={T}/truncated.json"],
+     ["{T}/truncated.json", "not valid JSON"], True, []),
+    ("train_no_annotations_key", TRAIN + ["--workdir={T}/w",
+                                          "--config.data.val_file={T}/no_annotations.json"],
+     ["{T}/no_annotations.json", "'annotations'"], True, []),
+    ("train_nan_keypoint", TRAIN + ["--workdir={T}/w", "--config.data.val_file={T}/nan.json"],
+     ["{T}/nan.json", "keypoints", "id 1"], True, []),
+    ("train_48_keypoint_values", TRAIN + ["--workdir={T}/w",
+                                          "--config.data.val_file={T}/short.json"],
+     ["{T}/short.json", "keypoints", "id 1"], True, []),
+    ("evaluate_no_people", EVAL_GT + ["--workdir={T}/w", "--config.eval.ann_file={T}/empty.json",
+                                      "--config.eval.output={T}/stats.json"],
+     ["{T}/empty.json", "no person"], False, ["stats.json"]),
+    ("evaluate_missing_annotation_file", EVAL_GT + ["--workdir={T}/w",
+                                                    "--config.eval.ann_file={T}/missing.json"],
+     ["{T}/missing.json", "does not exist"], False, []),
+    ("evaluate_unwritable_output", EVAL_GT + ["--workdir={T}/w",
+                                              "--config.eval.ann_file={T}/one.json",
+                                              "--config.eval.output={T}/afile/stats.json"],
+     ["--config.eval.output={T}/afile/stats.json", "is a file"], False, []),
+    ("evaluate_unknown_mode", ["evaluate.py", "--config=configs/prn.py:smoke", "--workdir={T}/w",
+                               "--config.eval.mode=bogus"], ["config.eval.mode", "bogus"], False,
+     ["w"]),
+    ("evaluate_no_checkpoint", ["evaluate.py", "--config=configs/prn.py:smoke", "--workdir={T}/w",
+                                "--config.eval.mode=prn_gt"], ["no prn checkpoint", "train.py"],
+     False, []),
+    ("predict_no_images_folder", ["-m", "mpn_jax.predict", "--config=configs/prn.py:smoke",
+                                  "--workdir={T}/w", "--images={T}/missing",
+                                  "--output={T}/out"], ["--images", "{T}/missing"], False,
+     ["out"]),
+    ("predict_output_is_the_images_folder", ["-m", "mpn_jax.predict",
+                                             "--config=configs/prn.py:smoke", "--workdir={T}/w",
+                                             "--images={T}/images", "--output={T}/images"],
+     ["--output", "--images"], False, []),
+    ("datasets_no_coco_dir", ["-m", "mpn_jax.data.datasets", "--name=coco_keypoints",
+                              "--data_dir={T}/tfds"], ["--coco_dir", "--download"], False,
+     ["tfds"]),
+    ("weights_missing_input", ["-m", "mpn_jax.weights", "--source=torchvision",
+                               "--input={T}/missing.pth", "--output={T}/weights"],
+     ["{T}/missing.pth", "does not exist"], False, ["weights"]),
+    ("weights_output_exists", ["-m", "mpn_jax.weights", "--source=torchvision",
+                               "--input={T}/afile", "--output={T}/images"],
+     ["--output={T}/images", "already exists"], False, []),
+    ("benchmark_unknown_part", ["-m", "mpn_jax.benchmark", "--parts=bogus"], ["--parts", "bogus"],
+     False, []),
+    ("benchmark_unwritable_output", ["-m", "mpn_jax.benchmark", "--parts=peak",
+                                     "--output={T}/afile/bench.json"],
+     ["--output={T}/afile/bench.json"], False, []),
+    ("quickstart_workdir_is_a_file", ["-m", "mpn_jax.quickstart", "--preset=smoke",
+                                      "--workdir={T}/afile"], ["{T}/afile"], False, []),
+]
+
+
+def _files(tmp):
+  """The inputs the cases point at."""
+  (tmp / "afile").write_text("the user's own file\n")
+  (tmp / "images").mkdir()
+  (tmp / "images" / "photo.jpg").write_bytes(b"not really a jpeg")
+  image = {"id": 1, "width": 64, "height": 64, "file_name": "a.jpg"}
+
+  def write(name, annotations, **extra):
+    data = {"images": [image], "annotations": annotations, "categories": [{"id": 1}], **extra}
+    (tmp / name).write_text(json.dumps(data))
+
+  write("empty.json", [])
+  write("one.json", [PERSON])
+  write("nan.json", [dict(PERSON, keypoints=[15, float("nan"), 2] + [15, 20, 2] * 16)])
+  write("short.json", [dict(PERSON, keypoints=[15, 20, 2] * 16)])
+  (tmp / "no_annotations.json").write_text(json.dumps({"images": [image]}))
+  (tmp / "truncated.json").write_text(json.dumps({"images": [image], "annotations": [PERSON]})[:90])
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_user_error_is_one_line(case, tmp_path, request):
+  name, argv, expected, needs_shared, absent = case
+  if needs_shared:  # the PRN smoke preset's training file is read before the bad one
+    request.getfixturevalue("coco_dir")
+  _files(tmp_path)
+  before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+  argv = [a.replace("{T}", str(tmp_path)) for a in argv]
+  proc = subprocess.run([sys.executable, *argv], cwd=REPO, env=ENV, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 2, f"{name}: exit {proc.returncode}\n{proc.stderr[-3000:]}"
+  assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  errors = [ln for ln in proc.stderr.splitlines() if ": error: " in ln]
+  assert len(errors) == 1, proc.stderr[-3000:]
+  line = errors[0]
+  assert line == proc.stderr.strip().splitlines()[-1]  # the last word
+  prog = argv[0] if argv[0] != "-m" else argv[1]
+  assert line.startswith(f"{prog}: error: "), line
+  for text in expected:
+    assert text.replace("{T}", str(tmp_path)) in line, line
+  for rel in absent:
+    assert not (tmp_path / rel).exists(), f"{name} left {rel} behind"
+  # Nothing the user had was changed.
+  assert {p: p.read_bytes() for p in before} == before

@@ -1,0 +1,255 @@
+"""mpn_jax.predict writes beside the user's images, never over them: the --output folder check,
+one picture name per input, the count of files written, atomic writes, and the error when no
+image could be read."""
+
+import json
+import os
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mpn_jax import errors
+from mpn_jax import predict
+from mpn_jax import visualize
+
+from conftest import REPO
+# Tiny randomly initialised stages saved as checkpoints (no training); imported so pytest uses it
+# as a fixture of this module too.
+from test_evaluate_cli import tiny_stages  # noqa: F401  pylint: disable=unused-import
+
+
+def _names(*files):
+  got = predict.output_names([os.path.join("d", f) for f in files])
+  return {os.path.basename(p): name for p, name in got.items()}
+
+
+def _snapshot(folder):
+  """{file name: bytes} of a folder's files (to show that nothing in it changed)."""
+  return {n: (folder / n).read_bytes() for n in sorted(os.listdir(folder))
+          if (folder / n).is_file()}
+
+
+def _image_folder(folder):
+  """photo.jpg and photo.png (one stem, two images) and an unreadable broken.jpg."""
+  folder.mkdir()
+  rng = np.random.default_rng(0)
+  Image.fromarray(rng.integers(0, 256, (30, 40, 3), np.uint8)).save(folder / "photo.jpg")
+  Image.fromarray(rng.integers(0, 256, (20, 50, 3), np.uint8)).save(folder / "photo.png")
+  (folder / "broken.jpg").write_bytes(b"not a jpeg")
+  return folder
+
+
+# --- picture names ------------------------------------------------------------------------------
+
+
+def test_a_unique_stem_is_kept():
+  assert _names("a.jpg", "b.PNG", "c.tiff") == {"a.jpg": "a.png", "b.PNG": "b.png",
+                                                 "c.tiff": "c.png"}
+
+
+def test_inputs_sharing_a_stem_take_their_whole_name():
+  assert _names("photo.jpg", "photo.png", "other.jpeg") == {
+      "photo.jpg": "photo.jpg.png", "photo.png": "photo.png.png", "other.jpeg": "other.png"}
+
+
+def test_names_differing_in_case_are_distinct_files():
+  assert _names("a.JPG", "a.jpg") == {"a.JPG": "a.JPG.png", "a.jpg": "a.jpg.png"}
+  assert _names("A.jpg", "a.png") == {"A.jpg": "A.png", "a.png": "a.png"}
+
+
+def test_a_stem_name_meeting_a_whole_name_takes_its_whole_name_too():
+  # photo.jpg.png's stem name is photo.jpg.png, which photo.jpg takes (it shares "photo").
+  assert _names("photo.jpg", "photo.png", "photo.jpg.png") == {
+      "photo.jpg": "photo.jpg.png", "photo.png": "photo.png.png",
+      "photo.jpg.png": "photo.jpg.png.png"}
+
+
+def test_no_picture_is_named_like_the_predictions_file(tmp_path):
+  (tmp_path / "predictions.json").write_text("{}")  # not an image: not listed
+  for n in ("predictions.png", "predictions.json.jpg", "predictions.json.png"):
+    Image.new("RGB", (2, 2)).save(tmp_path / n)
+  paths = predict.list_images(str(tmp_path))
+  assert sorted(os.path.basename(p) for p in paths) == [
+      "predictions.json.jpg", "predictions.json.png", "predictions.png"]
+  names = predict.output_names(paths)
+  assert predict.PREDICTIONS_FILE not in names.values()
+  assert len(set(names.values())) == len(paths)
+
+
+def test_random_folders_never_map_two_inputs_to_one_name():
+  rng = random.Random(0)
+  parts, exts = ["a", "A", "a.jpg", "a.png", "b"], [".jpg", ".png", ".JPG", ".jpeg", ".png.png"]
+  for _ in range(300):
+    files = {rng.choice(parts) + rng.choice(exts) for _ in range(rng.randint(1, 8))}
+    names = _names(*files)
+    assert len(set(names.values())) == len(files), names
+    assert all(n.endswith(".png") for n in names.values())
+    for f, n in names.items():  # each name is the stem's or the whole name's
+      assert n in (os.path.splitext(f)[0] + ".png", f + ".png")
+
+
+# --- the --images folder and the --output folder ------------------------------------------------
+
+
+def test_missing_or_empty_images_folder_is_a_user_error(tmp_path):
+  with pytest.raises(errors.MissingFileError, match="--images=.*nope is not a folder"):
+    predict.list_images(str(tmp_path / "nope"))
+  (tmp_path / "notes.txt").write_text("x")
+  (tmp_path / "sub.jpg").mkdir()  # a folder with an image's name is no image
+  with pytest.raises(FileNotFoundError, match="no image files"):  # still a FileNotFoundError
+    predict.list_images(str(tmp_path))
+
+
+def _check(images, output):
+  predict.check_output(str(images), str(output),
+                       predict.output_names(predict.list_images(str(images))))
+
+
+@pytest.mark.parametrize("spelling", ["same", "inside", "dotdot", "link", "inside_link"])
+def test_an_output_folder_in_the_images_folder_is_refused(tmp_path, spelling):
+  images = _image_folder(tmp_path / "D")
+  os.symlink(images, tmp_path / "L")
+  output = {"same": images, "inside": images / "sub" / "out", "dotdot": images / "sub" / "..",
+            "link": tmp_path / "L", "inside_link": tmp_path / "L" / "sub"}[spelling]
+  with pytest.raises(errors.ConfigError) as raised:
+    _check(images, output)
+  message = str(raised.value)
+  assert "\n" not in message
+  assert f"--output={output} " in message and f"--images={images}" in message
+  assert "choose an --output folder outside --images" in message
+  where = "is the --images folder" if spelling in ("same", "dotdot", "link") else "is inside"
+  assert where in message
+
+
+def test_an_output_folder_beside_or_above_the_images_is_accepted(tmp_path):
+  images = _image_folder(tmp_path / "D")
+  _check(images, tmp_path / "D_predictions")
+  _check(images, tmp_path)  # pictures land in tmp_path, not in tmp_path/D
+
+
+def test_an_input_linking_into_the_output_folder_is_not_replaced(tmp_path):
+  out = tmp_path / "out"
+  out.mkdir()
+  Image.new("RGB", (4, 4)).save(out / "mine.png")
+  images = tmp_path / "D"
+  images.mkdir()
+  os.symlink(out / "mine.png", images / "mine.png")  # its picture would be out/mine.png
+  with pytest.raises(errors.ConfigError, match=r"replace the file .*mine\.png.*links to"):
+    _check(images, out)
+
+
+def test_the_output_check_comes_before_any_checkpoint_is_loaded(tmp_path, monkeypatch):
+  images = _image_folder(tmp_path / "D")
+  before = _snapshot(images)
+
+  def no_loading(*args, **kwargs):
+    raise AssertionError("load_pipeline called before the --output check")
+  monkeypatch.setattr(predict, "load_pipeline", no_loading)
+  with pytest.raises(errors.ConfigError, match="--output"):
+    predict.predict_folder(None, str(tmp_path / "no_workdir"), str(images), str(images / "x"), "")
+  assert _snapshot(images) == before and not (images / "x").exists()
+
+
+def test_the_command_refuses_the_images_folder_as_output(tmp_path):
+  images = _image_folder(tmp_path / "D")
+  before = _snapshot(images)
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+      [sys.executable, "-m", "mpn_jax.predict", "--config=configs/prn.py:smoke",
+       f"--workdir={tmp_path / 'no_workdir'}", f"--branches_workdir={tmp_path / 'no_branches'}",
+       f"--images={images}", f"--output={images}"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  lines = [line for line in proc.stderr.splitlines() if "error:" in line]
+  assert len(lines) == 1, proc.stderr[-3000:]
+  assert lines[0].startswith(f"mpn_jax.predict: error: --output={images} is the --images folder")
+  assert "Traceback" not in proc.stderr
+  assert _snapshot(images) == before
+
+
+# --- atomic writes ------------------------------------------------------------------------------
+
+
+def test_save_png_replaces_the_file_whole(tmp_path):
+  path = tmp_path / "a" / "pic.png"
+  pic = np.full((6, 8, 3), 200, np.uint8)
+  assert visualize.save_png(pic, str(path)) == str(path)
+  assert np.array_equal(np.asarray(Image.open(path)), pic)
+  mask = os.umask(0o022)
+  os.umask(mask)
+  assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # as a plain open() would make it
+  visualize.save_png(pic // 2, str(path))
+  assert np.array_equal(np.asarray(Image.open(path)), pic // 2)
+  assert os.listdir(path.parent) == ["pic.png"]  # no temporary file left
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary_file(tmp_path):
+  path = tmp_path / "predictions.json"
+  path.write_text('{"old": 1}')
+
+  def half_then_fail(f):
+    f.write(b'{"new": ')
+    raise OSError(28, "No space left on device")
+  with pytest.raises(OSError, match="No space left"):
+    visualize.replace_atomically(str(path), half_then_fail)
+  assert path.read_text() == '{"old": 1}'
+  assert os.listdir(tmp_path) == ["predictions.json"]
+
+
+# --- the whole command on a folder, with tiny untrained networks --------------------------------
+
+_LOADED = {}
+
+
+@pytest.fixture()
+def load_once(monkeypatch):
+  """Loads (and compiles) each pipeline once for the tests of this module."""
+  load = predict.load_pipeline
+
+  def cached(config, workdir, branches_workdir, *args, **kwargs):
+    key = (str(workdir), str(branches_workdir))
+    if key not in _LOADED:
+      _LOADED[key] = load(config, workdir, branches_workdir, *args, **kwargs)
+    return _LOADED[key]
+  monkeypatch.setattr(predict, "load_pipeline", cached)
+
+
+def test_one_picture_per_readable_input_and_inputs_untouched(tiny_stages, load_once, tmp_path,
+                                                             capsys):
+  branches, prn, pcfg, _ = tiny_stages
+  images = _image_folder(tmp_path / "D")
+  before = _snapshot(images)
+  out = tmp_path / "out"
+  written, skipped = predict.predict_folder(pcfg, str(prn), str(images), str(out), str(branches),
+                                            min_score=0.0)
+  printed = capsys.readouterr()
+  assert _snapshot(images) == before  # byte for byte
+  assert sorted(os.listdir(out)) == ["photo.jpg.png", "photo.png.png", "predictions.json"]
+  assert written == 2 == len(list(out.glob("*.png")))
+  assert skipped == [str(images / "broken.jpg")]
+  for name, size in (("photo.jpg", (40, 30)), ("photo.png", (50, 20))):
+    with Image.open(out / (name + ".png")) as drawn:
+      assert drawn.size == size  # drawn on that image's own pixels
+  assert sorted(json.loads((out / "predictions.json").read_text())) == ["photo.jpg", "photo.png"]
+  assert (f"2 pictures written to {out}, predictions in {out / 'predictions.json'}; "
+          "1 unreadable image(s) skipped") in printed.out
+  assert "broken.jpg" in printed.err
+
+
+def test_a_folder_of_unreadable_images_is_an_error(tiny_stages, load_once, tmp_path):
+  branches, prn, pcfg, _ = tiny_stages
+  images = tmp_path / "D"
+  images.mkdir()
+  (images / "a.jpg").write_bytes(b"not a jpeg")
+  (images / "b.png").write_bytes(b"\x89PNG broken")
+  out = tmp_path / "out"
+  with pytest.raises(errors.DataError) as raised:
+    predict.predict_folder(pcfg, str(prn), str(images), str(out), str(branches))
+  message = str(raised.value)
+  assert f"none of the 2 image file(s) in --images={images} could be read" in message
+  assert str(images / "a.jpg") in message and "\n" not in message
+  assert not out.exists()  # neither pictures nor an empty predictions.json
