@@ -1,25 +1,32 @@
 r"""Stage one of MultiPoseNet: ResNet backbone + keypoint subnet + RetinaNet person detection.
 
 Presets (the part after the colon):
-  coco (default)  COCO 2017 person keypoints at 480x480, the paper's recipe as far as it is known.
+  coco (default)  COCO 2017 person keypoints at 480x480, the paper's first phase: backbone and
+                  keypoint subnet (Adam 1e-4); the detection subnet is not trained.
+  coco_detection  the paper's second phase: the detection subnet (Adam 1e-5) on the frozen rest,
+                  from the first phase's workdir (--config.init_from).
+  coco_joint      both parts at once, with loss weights that balance them.
+  coco_samples    the learning check: the 80 real train2017 samples in ../shared, CPU-sized.
   synthetic       the built-in synthetic dataset (128 px), a small network: minutes on a 2-core CPU.
   smoke           a few steps on tiny shapes, for tests.
 
-  python train.py --config=configs/branches.py --workdir=/tmp/mpn/branches \
+  python train.py --config=configs/branches.py --workdir=/tmp/mpn/keypoints \
       --config.dataset.coco_dir=/data/coco --config.init_from=/tmp/resnet50_imagenet
+  python train.py --config=configs/branches.py:coco_detection --workdir=/tmp/mpn/branches \
+      --config.dataset.coco_dir=/data/coco --config.init_from=/tmp/mpn/keypoints
   python train.py --config=configs/branches.py:synthetic --workdir=/tmp/mpn/synthetic_branches
   python train.py --config=configs/branches.py:smoke --workdir=/tmp/mpn/smoke_branches
 
-Every field can be overridden on the command line, e.g. `--config.train.learning_rate=3e-4
---config.train.trainable=detection`; a misspelt field is an error (the config is locked).
+Every field can be overridden on the command line, e.g. `--config.train.learning_rate=3e-4`; a
+misspelt field is an error (the config is locked).
 
 Recipe: Kocabas et al. (ECCV 2018) and the authors' reference code train the keypoint subnet with
 Adam (lr 1e-4, no weight decay, lr x0.1 on plateau) on 480x480 crops from an ImageNet-initialised
-ResNet, then the detection subnet with Adam (lr 1e-5) with backbone and keypoint subnet frozen. Here
-both parts can be trained jointly (trainable='all', the default) or one after the other
-(trainable='keypoints', then trainable='detection' in a new workdir with --config.init_from=<the
-first workdir>); the plateau schedule becomes a fixed x0.1 piecewise schedule at 75% and 90% of
-training, so that a resumed run is exact.
+ResNet, then the detection subnet with Adam (lr 1e-5) with backbone and keypoint subnet frozen;
+the coco presets do the same in two runs (coco, then coco_detection). The plateau schedule becomes
+a fixed x0.1 piecewise schedule at 75% and 90% of training, so that a resumed run is exact. Only
+images with an annotated person are trained on (dataset.keep_empty). Frozen BatchNorm (the coco
+presets) needs ImageNet weights: a run from scratch with it is refused.
 """
 
 import ml_collections
@@ -30,12 +37,15 @@ from mpn_jax import models
 from mpn_jax.data import pipeline
 
 
+PRESETS = ("coco", "coco_detection", "coco_joint", "coco_samples", "synthetic", "smoke")
+
+
 def get_config(arg=None):
-  """Returns the branches config for the preset `arg` (coco, synthetic or smoke)."""
+  """Returns the branches config for the preset `arg` (one of PRESETS)."""
   preset = arg or "coco"
-  if preset not in ("coco", "synthetic", "smoke"):
-    raise ValueError(f"configs/branches.py: unknown preset {preset!r}; use coco, synthetic or "
-                     "smoke (e.g. --config=configs/branches.py:synthetic)")
+  if preset not in PRESETS:
+    raise ValueError(f"configs/branches.py: unknown preset {preset!r}; use one of "
+                     f"{', '.join(PRESETS)} (e.g. --config=configs/branches.py:synthetic)")
   config = ml_collections.ConfigDict()
   config.stage = "branches"
   config.preset = preset
@@ -54,9 +64,19 @@ def get_config(arg=None):
   config.dataset.seed = 0
   config.dataset.train_split = "train"
   config.dataset.eval_split = "validation"
+  # Fraction of the training images WITHOUT an annotated person that are kept (0: only images with
+  # people; 1: every image). About half of COCO's images have no person and no keypoint signal.
+  config.dataset.keep_empty = 0.0
 
   config.input = pipeline.input_config()        # size S, batch_size (global), augmentation, targets
   config.input.batch_size = 24
+  # The reference implementation's augmentation: each crop centred on an annotated person scaled
+  # to 0.6 S, then scaled 0.8-1.2, rotated +-40 degrees, mirrored half the time.
+  aug = config.input.augment
+  aug.center = "person"
+  aug.scale_min, aug.scale_max = 0.8, 1.2
+  aug.rotation = 40.0
+  aug.flip = 0.5
   config.model = models.multiposenet_config()   # ResNet-50 v1.5, FPN 256
   config.inference = inference.inference_config()
   config.eval = evaluate.eval_config("detector")  # python evaluate.py (see mpn_jax/evaluate.py)
@@ -71,7 +91,9 @@ def get_config(arg=None):
   config.train.warmup_steps = 500
   config.train.grad_clip_norm = 0.0        # 0 disables clipping
   config.train.num_steps = 200_000         # ~75 epochs of the 64k train2017 images with people
-  config.train.trainable = "all"           # 'all' | 'keypoints' | 'detection' (the rest frozen)
+  # 'keypoints' (backbone + keypoint subnet; coco, the paper's first phase) | 'detection' (the
+  # RetinaNet subnet on the frozen rest; coco_detection) | 'all' (jointly; coco_joint).
+  config.train.trainable = "keypoints"
   config.train.log_every_steps = 50
   config.train.checkpoint_every_steps = 2000
   config.train.keep_checkpoints = 3        # the last N, plus the best by train.best_metric
@@ -103,15 +125,85 @@ def get_config(arg=None):
   config.distributed.num_processes = 0
   config.distributed.process_id = -1
 
-  if preset == "synthetic":
+  if preset == "coco_detection":
+    _coco_detection(config)
+  elif preset == "coco_joint":
+    _coco_joint(config)
+  elif preset == "coco_samples":
+    _coco_samples(config)
+  elif preset == "synthetic":
     _synthetic(config)
   elif preset == "smoke":
     _smoke(config)
   return config
 
 
+def _coco_detection(config):
+  # The paper's second phase: the detection subnet alone (Adam 1e-5), backbone and keypoint subnet
+  # frozen, from the first phase's workdir (--config.init_from=DIR; refused without it).
+  config.train.trainable = "detection"
+  config.train.learning_rate = 1e-5
+  config.train.num_steps = 50_000          # ~19 epochs of the 64k images with people
+
+
+def _coco_joint(config):
+  # Both parts at once, weighted so that neither runs the shared backbone: at initialisation on 24
+  # real val2017 images at 480 (scripts/loss_magnitudes.py) the detection terms (focal 1.13 + box
+  # 5.20) are 11.8x the keypoint L2 (0.54, final + intermediate); x10 makes them about equal
+  # (docs/experiments.md, 2026-12-02).
+  config.train.trainable = "all"
+  config.loss.keypoint_weight = 10.0
+
+
+def _coco_samples(config):
+  """The learning check on real images (python -m mpn_jax.quickstart --preset=coco_samples): the
+  coco recipe's data path (real masks, crowd and unlabelled-person ignore regions, images with
+  people only, person-centred crops) on the 80 train2017 samples, with a network a 2-core CPU
+  trains in ~20 minutes (from scratch, so both parts jointly and BatchNorm trained)."""
+  config.dataset.coco_dir = "../shared/data/coco"
+  config.dataset.train_ann = "person_keypoints_train2017_sample.json"
+  config.dataset.val_ann = "person_keypoints_val2017_sample.json"
+  config.input.size = 256
+  config.input.crop_size = 128           # a 128 px window around the chosen person per example
+  config.input.batch_size = 4
+  config.input.shuffle_buffer = 64
+  config.input.max_boxes = 32
+  config.input.max_people = 16
+  config.input.heatmap_sigma = 1.5
+  config.input.augment.person_height = 0.35  # of S: the chosen person fills ~70% of the window
+  m = config.model  # as the synthetic preset's: narrow, from scratch
+  m.backbone.stage_sizes = (1, 2, 2, 1)
+  m.backbone.width = 16
+  m.backbone.frozen_bn = False
+  m.backbone.zero_init_residual = True
+  m.fpn_channels = 64
+  m.keypoint_head.channels = 32
+  m.keypoint_head.fused_channels = 64
+  m.retina_head.channels = 64
+  m.retina_head.num_convs = 2
+  config.loss.keypoint_weight = 30.0
+  config.loss.intermediate_weight = 0.5
+  config.train.trainable = "all"
+  config.train.learning_rate = 2e-3
+  config.train.schedule = "cosine"
+  config.train.warmup_steps = 50
+  config.train.num_steps = 4000
+  config.train.log_every_steps = 100
+  config.train.checkpoint_every_steps = 1000
+  config.train.eval_every_steps = 0
+  config.train.eval_batches = 0
+  config.train.best_metric = ""
+  # Test-time: the whole image at 1x, 1.5x and 2x (small people), mirrored too.
+  config.inference.scales = (1.0, 1.5, 2.0)
+  config.inference.flip = True
+  config.eval.max_images = 0
+
+
 def _synthetic(config):
+  config.input.augment = pipeline.input_config().augment  # the letterbox zoom (set below)
   config.dataset.name = "mpn_synthetic"
+  config.dataset.keep_empty = 1.0
+  config.train.trainable = "all"
   config.input.size = 128
   config.input.shuffle_buffer = 256
   config.input.max_boxes = 16
@@ -182,7 +274,10 @@ def _synthetic(config):
 
 
 def _smoke(config):
+  config.input.augment = pipeline.input_config().augment
   config.dataset.name = "mpn_synthetic"
+  config.dataset.keep_empty = 1.0
+  config.train.trainable = "all"
   config.dataset.image_size = 64
   config.dataset.num_train = 8
   config.dataset.num_val = 4

@@ -33,6 +33,7 @@ import numpy as np
 from mpn_jax import assignment
 from mpn_jax import boxes as box_lib
 from mpn_jax import coco
+from mpn_jax import errors
 from mpn_jax import prn_grid
 
 HEATMAP_STRIDE = 4
@@ -72,20 +73,20 @@ def inference_config():
 
 def _check_config(config):
   if config.prn_input not in PRN_INPUTS:
-    raise ValueError(f"inference.prn_input={config.prn_input!r}: use one of {PRN_INPUTS}")
+    raise errors.ConfigError(f"inference.prn_input={config.prn_input!r}: use one of {PRN_INPUTS}")
   if config.peak_refine not in REFINE_MODES:
-    raise ValueError(f"inference.peak_refine={config.peak_refine!r}: use one of {REFINE_MODES}")
+    raise errors.ConfigError(f"inference.peak_refine={config.peak_refine!r}: use one of {REFINE_MODES}")
   if config.assign_method not in assignment.METHODS:
-    raise ValueError(f"inference.assign_method={config.assign_method!r}: use one of "
-                     f"{assignment.METHODS}")
+    raise errors.ConfigError(f"inference.assign_method={config.assign_method!r}: use one of "
+                             f"{assignment.METHODS}")
   if config.get("candidate_scores", "prn") not in assignment.SCORERS:
-    raise ValueError(f"inference.candidate_scores={config.candidate_scores!r}: use one of "
-                     f"{assignment.SCORERS}")
+    raise errors.ConfigError(f"inference.candidate_scores={config.candidate_scores!r}: use one of "
+                             f"{assignment.SCORERS}")
   if config.instance_score not in assignment.SCORE_MODES:
-    raise ValueError(f"inference.instance_score={config.instance_score!r}: use one of "
-                     f"{assignment.SCORE_MODES}")
+    raise errors.ConfigError(f"inference.instance_score={config.instance_score!r}: use one of "
+                             f"{assignment.SCORE_MODES}")
   if not config.scales or any(s <= 0 for s in config.scales):
-    raise ValueError(f"inference.scales={tuple(config.scales)!r}: give one or more positive scales")
+    raise errors.ConfigError(f"inference.scales={tuple(config.scales)!r}: give one or more positive scales")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -342,8 +343,8 @@ def merge_outputs(apply_fn, images, config):
   """
   b, h, w, _ = images.shape
   if config.flip and w % HEATMAP_STRIDE:
-    raise ValueError(f"inference.flip needs an input width that is a multiple of {HEATMAP_STRIDE} "
-                     f"(got {w}): set input.size accordingly or turn flip off")
+    raise errors.ConfigError(f"inference.flip needs an input width that is a multiple of {HEATMAP_STRIDE} "
+                             f"(got {w}): set input.size accordingly or turn flip off")
   grid, _ = merge_grid((h, w), config)
   heat, cand_boxes, cand_scores = [], [], []
   for s in config.scales:
@@ -494,8 +495,8 @@ def results_to_coco(image_ids, keypoints, scores, valid, visibility="score"):
     list of {'image_id', 'category_id': 1, 'keypoints': [51] floats, 'score'} for valid people.
   """
   if visibility not in ("score", "one"):
-    raise ValueError(f"keypoint visibility {visibility!r}: use 'score' or 'one' "
-                     "(config field inference.keypoint_visibility)")
+    raise errors.ConfigError(f"keypoint visibility {visibility!r}: use 'score' or 'one' "
+                             "(config field inference.keypoint_visibility)")
   image_ids = np.asarray(image_ids)
   keypoints = np.asarray(keypoints, np.float64).copy()
   scores, valid = np.asarray(scores, np.float64), np.asarray(valid, bool)

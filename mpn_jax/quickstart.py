@@ -1,6 +1,13 @@
 r"""The whole of MultiPoseNet on the built-in synthetic dataset, in one command (minutes on a CPU).
 
   python -m mpn_jax.quickstart --workdir=runs/quickstart [--preset=synthetic|smoke]
+  python -m mpn_jax.quickstart --preset=coco_samples --workdir=runs/coco_samples [--coco_dir=DIR]
+
+--preset=coco_samples is the learning check on real images: stage one (configs/branches.py:
+coco_samples) on the 80 real train2017 samples of ../shared/data/coco (images with people only,
+person-centred crops, real masks and ignore regions), the PRN on the real annotation-only
+prn_train split (configs/prn.py:coco_small), the whole pipeline scored on those training images
+and on the 127 val2017 samples; the last line is the training images' AP.
 
 Steps, each reused when a previous run finished it (and resumed when it stopped half-way):
   1. the synthetic TFDS dataset (`mpn_jax.data.synthetic`) in WORKDIR/tfds;
@@ -30,14 +37,17 @@ import ml_collections
 from mpn_jax import cli
 from mpn_jax import errors
 
-PRESETS = ("synthetic", "smoke")
+PRESETS = ("synthetic", "smoke", "coco_samples")
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/quickstart", "Folder for the dataset, both "
                                "stages' checkpoints, the statistics and the pictures.")
 _PRESET = flags.DEFINE_enum("preset", "synthetic", PRESETS,
                             "synthetic: the defaults (~15 min on 2 CPU cores); smoke: seconds, for "
-                            "tests.")
+                            "tests; coco_samples: the learning check on real COCO images.")
+_COCO_DIR = flags.DEFINE_string("coco_dir", "", "coco_samples: the COCO folder with annotations/"
+                                "person_keypoints_{train,val}2017_sample.json, train2017/ and "
+                                "val2017/ (default: ../shared/data/coco beside the checkout).")
 
 
 def _config(name, preset):
@@ -49,15 +59,33 @@ def _config(name, preset):
   return predict.load_config_file(f"{path}:{preset}")
 
 
-def make_configs(workdir, preset="synthetic"):
-  """(branches config, PRN config) of the quickstart: both stages on the same synthetic dataset in
-  workdir/tfds; the PRN config evaluates the whole pipeline with the branches run of
-  workdir/branches."""
+def default_coco_dir():
+  return os.path.normpath(os.path.join(_ROOT, "..", "shared", "data", "coco"))
+
+
+def eval_sets(preset, coco_dir=""):
+  """[(name, annotation file, image folder)] the quickstart scores: the synthetic validation split
+  (the TFDS split itself: None, None), or the real training and validation samples."""
+  if preset != "coco_samples":
+    return [("validation", None, None)]
+  root = os.path.abspath(os.path.expanduser(coco_dir or default_coco_dir()))
+  return [(split, os.path.join(root, "annotations", f"person_keypoints_{folder}_sample.json"),
+           os.path.join(root, folder)) for split, folder in (("train", "train2017"),
+                                                             ("validation", "val2017"))]
+
+
+def make_configs(workdir, preset="synthetic", coco_dir=""):
+  """(branches config, PRN config) of the quickstart: both stages on the same dataset in
+  workdir/tfds (synthetic, or for coco_samples the real samples in `coco_dir`, whose PRN trains on
+  the annotation-only prn_train split, configs/prn.py:coco_small); the PRN config evaluates the
+  whole pipeline with the branches run of workdir/branches."""
   if preset not in PRESETS:
     raise errors.ConfigError(f"--preset={preset!r}: use one of {PRESETS}")
   workdir = os.path.abspath(os.path.expanduser(workdir))
   branches = _config("branches", preset)
   branches.dataset.data_dir = os.path.join(workdir, "tfds")
+  if preset == "coco_samples":
+    return _coco_samples_configs(workdir, branches, coco_dir)
   prn = _config("prn", preset)
   if preset == "smoke":  # configs/prn.py:smoke reads COCO files: point it at the synthetic data
     prn.data.name = "mpn_synthetic"
@@ -77,6 +105,28 @@ def make_configs(workdir, preset="synthetic"):
   return branches, prn
 
 
+def _coco_samples_configs(workdir, branches, coco_dir):
+  root = os.path.abspath(os.path.expanduser(coco_dir or default_coco_dir()))
+  for _, ann, images in eval_sets("coco_samples", root):
+    if not os.path.isfile(ann) or not os.path.isdir(images):
+      raise errors.MissingFileError(
+          f"--coco_dir={root} lacks {ann if not os.path.isfile(ann) else images}: pass the folder "
+          "with annotations/person_keypoints_{train,val}2017_sample.json, train2017/ and val2017/ "
+          "(../shared/data/coco)")
+  branches.dataset.coco_dir = root
+  prn = _config("prn", "coco_small")
+  prn.data.data_dir = root
+  prn.inference.scales = tuple(branches.inference.scales)
+  prn.inference.flip = bool(branches.inference.flip)
+  prn.eval.mode = "pipeline"
+  prn.eval.branches_workdir = os.path.join(workdir, "branches")
+  prn.eval.branches_config = os.path.join(_ROOT, "configs", "branches.py:coco_samples")
+  prn.eval.pictures = 8
+  prn.eval.pictures_dir = os.path.join(workdir, "pictures")
+  prn.eval.max_images = 0
+  return branches, prn
+
+
 def latest_step(stage_workdir):
   """The newest checkpoint step of a stage's workdir, or None."""
   from mpn_jax import predict  # pylint: disable=g-import-not-at-top
@@ -93,11 +143,12 @@ def prepare_dataset(branches):
   ds = branches.dataset
   ann = [os.path.exists(datasets.annotation_file(ds, s)) if _builder_ready(ds) else False
          for s in ("train", "validation")]
-  if all(ann):
-    _say(f"reusing the synthetic dataset in {ds.data_dir}")
+  if ds.name == "coco_keypoints":
+    what = f"the COCO samples of {ds.coco_dir}"
   else:
-    _say(f"building the synthetic dataset ({ds.num_train} train / {ds.num_val} validation images "
-         f"of {ds.image_size} px) in {ds.data_dir}")
+    what = (f"the synthetic dataset ({ds.num_train} train / {ds.num_val} validation images of "
+            f"{ds.image_size} px)")
+  _say(f"reusing {what} in {ds.data_dir}" if all(ann) else f"building {what} in {ds.data_dir}")
   datasets.load_builder(ds)
 
 
@@ -139,16 +190,23 @@ def _eval_is_fresh(stats_file, workdirs):
   return os.path.getmtime(stats_file) > newest
 
 
-def evaluate_pipeline(prn, workdir, scorer, retrain):
+def evaluate_pipeline(prn, workdir, scorer, retrain, eval_set=("validation", None, None)):
   """COCO keypoint statistics of the whole pipeline with PRN ('prn') or nearest-centre ('center')
-  assignment; reused from WORKDIR/eval/<name>_stats.json when no stage changed since."""
+  assignment on `eval_set` (name, annotation file, image folder; None: the TFDS validation split);
+  reused from WORKDIR/eval/<name>_stats.json when no stage changed since."""
   from mpn_jax import evaluate  # pylint: disable=g-import-not-at-top
+  set_name, ann_file, image_dir = eval_set
   name = "pipeline" if scorer == "prn" else "center"
+  if set_name != "validation":
+    name = f"{name}_{set_name}"
   stats_file = os.path.join(workdir, "eval", f"{name}_stats.json")
   cfg = ml_collections.ConfigDict(prn.to_dict())
   cfg.inference.candidate_scores = scorer
   cfg.eval.output = stats_file
   cfg.eval.results_file = os.path.join(workdir, "eval", f"{name}_results.json")
+  if ann_file:
+    cfg.eval.ann_file, cfg.eval.image_dir = ann_file, image_dir
+    cfg.eval.pictures_dir = os.path.join(cfg.eval.pictures_dir, set_name)
   if scorer != "prn":
     cfg.eval.pictures = 0
   pictures_ok = scorer != "prn" or (os.path.isdir(cfg.eval.pictures_dir) and any(
@@ -159,7 +217,7 @@ def evaluate_pipeline(prn, workdir, scorer, retrain):
     with open(stats_file) as f:
       return json.load(f)
   _say(f"evaluating the whole pipeline ({'PRN' if scorer == 'prn' else 'nearest-centre'} "
-       "assignment) on the validation images")
+       f"assignment) on the {set_name} images")
   return evaluate.evaluate(cfg, os.path.join(workdir, "prn"))
 
 
@@ -174,11 +232,12 @@ def summary_table(rows):
   return "\n".join(lines)
 
 
-def run(workdir, preset="synthetic"):
-  """Runs (or reuses) every step; returns the pipeline's COCO keypoint statistics."""
+def run(workdir, preset="synthetic", coco_dir=""):
+  """Runs (or reuses) every step; returns the pipeline's COCO keypoint statistics (coco_samples:
+  on the training images)."""
   workdir = os.path.abspath(os.path.expanduser(workdir))
   os.makedirs(workdir, exist_ok=True)
-  branches, prn = make_configs(workdir, preset)
+  branches, prn = make_configs(workdir, preset, coco_dir)
   times = {}
 
   t = time.time()
@@ -187,26 +246,37 @@ def run(workdir, preset="synthetic"):
 
   t = time.time()
   b_dir, p_dir = os.path.join(workdir, "branches"), os.path.join(workdir, "prn")
+  prn_preset = "coco_small" if preset == "coco_samples" else preset
   trained = train_stage(branches, b_dir, "stage one (backbone, keypoint subnet, detector)",
                         f"python train.py --config=configs/branches.py:{preset} --workdir={b_dir}")
   times["stage one"] = time.time() - t
   t = time.time()
   trained |= train_stage(prn, p_dir, "stage two (Pose Residual Network)",
-                         f"python train.py --config=configs/prn.py:{preset} --workdir={p_dir}")
+                         f"python train.py --config=configs/prn.py:{prn_preset} --workdir={p_dir}")
   times["PRN"] = time.time() - t
 
   t = time.time()
-  stats = evaluate_pipeline(prn, workdir, "prn", trained)
-  center = evaluate_pipeline(prn, workdir, "center", trained)
+  results = []
+  for eval_set in eval_sets(preset, branches.dataset.get("coco_dir", "")):
+    stats = evaluate_pipeline(prn, workdir, "prn", trained, eval_set)
+    center = evaluate_pipeline(prn, workdir, "center", trained, eval_set)
+    results.append((eval_set[0], stats, center))
   times["evaluation"] = time.time() - t
 
-  print()
-  print(f"COCO keypoint AP on the {branches.dataset.num_val} held-out synthetic validation images "
-        "(detector boxes, keypoint peaks, assignment):")
-  print(summary_table([("PRN (the whole pipeline)", stats),
-                       ("nearest-centre baseline", center)]))
+  for set_name, stats, center in results:
+    print()
+    if preset == "coco_samples":
+      what = {"train": "the 80 real train2017 sample images the model was trained on",
+              "validation": "the 127 real val2017 sample images (never trained on)"}[set_name]
+    else:
+      what = f"the {branches.dataset.num_val} held-out synthetic validation images"
+    print(f"COCO keypoint AP on {what} (detector boxes, keypoint peaks, assignment):")
+    print(summary_table([("PRN (the whole pipeline)", stats),
+                         ("nearest-centre baseline", center)]))
   print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()))
-  print(f"pictures (skeletons drawn on validation images): {prn.eval.pictures_dir}")
+  print(f"pictures (skeletons drawn on {'the images' if preset == 'coco_samples' else 'validation images'}): "
+        f"{prn.eval.pictures_dir}")
+  stats = results[0][1]
   print(f"keypoint AP = {stats['AP']:.3f}", flush=True)
   return stats
 
@@ -215,7 +285,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.INFO)
-  run(_WORKDIR.value, _PRESET.value)
+  run(_WORKDIR.value, _PRESET.value, _COCO_DIR.value)
 
 
 if __name__ == "__main__":

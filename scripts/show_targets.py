@@ -2,11 +2,23 @@ r"""Draws augmented examples with their training targets, to check them by eye.
 
 Each example becomes one row of two panels:
   left:  the augmented input with boxes (green person, red crowd) and the transformed keypoints
-         (left side blue, right side orange, skeleton lines);
+         (left side blue, right side orange, skeleton lines); with --center=person, the chosen
+         person's box is cyan and a thin cyan square marks where its centre may land (canvas
+         centre +- translate * S);
   right: the same picture, dimmed, with the 17 heatmaps (max over channels, yellow), the person mask
-         (green tint) and the cells left out of the loss (weights = 0, red tint).
-Stride-4 maps are shown as 4x4 blocks, exactly the input pixels their cell covers.
+         (green tint) and the cells left out of the loss (weights = 0, red tint: crowd regions and
+         people without labelled keypoints).
+Stride-4 maps are shown as 4x4 blocks, exactly the input pixels their cell covers. The augmentation
+is the training pipeline's (`pipeline.preprocess_train`) with the ranges of --config (the coco
+preset by default); --center picks the crop: "person" (centred on one annotated person scaled to
+augment.person_height of S) or "letterbox" (the whole image zoomed about its centre).
 
+Augmented real samples, person-centred crops (one command, run from the repository root):
+
+  python scripts/show_targets.py --coco_dir=../shared/data/coco --center=person --num=6 \
+      --size=320 --output=/tmp/targets_person.png
+
+The same with --center=letterbox for the whole-image mode, --seed=N for other draws, and
   python scripts/show_targets.py --coco_dir=../shared/data/coco --output=/tmp/targets.png
   python scripts/show_targets.py --dataset=mpn_synthetic --data_dir=/tmp/tfds --output=/tmp/t.png
 """
@@ -21,7 +33,11 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mpn_jax import coco
+from mpn_jax import predict
+from mpn_jax.data import augment
 from mpn_jax.data import pipeline
+
+_REPO = pathlib.Path(__file__).resolve().parents[1]
 
 _COCO_DIR = flags.DEFINE_string("coco_dir", None, "COCO root (annotations/, train2017/, val2017/).")
 _ANN = flags.DEFINE_string("annotations", "person_keypoints_train2017_sample.json",
@@ -36,7 +52,12 @@ _NUM = flags.DEFINE_integer("num", 4, "examples to draw (images with keypoints f
 _SIZE = flags.DEFINE_integer("size", 480, "input size S")
 _SIGMA = flags.DEFINE_float("sigma", 2.0, "heatmap sigma in stride-4 cells")
 _SEED = flags.DEFINE_integer("seed", 0, "augmentation seed")
-_NO_AUG = flags.DEFINE_bool("no_augment", False, "plain letterbox, no augmentation")
+_NO_AUG = flags.DEFINE_bool("no_augment", False, "no random augmentation (person-centred crops "
+                             "stay centred, unrotated, at person_height)")
+_CONFIG = flags.DEFINE_string("config", f"{_REPO / 'configs' / 'branches.py'}:coco",
+                              "config[:preset] whose config.input.augment ranges are used")
+_CENTER = flags.DEFINE_enum("center", None, ["letterbox", "person"],
+                            "crop centring (config.input.augment.center); default: the config's")
 
 _STRIDE = 4
 
@@ -72,9 +93,31 @@ def upsample(x):
   return np.repeat(np.repeat(x, _STRIDE, 0), _STRIDE, 1)
 
 
-def draw_left(rgb, t):
+def chosen_person(example, seed, cfg):
+  """Index and input-pixel xyxy box of the person a person-centred crop is centred on (or None).
+
+  Draws the same parameters as `pipeline.preprocess_train` (its geometry seed is the first half of
+  the example's seed split in two).
+  """
+  geo_seed = tf.random.experimental.stateless_split(seed, num=2)[0]
+  params = augment.sample_params(geo_seed, cfg.augment, example["people"])
+  index = int(params["person"])
+  if index < 0:
+    return None
+  shape = tf.shape(example["image"])
+  matrix = augment.params_matrix(shape[0], shape[1], cfg.size, params)
+  box = augment.coco_boxes_to_xyxy(params["box"])[None]
+  boxes, _ = augment.transform_boxes(box, matrix, (cfg.size, cfg.size))
+  return index, boxes.numpy()[0]
+
+
+def draw_left(rgb, t, centre_box=None, person_box=None):
+  """Boxes, keypoints and skeleton on the augmented input; `centre_box` and `person_box` (xyxy)
+  in cyan."""
   im = Image.fromarray(rgb)
   d = ImageDraw.Draw(im)
+  if centre_box is not None:
+    d.rectangle(list(centre_box), outline=(0, 255, 255), width=1)
   for box, label in zip(t["boxes"], t["box_labels"]):
     if label:
       d.rectangle(list(box), outline=(0, 255, 0) if label > 0 else (255, 0, 0), width=2)
@@ -88,6 +131,8 @@ def draw_left(rgb, t):
         color = (60, 120, 255) if name.startswith("left") else (
             (255, 150, 0) if name.startswith("right") else (255, 0, 255))
         d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=color)
+  if person_box is not None:
+    d.rectangle(list(person_box), outline=(0, 255, 255), width=3)
   return np.asarray(im)
 
 
@@ -101,22 +146,46 @@ def draw_right(rgb, t):
   return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def main(argv):
-  del argv
-  cfg = pipeline.input_config()
+def input_config():
+  """config.input of --config with --size, --sigma, --center and --no_augment applied."""
+  cfg = predict.load_config_file(_CONFIG.value).input.copy_and_resolve_references()
   cfg.size = _SIZE.value
   cfg.heatmap_sigma = _SIGMA.value
+  cfg.crop_size = 0  # the whole S x S canvas
+  if _CENTER.value:
+    cfg.augment.center = _CENTER.value
+  if _NO_AUG.value:
+    cfg.augment.update(dict(scale_min=1.0, scale_max=1.0, rotation=0.0, translate=0.0, flip=0.0))
+    cfg.augment.color_jitter.update(dict(brightness=0., contrast=0., saturation=0., hue=0.))
+  return cfg
+
+
+def main(argv):
+  del argv
+  cfg = input_config()
+  aug = cfg.augment
+  person = aug.get("center", "letterbox") == "person"
+  centre_box = None
+  if person:
+    lo, hi = (0.5 - aug.translate) * cfg.size, (0.5 + aug.translate) * cfg.size
+    centre_box = (lo, lo, hi, hi)
+  print(f"center={aug.get('center', 'letterbox')} size={cfg.size} scale={aug.scale_min}-"
+        f"{aug.scale_max} rotation=+-{aug.rotation} translate=+-{aug.translate} flip={aug.flip}" +
+        (f" person_height={aug.person_height} max_zoom={aug.max_zoom}" if person else ""))
   rows = []
   for i, example in enumerate(load_examples(_NUM.value)):
     example = tf.nest.map_structure(tf.convert_to_tensor, example)
-    if _NO_AUG.value:
-      cfg.augment.update(dict(scale_min=1.0, scale_max=1.0, rotation=0.0, translate=0.0, flip=0.0))
-      cfg.augment.color_jitter.update(dict(brightness=0., contrast=0., saturation=0., hue=0.))
     seed = pipeline.example_seed(_SEED.value, 0, i)
     t = tf.nest.map_structure(np.asarray, pipeline.preprocess_train(example, seed, cfg))
+    chosen = chosen_person(example, seed, cfg) if person else None
     rgb = denormalize(t["image"])
-    rows.append(np.concatenate([draw_left(rgb, t), draw_right(rgb, t)], 1))
-    print(f"example {i} (image {int(example['image_id'])}): "
+    rows.append(np.concatenate([draw_left(rgb, t, centre_box, chosen and chosen[1]),
+                                draw_right(rgb, t)], 1))
+    where = ""
+    if person:
+      where = (f"centred on person {chosen[0]} ({chosen[1][3] - chosen[1][1]:.0f} px tall), "
+               if chosen else "no person: letterbox, ")
+    print(f"example {i} (image {int(example['image_id'])}): {where}"
           f"{int((t['box_labels'] > 0).sum())} person boxes, "
           f"{int((t['box_labels'] < 0).sum())} crowd boxes, "
           f"{int((t['keypoints'][..., 2] > 0).sum())} visible keypoints, "

@@ -6,6 +6,7 @@ from scipy import ndimage
 import tensorflow as tf
 
 from mpn_jax import coco
+from mpn_jax import errors
 from mpn_jax.data import augment
 from mpn_jax.data import coco_keypoints
 from mpn_jax.data import pipeline
@@ -361,3 +362,209 @@ def test_bad_crop_size_names_the_field(crop):
   cfg.size, cfg.crop_size = 128, crop
   with pytest.raises(ValueError, match="config.input.crop_size"):
     pipeline.preprocess_train(None, None, cfg)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Person-centred crops (config.input.augment.center = "person").
+
+PERSON_SEEDS = (0, 1, 2, 3)
+
+
+def _person_aug(**overrides):
+  """The paper's ranges: rotation +-40, scale 0.8-1.2, flips half the time."""
+  aug = augment.augment_config()
+  aug.update(dict(center="person", rotation=40.0, scale_min=0.8, scale_max=1.2, flip=0.5))
+  aug.update(overrides)
+  return aug
+
+
+@pytest.fixture(scope="module")
+def person_samples(samples, coco_dir):
+  """Three real examples: many labelled people, a crowd region, a single person."""
+  _, items = coco_keypoints.load_annotations(
+      coco_dir / "annotations" / "person_keypoints_train2017_sample.json")
+  single = next(it for it in items if len(it[1]) == 1 and it[1][0]["num_keypoints"] > 5)
+  return [samples["people"][0], samples["crowd"][0],
+          pipeline.example_from_coco(single[0], single[1], coco_dir / "train2017")]
+
+
+def _eligible(people):
+  """Indices a person-centred crop may pick (the rule written out in numpy)."""
+  crowd = np.asarray(people["iscrowd"], bool)
+  labelled = ~crowd & (np.asarray(people["keypoints"])[..., 2] > 0).any(-1)
+  return set(np.nonzero(labelled if labelled.any() else ~crowd)[0].tolist())
+
+
+def _name_flip_perm():
+  """Left/right swap from the keypoint names, independent of coco.FLIP_PERM."""
+  names = list(coco.KEYPOINT_NAMES)
+  swap = lambda n: ("right_" + n[5:] if n.startswith("left_") else
+                    "left_" + n[6:] if n.startswith("right_") else n)
+  return np.array([names.index(swap(n)) for n in names])
+
+
+def _np_person_matrix(h, w, size, box, p, person_height, max_zoom):
+  """M = T(S/2 + t S) R(angle) Z(zoom * scale) T(-F c) F in numpy (augment.py's docstring)."""
+  flip = np.array([[-1.0, 0, w], [0, 1, 0], [0, 0, 1]]) if p["flip"] else np.eye(3)
+  c = flip @ [box[0] + box[2] / 2, box[1] + box[3] / 2, 1.0]
+  zoom = min(person_height * size / box[3], max_zoom * size / max(h, w)) * p["scale"]
+  a = np.deg2rad(p["angle"])
+  # Counter-clockwise on screen with y pointing down.
+  rot = np.array([[np.cos(a), np.sin(a), 0], [-np.sin(a), np.cos(a), 0], [0, 0, 1]])
+  shift = lambda t: np.array([[1.0, 0, t[0]], [0, 1, t[1]], [0, 0, 1]])
+  dst = size / 2 + np.asarray(p["translate"]) * size
+  return shift(dst) @ rot @ np.diag([zoom, zoom, 1.0]) @ shift(-c[:2]) @ flip
+
+
+@pytest.mark.parametrize("seed", PERSON_SEEDS)
+def test_person_crop_keypoints_on_heatmap_peaks(person_samples, seed):
+  """Every labelled keypoint that stays on the canvas is its own channel's peak after the
+  person-centred warp, at positions computed here in numpy from the sampled parameters."""
+  aug = _person_aug()
+  perm = _name_flip_perm()
+  checked, flips = 0, set()
+  for e, example in enumerate(person_samples):
+    h, w = example["image"].shape[:2]
+    people = example["people"]
+    p = tf.nest.map_structure(np.asarray, augment.sample_params(
+        tf.constant([seed, e], tf.int64), aug, _tf(people)))
+    assert int(p["person"]) in _eligible(people)
+    box = people["bbox"][int(p["person"])]
+    np.testing.assert_array_equal(p["box"], box)
+    flips.add(bool(p["flip"]))
+    out = augment.augment_example(_tf(example), S, p)
+    t = tf.nest.map_structure(np.asarray, targets.make_targets(out, SIGMA, 50, 20))
+    # The chosen person's box centre lands at the canvas centre + shift (flipped or not: the
+    # matrix mirrors the original picture first).
+    centre = np.array([box[0] + box[2] / 2, box[1] + box[3] / 2])
+    matrix = np.asarray(out["matrix"])
+    np.testing.assert_allclose(matrix[:2, :2] @ centre + matrix[:2, 2],
+                               S / 2 + p["translate"] * S, atol=1e-3)
+    # Expected keypoints: original ones through the numpy matrix, flipped ones change sides.
+    m = _np_person_matrix(h, w, S, box.astype(np.float64), p, aug.person_height, aug.max_zoom)
+    kp = people["keypoints"].astype(np.float64)
+    xy = kp[..., :2] @ m[:2, :2].T + m[:2, 2]
+    on = (kp[..., 2] > 0) & np.all((xy >= 0) & (xy < S), -1)
+    if p["flip"]:
+      xy, on = xy[:, perm], on[:, perm]
+    got = np.asarray(out["keypoints"])
+    np.testing.assert_array_equal(got[..., 2] > 0, on)
+    np.testing.assert_allclose(got[..., :2][on], xy[on], atol=2e-3)
+    hm = t["heatmaps"]
+    padded = np.pad(hm, [(1, 1), (1, 1), (0, 0)], constant_values=-1.0)
+    for i_p, k in zip(*np.nonzero(on)):
+      x, y = xy[i_p, k]
+      rest = on[:, k].copy()
+      rest[i_p] = False
+      if np.any(np.hypot(*(xy[rest, k] - [x, y]).T) < 4 * 3 * SIGMA):
+        continue  # the max over people lets a close neighbour's peak merge with this one
+      u, v = x / 4, y / 4  # heatmap coordinates, cell j centred at j + 0.5
+      lo_i, lo_j = max(int(v) - 2, 0), max(int(u) - 2, 0)
+      win = hm[lo_i:int(v) + 3, lo_j:int(u) + 3, k]
+      i, j = np.unravel_index(np.argmax(win), win.shape)
+      i, j = lo_i + i, lo_j + j
+      assert abs(j + 0.5 - u) <= 1.0 and abs(i + 0.5 - v) <= 1.0, (e, i_p, k, x, y)
+      # A local maximum of its own channel, as high as the value half a cell diagonal away.
+      assert hm[i, j, k] >= padded[i:i + 3, j:j + 3, k].max() - 1e-6
+      assert hm[i, j, k] >= np.exp(-0.5 / (2 * SIGMA**2)) - 1e-5
+      checked += 1
+  assert checked >= 10, checked
+  if seed == PERSON_SEEDS[0]:
+    assert flips == {True, False}, flips  # both sides of the flip are exercised
+
+
+def test_person_height_after_warp(person_samples):
+  """Without rotation, the chosen person's output box is person_height * S * scale tall, or
+  max_zoom * letterbox * scale * box height where the cap applies."""
+  aug = _person_aug(rotation=0.0)
+  capped, free = 0, 0
+  for e, example in enumerate(person_samples):
+    h, w = example["image"].shape[:2]
+    for seed in range(6):
+      p = augment.sample_params(tf.constant([seed, e], tf.int64), aug, _tf(example["people"]))
+      out = tf.nest.map_structure(np.asarray, augment.augment_example(_tf(example), S, p))
+      i = int(p["person"])
+      bh = example["people"]["bbox"][i, 3]
+      scale = float(p["scale"])
+      cap = aug.max_zoom * S / max(h, w)
+      if aug.person_height * S / bh > cap:
+        want = cap * bh * scale
+        capped += 1
+      else:
+        want = aug.person_height * S * scale
+        free += 1
+      y1, y2 = out["boxes"][i, [1, 3]]
+      if 0 < y1 and y2 < S:  # not clipped by the canvas
+        # The box may grow to hold a keypoint outside COCO's box: allow a few pixels.
+        assert want - 1e-2 <= y2 - y1 <= want + 3.0, (e, seed, y2 - y1, want)
+      zoom = np.sqrt(abs(np.linalg.det(out["matrix"][:2, :2])))  # det < 0 when flipped
+      np.testing.assert_allclose(zoom * bh, want, rtol=1e-4)
+  assert capped and free, (capped, free)
+
+
+def test_person_crop_deterministic(person_samples):
+  example = person_samples[0]
+  cfg = pipeline.input_config()
+  cfg.size, cfg.heatmap_sigma, cfg.augment = S, SIGMA, _person_aug()
+  seed = tf.constant([7, 3], tf.int64)
+  a = tf.nest.map_structure(np.asarray, pipeline.preprocess_train(_tf(example), seed, cfg))
+  b = tf.nest.map_structure(np.asarray, pipeline.preprocess_train(_tf(example), seed, cfg))
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k])
+  # The same in a tf.data graph (the training pipeline).
+  ds = pipeline.examples_dataset([example]).map(
+      lambda ex: pipeline.preprocess_train(ex, seed, cfg))
+  c = next(iter(ds.as_numpy_iterator()))
+  for k in ("heatmaps", "boxes", "keypoints", "mask", "weights"):
+    np.testing.assert_allclose(c[k], a[k], atol=1e-4)
+  np.testing.assert_allclose(c["image"], a["image"], atol=1e-2)
+  # The pick is a stateless draw over the eligible people; the other draws ignore `center`.
+  people = _tf(example["people"])
+  picks = [int(augment.sample_params(tf.constant([s, 0], tf.int64), cfg.augment, people)["person"])
+           for s in range(40)]
+  assert set(picks) <= _eligible(example["people"]) and len(set(picks)) > 2
+  lb = augment.sample_params(tf.constant([5, 0], tf.int64), augment.augment_config())
+  pc = augment.sample_params(tf.constant([5, 0], tf.int64), _person_aug(scale_min=0.75,
+                                                                        scale_max=1.25), people)
+  for k in lb:
+    np.testing.assert_array_equal(np.asarray(lb[k]), np.asarray(pc[k]))
+
+
+def test_choose_person_preferences():
+  kp = np.zeros((3, 17, 3), np.float32)
+  kp[2, 5] = [10, 10, 2]
+  people = lambda crowd, kp=kp: dict(bbox=np.tile(np.float32([[1, 2, 30, 40]]), (3, 1)),
+                                     keypoints=kp, iscrowd=np.array(crowd))
+  seeds = [tf.constant([s, 1], tf.int64) for s in range(20)]
+  pick = lambda ppl: {int(augment.choose_person(s, ppl)[0]) for s in seeds}
+  assert pick(people([False, False, False])) == {2}  # the only one with a labelled keypoint
+  assert pick(people([False, False, True])) == {0, 1}  # labelled one is crowd: any non-crowd
+  assert pick(people([True, True, True])) == {-1}
+
+
+def test_person_crop_falls_back_to_letterbox(person_samples):
+  """No person (or crowds only): the crop is the letterbox one with the same random draws."""
+  example = person_samples[1]
+  h, w = example["image"].shape[:2]
+  for keep in (np.zeros(len(example["people"]["bbox"]), bool), example["people"]["iscrowd"]):
+    ppl = {k: v[keep] for k, v in example["people"].items()}
+    p = augment.sample_params(tf.constant([4, 2], tf.int64), _person_aug(), _tf(ppl))
+    assert int(p["person"]) == -1
+    geo = {k: p[k] for k in ("scale", "angle", "translate", "flip")}
+    out = augment.augment_example(_tf(dict(example, people=ppl)), S, p)
+    np.testing.assert_allclose(out["matrix"], augment.affine_matrix(h, w, S, **geo), atol=1e-5)
+    t = tf.nest.map_structure(np.asarray, targets.make_targets(out, SIGMA, 5, 3))
+    assert t["heatmaps"].max() == 0 and np.all(np.isfinite(t["image"]))
+  # center="person" without the people to choose from is a programming error.
+  with pytest.raises(ValueError, match="people"):
+    augment.sample_params(tf.constant([0, 0], tf.int64), _person_aug())
+
+
+@pytest.mark.parametrize("field,value", [("center", "middle"), ("person_height", 0.0),
+                                         ("person_height", 1.5), ("person_height", -0.3),
+                                         ("max_zoom", 0.5), ("max_zoom", float("inf"))])
+def test_bad_person_config_names_the_field(field, value):
+  aug = _person_aug()
+  aug[field] = value
+  with pytest.raises(errors.ConfigError, match=f"config.input.augment.{field}"):
+    augment.sample_params(tf.constant([0, 0], tf.int64), aug, {})

@@ -8,7 +8,7 @@ from ml_collections import config_flags
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PRESETS = {"branches": ("coco", "synthetic", "smoke"),
+PRESETS = {"branches": ("coco", "coco_detection", "coco_joint", "synthetic", "smoke"),
            "prn": ("coco", "coco_small", "synthetic", "smoke")}
 
 
@@ -45,9 +45,35 @@ def test_default_preset_is_the_paper_recipe():
   assert b.train.optimizer == "adam" and b.train.learning_rate == 1e-4
   assert (b.loss.focal_alpha, b.loss.focal_gamma) == (0.25, 2.0)
   assert b.model.backbone.depth in (50, 101)
+  # The paper's two phases: keypoints first (the detection loss is not trained), then detection.
+  assert b.train.trainable == "keypoints" and b.model.backbone.frozen_bn
+  d = _parse(f"--config={_path('branches')}:coco_detection")
+  assert d.train.trainable == "detection" and d.train.learning_rate == 1e-5
+  # Only images with people by default; 200k steps of batch 24 over train2017's 64115 images
+  # with a person are the ~75 epochs the comment names.
+  assert b.dataset.keep_empty == 0.0
+  assert round(b.train.num_steps * b.input.batch_size / 64115) == 75
   p = _parse(f"--config={_path('prn')}")
-  assert p.preset == "coco" and p.model.hidden_sizes == (1024,) and p.model.dropout_rate == 0.5
+  assert p.preset == "coco" and p.model.dropout_rate == 0.5
   assert any("train2017" in f for f in p.data.train_files)
+
+
+def _flat(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+  return out
+
+
+def test_prn_coco_preset_is_the_coco_small_recipe_on_other_data():
+  coco = _flat(_parse(f"--config={_path('prn')}").to_dict())
+  small = _flat(_parse(f"--config={_path('prn')}:coco_small").to_dict())
+  differ = {k for k in coco if coco[k] != small[k]}
+  # Data, its step counts, and what evaluate.py runs by default (the whole pipeline on images).
+  assert differ <= {"preset", "data.data_dir", "data.train_files", "data.val_file",
+                    "train.num_steps", "train.log_every_steps", "train.checkpoint_every_steps",
+                    "train.eval_every_steps", "eval.mode"}, differ
+  assert {"model.hidden_sizes", "inference.assign_method"}.isdisjoint(differ)
 
 
 @pytest.mark.parametrize("stage", ["branches", "prn"])

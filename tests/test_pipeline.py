@@ -183,3 +183,31 @@ def test_make_eval_iterator_scale_and_hosts(tfds_config, coco_dir, monkeypatch):
   assert all(b["image"].shape[0] == 2 for host in per_host for b in host)
   seen = np.concatenate([b["image_id"][b["valid"]] for host in per_host for b in host])
   assert sorted(seen.tolist()) == sorted(records)
+
+
+@pytest.mark.parametrize("keep_empty", [0.0, 0.5])
+def test_training_skips_images_without_people(tfds_config, coco_dir, keep_empty):
+  """keep_empty=0: exactly the train images with a non-crowd person (counted from the annotation
+  file), the count cached beside the records; 0.5: those plus about half of the others."""
+  import json  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from mpn_jax.data import datasets  # pylint: disable=g-import-not-at-top
+  with open(coco_dir / "annotations" / "person_keypoints_train2017_sample.json") as f:
+    ann = json.load(f)
+  with_people = {a["image_id"] for a in ann["annotations"] if not a["iscrowd"]}
+  builder = datasets.load_builder(tfds_config.dataset)
+  examples = builder.as_dataset(split="train", shuffle_files=False)
+  kept, count = pipeline.kept_examples(builder, "train", examples, keep_empty)
+  ids = [int(ex["image_id"]) for ex in tfds.as_numpy(kept.map(lambda ex: dict(image_id=ex["image_id"])))]
+  assert count == len(ids)
+  if keep_empty == 0.0:
+    assert set(ids) == with_people and len(ids) == 36
+  else:
+    empty = {im["id"] for im in ann["images"]} - with_people
+    assert with_people <= set(ids) and 0.25 < len(set(ids) - with_people) / len(empty) < 0.75
+  cached = list((builder.data_path).glob(f"kept_train_{keep_empty:g}.json"))
+  assert cached and json.loads(cached[0].read_text())["kept"] == count
+  again = pipeline.kept_examples(builder, "train", examples, keep_empty)[1]  # from the cache
+  assert again == count
+  with pytest.raises(ValueError, match="keep_empty"):
+    pipeline.kept_examples(builder, "train", examples, 2.0)

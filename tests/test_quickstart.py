@@ -59,3 +59,26 @@ def test_bad_preset_is_a_clear_error(tmp_path):
       cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert proc.returncode != 0
   assert "--preset" in proc.stderr and "synthetic" in proc.stderr
+
+
+def test_coco_samples_configs(tmp_path, coco_dir):
+  """--preset=coco_samples: stage one on the real train samples with the coco data path, the PRN
+  on the real annotation-only split, scored on the train and val samples."""
+  from mpn_jax import errors  # pylint: disable=g-import-not-at-top
+  from mpn_jax import quickstart  # pylint: disable=g-import-not-at-top
+  branches, prn = quickstart.make_configs(tmp_path, "coco_samples", str(coco_dir))
+  assert branches.dataset.name == "coco_keypoints" and branches.dataset.coco_dir == str(coco_dir)
+  assert branches.dataset.train_ann == "person_keypoints_train2017_sample.json"
+  assert branches.dataset.keep_empty == 0.0 and branches.input.augment.center == "person"
+  assert prn.preset == "coco_small" and prn.data.data_dir == str(coco_dir)
+  assert prn.eval.branches_config.endswith("configs/branches.py:coco_samples")
+  assert tuple(prn.inference.scales) == tuple(branches.inference.scales)
+  sets = quickstart.eval_sets("coco_samples", str(coco_dir))
+  assert [s[0] for s in sets] == ["train", "validation"]
+  for _, ann, images in sets:
+    with open(ann) as f:
+      files = {im["file_name"] for im in json.load(f)["images"]}
+    assert files <= set(os.listdir(images))
+    assert len(files) == {"train2017": 80, "val2017": 127}[os.path.basename(images)]
+  with pytest.raises(errors.MissingFileError, match="--coco_dir"):
+    quickstart.make_configs(tmp_path, "coco_samples", str(tmp_path / "nowhere"))

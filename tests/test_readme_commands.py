@@ -295,7 +295,7 @@ class Adapter:
           extra.append(f"--config.eval.mode={mode}")
       if path == "configs/branches.py":
         extra.append(f"--config.dataset.data_dir={self.work / 'tfds'}")
-        if preset == "coco":  # the real COCO samples, at smoke size
+        if preset.startswith("coco"):  # the real COCO samples, at smoke size
           extra += ["--config.dataset.name=coco_keypoints",
                     f"--config.dataset.train_ann={SAMPLE_ANN['person_keypoints_train2017.json']}",
                     f"--config.dataset.val_ann={SAMPLE_ANN['person_keypoints_val2017.json']}"]
@@ -756,6 +756,7 @@ PROSE_PARSED = (
      ("distributed", "num_processes"), 2),
     ("configs/branches.py", "--config.distributed.process_id=1", ("distributed", "process_id"), 1),
     ("configs/branches.py", "--config.train.trainable=all", ("train", "trainable"), "all"),
+    ("configs/branches.py", "--config.dataset.keep_empty=0.1", ("dataset", "keep_empty"), 0.1),
     ("configs/branches.py", "--config.train.trainable=keypoints", ("train", "trainable"),
      "keypoints"),
     ("configs/branches.py", "--config.model.backbone.variant=v1",

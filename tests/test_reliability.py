@@ -294,3 +294,27 @@ def test_write_json_is_atomic(tmp_path):
     evaluation.write_json(path, {"AP": object()})  # fails half-way through the dump
   assert path.read_text().replace(" ", "").replace("\n", "") == '{"AP":1}'
   assert os.listdir(tmp_path) == ["stats.json"]
+
+
+# --- a start without the weights it needs -----------------------------------------------------
+
+
+def _branches_config(preset):
+  return predict.load_config_file(os.path.join(REPO, "configs", "branches.py") + f":{preset}")
+
+
+@pytest.mark.parametrize("preset,message", [("coco", "frozen_bn=True with no config.init_from"),
+                                            ("coco_detection", "trainable='detection'")])
+def test_stage_one_refuses_to_start_without_weights(tmp_path, preset, message):
+  config = _branches_config(preset)
+  with pytest.raises(errors.ConfigError, match=message):
+    loop.check_start(config, str(tmp_path))
+  config.init_from = str(tmp_path / "weights")  # given: allowed (init_from checks it later)
+  loop.check_start(config, str(tmp_path))
+  if preset == "coco":
+    config = _branches_config(preset)
+    config.model.backbone.frozen_bn = False  # from scratch with trainable normalisation: allowed
+    loop.check_start(config, str(tmp_path))
+  # Resuming a run that has checkpoints is always allowed.
+  (tmp_path / "checkpoints" / "10").mkdir(parents=True)
+  loop.check_start(_branches_config(preset), str(tmp_path))

@@ -12,6 +12,20 @@ S / max(H, W) that puts the image in the top-left corner with its longest side =
 `scale`, a rotation by `angle` degrees (positive = counter-clockwise on screen) and a shift by
 `t * S` pixels. With scale=1, angle=0, t=0, no flip, M is the eval letterbox.
 
+With config.input.augment.center = "person" (`person_matrix`), the crop is centred on one
+annotated person instead, scaled to a fixed fraction of S (OpenPose-style, as in the paper's
+reference implementation):
+
+  M = T(S/2 + t S) . R(angle) . Z(zoom * scale) . T(-F p) . F
+
+where p is the chosen person's box centre (F p: mirrored with the image), zoom =
+min(person_height * S / box height, max_zoom * L) makes that person person_height * S tall before
+the random `scale`. The cap keeps a 10 px person from being blown up 30x (its pixels would be mush);
+no lower cap is needed, since a box no taller than the image gives zoom >= person_height * L. The
+person is drawn per example with a stateless op (`sample_params`): among non-crowd people with a
+labelled keypoint, else among non-crowd people, else there is none and M is the letterbox matrix
+above with the same scale, angle, shift and flip.
+
 Coordinates are continuous (pixel i covers [i, i + 1), see preprocess.py). The warp samples the
 source at M^-1 of each output pixel centre, so points and pixels agree to float precision.
 
@@ -29,13 +43,19 @@ import numpy as np
 import tensorflow as tf
 
 from mpn_jax import coco
+from mpn_jax import errors
 
 
 def augment_config():
   """Default augmentation ranges (config.input.augment). Zero/1.0 ranges switch a part off."""
   return ml_collections.ConfigDict(dict(
-      scale_min=0.75,     # zoom relative to the letterbox scale, uniform in [scale_min, scale_max]
-      scale_max=1.25,
+      center="letterbox",  # "letterbox": the whole image, longest side S, zoomed about its centre;
+                           # "person": centred on one annotated person scaled to person_height
+      person_height=0.6,  # center="person": the person's box height as a fraction of S, before
+                          # the random scale (OpenPose's target_dist)
+      max_zoom=4.0,       # center="person": cap of that zoom relative to the letterbox scale
+      scale_min=0.75,     # random zoom factor, uniform in [scale_min, scale_max], times the
+      scale_max=1.25,     # letterbox (or person) scale
       rotation=40.0,      # degrees, uniform in [-rotation, rotation] (the paper's +-40)
       translate=0.1,      # shift as a fraction of S, uniform in [-translate, translate] per axis
       flip=0.5,           # probability of a horizontal flip (left/right keypoints swapped)
@@ -63,6 +83,31 @@ def letterbox_scale(height, width, size):
   return tf.cast(size, tf.float32) / tf.reduce_max(hw)
 
 
+def _rotate_zoom(src, dst, zoom, angle):
+  """[3, 3] similarity moving point `src` to `dst`, zooming by `zoom` and turning by `angle`.
+
+  Args:
+    src, dst: (x, y) float32 (scalars or [2] tensors).
+    zoom: scalar float32. angle: degrees, positive = counter-clockwise on screen.
+  """
+  a = tf.cast(angle, tf.float32) * (math.pi / 180.0)
+  z = tf.cast(zoom, tf.float32)
+  cos, sin = z * tf.cos(a), z * tf.sin(a)
+  sx, sy = tf.cast(src[0], tf.float32), tf.cast(src[1], tf.float32)
+  dx, dy = tf.cast(dst[0], tf.float32), tf.cast(dst[1], tf.float32)
+  # y points down, so a counter-clockwise turn on screen is x' = x cos + y sin, y' = -x sin + y cos.
+  return _mat([[cos, sin, dx - (cos * sx + sin * sy)],
+               [-sin, cos, dy - (-sin * sx + cos * sy)],
+               [0.0, 0.0, 1.0]])
+
+
+def _flip(width, flip):
+  """The mirror x -> W - x when `flip` (bool scalar), else the identity; [3, 3] float32."""
+  f = tf.where(tf.cast(flip, tf.bool), -1.0, 1.0)
+  return _mat([[f, 0.0, tf.where(f < 0, tf.cast(width, tf.float32), 0.0)],
+               [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+
+
 def affine_matrix(height, width, size, scale=1.0, angle=0.0, translate=(0.0, 0.0), flip=False):
   """The [3, 3] float32 matrix mapping original image coordinates to S x S input coordinates.
 
@@ -78,65 +123,182 @@ def affine_matrix(height, width, size, scale=1.0, angle=0.0, translate=(0.0, 0.0
   """
   h = tf.cast(height, tf.float32)
   w = tf.cast(width, tf.float32)
-  s = tf.cast(size, tf.float32)
   lb = letterbox_scale(height, width, size)
-  one, zero = tf.constant(1.0), tf.constant(0.0)
-  f = tf.where(tf.cast(flip, tf.bool), -1.0, 1.0)
-  flip_m = _mat([[f, zero, tf.where(f < 0, w, 0.0)], [zero, one, zero], [zero, zero, one]])
-  lb_m = _mat([[lb, zero, zero], [zero, lb, zero], [zero, zero, one]])
-  cx, cy = w * lb / 2.0, h * lb / 2.0
-  a = tf.cast(angle, tf.float32) * (math.pi / 180.0)
-  z = tf.cast(scale, tf.float32)
-  cos, sin = z * tf.cos(a), z * tf.sin(a)
-  t = tf.cast(translate, tf.float32) * s
-  # y points down, so a counter-clockwise turn on screen is x' = x cos + y sin, y' = -x sin + y cos.
-  rot_m = _mat([[cos, sin, cx + t[0] - (cos * cx + sin * cy)],
-                [-sin, cos, cy + t[1] - (-sin * cx + cos * cy)],
-                [zero, zero, one]])
-  return rot_m @ lb_m @ flip_m
+  lb_m = _mat([[lb, 0.0, 0.0], [0.0, lb, 0.0], [0.0, 0.0, 1.0]])
+  c = tf.stack([w * lb / 2.0, h * lb / 2.0])
+  t = tf.cast(translate, tf.float32) * tf.cast(size, tf.float32)
+  return _rotate_zoom(c, c + t, scale, angle) @ lb_m @ _flip(width, flip)
+
+
+def person_zoom(height, width, size, box, person_height=0.6, max_zoom=4.0):
+  """Original -> input zoom that makes a person box `person_height * S` tall, capped.
+
+  Args:
+    height, width: original image size. size: S.
+    box: [4] float32 COCO (x, y, w, h) original pixels.
+    person_height: target box height as a fraction of S.
+    max_zoom: cap relative to the letterbox scale S / max(H, W).
+  Returns:
+    scalar float32: min(person_height * S / box height, max_zoom * letterbox scale).
+  """
+  box = tf.cast(box, tf.float32)
+  # A degenerate (0 px) box is simply capped.
+  wanted = (tf.cast(person_height, tf.float32) * tf.cast(size, tf.float32) /
+            tf.maximum(box[3], 1e-3))
+  return tf.minimum(wanted, tf.cast(max_zoom, tf.float32) * letterbox_scale(height, width, size))
+
+
+def person_matrix(height, width, size, box, scale=1.0, angle=0.0, translate=(0.0, 0.0),
+                  flip=False, person_height=0.6, max_zoom=4.0):
+  """The [3, 3] float32 matrix of a crop centred on one person (module docstring, center="person").
+
+  The person's box centre (mirrored when `flip`) goes to the canvas centre + translate * S, zoomed
+  by `person_zoom(...) * scale` and rotated by `angle` about it.
+
+  Args:
+    height, width: original image size. size: S.
+    box: [4] float32 COCO (x, y, w, h) of the person, original pixels (before any flip).
+    scale, angle, translate, flip: as in `affine_matrix` (scale multiplies the person zoom).
+    person_height, max_zoom: see `person_zoom`.
+  Returns:
+    [3, 3] float32 original -> input coordinates.
+  """
+  box = tf.cast(box, tf.float32)
+  centre = tf.stack([box[0] + box[2] / 2.0, box[1] + box[3] / 2.0, 1.0])
+  flip_m = _flip(width, flip)
+  centre = tf.linalg.matvec(flip_m, centre)[:2]
+  s = tf.cast(size, tf.float32)
+  dst = s / 2.0 + tf.cast(translate, tf.float32) * s
+  zoom = person_zoom(height, width, size, box, person_height, max_zoom) * tf.cast(scale, tf.float32)
+  return _rotate_zoom(centre, dst, zoom, angle) @ flip_m
+
+
+def params_matrix(height, width, size, params):
+  """The matrix of a params dict from `sample_params` (or hand-made).
+
+  Args:
+    height, width: original image size. size: S.
+    params: dict with scale, angle, translate, flip; person-centred when it also holds
+      'person' (int32 index, -1: none, then the letterbox matrix), 'box' [4] xywh, 'person_height'
+      and 'max_zoom'.
+  Returns:
+    [3, 3] float32 original -> input coordinates.
+  """
+  geo = {k: params[k] for k in ("scale", "angle", "translate", "flip")}
+  letterbox = affine_matrix(height, width, size, **geo)
+  if "person" not in params:
+    return letterbox
+  person = person_matrix(height, width, size, params["box"], person_height=params["person_height"],
+                         max_zoom=params["max_zoom"], **geo)
+  return tf.where(tf.cast(params["person"], tf.int32) >= 0, person, letterbox)
 
 
 def flip_matrix(width):
   """[3, 3] matrix of a horizontal flip of an image `width` wide (x -> W - x)."""
-  w = tf.cast(width, tf.float32)
-  return _mat([[-1.0, 0.0, w], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+  return _flip(width, True)
 
 
-def sample_params(seed, aug):
+def choose_person(seed, people):
+  """Stateless pick of the person to centre a crop on.
+
+  Uniform among non-crowd people with at least one labelled keypoint, else among non-crowd people.
+
+  Args:
+    seed: [2] int stateless seed.
+    people: dict with 'bbox' [P, 4] xywh, 'keypoints' [P, 17, 3], 'iscrowd' [P] (tensors or arrays).
+  Returns:
+    (index int32 scalar, -1 when no non-crowd person exists; box [4] float32 xywh, zeros if none).
+  """
+  boxes = tf.reshape(tf.cast(people["bbox"], tf.float32), [-1, 4])
+  kp = tf.reshape(tf.cast(people["keypoints"], tf.float32), [-1, coco.NUM_KEYPOINTS, 3])
+  crowd = tf.reshape(tf.cast(people["iscrowd"], tf.bool), [-1])
+  labelled = ~crowd & tf.reduce_any(kp[..., 2] > 0, axis=-1)
+  pool = tf.where(tf.reduce_any(labelled), labelled, ~crowd)
+  candidates = tf.cast(tf.where(pool)[:, 0], tf.int32)
+  n = tf.shape(candidates)[0]
+  u = tf.random.stateless_uniform([], tf.cast(seed, tf.int64), 0.0, 1.0, tf.float32)
+  pick = tf.minimum(tf.cast(u * tf.cast(n, tf.float32), tf.int32), tf.maximum(n - 1, 0))
+  index = tf.cond(n > 0, lambda: candidates[pick], lambda: tf.constant(-1, tf.int32))
+  # Gather from a zero row appended at the end, so that "none" needs no separate branch.
+  padded = tf.concat([boxes, tf.zeros([1, 4], tf.float32)], 0)
+  box = tf.gather(padded, tf.where(index >= 0, index, tf.shape(boxes)[0]))
+  return index, box
+
+
+def sample_params(seed, aug, people=None):
   """Draws one example's augmentation parameters with stateless ops (same seed, same draw).
 
   Args:
     seed: [2] int32/int64 stateless seed.
     aug: a ConfigDict like `augment_config()`.
+    people: the example's 'people' dict (needed when aug.center == "person"; ignored otherwise).
   Returns:
-    dict(scale, angle, translate [2], flip bool) of scalar float32 tensors.
+    dict(scale, angle, translate [2], flip bool) of float32 tensors; with center="person" also
+    'person' (int32 index of the chosen person, -1: none, letterbox fallback), 'box' ([4] float32
+    xywh of that person), 'person_height' and 'max_zoom' (floats from `aug`). `params_matrix` turns
+    it into the matrix. The first four draws do not depend on `center` or `people`.
   """
   check_config(aug)
-  seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=4)
+  seed = tf.cast(seed, tf.int64)
+  seeds = tf.random.experimental.stateless_split(seed, num=4)
   u = lambda i, shape, lo, hi: tf.random.stateless_uniform(shape, seeds[i], lo, hi, tf.float32)
   rot = float(aug.rotation)
   tr = float(aug.translate)
-  return dict(
+  params = dict(
       scale=u(0, [], float(aug.scale_min), float(aug.scale_max)),
       angle=u(1, [], -rot, rot),
       translate=u(2, [2], -tr, tr),
       flip=u(3, [], 0.0, 1.0) < float(aug.flip),
   )
+  if aug.get("center", "letterbox") == "person":
+    if people is None:
+      raise ValueError("sample_params: config.input.augment.center='person' needs the example's "
+                       "people (sample_params(seed, aug, example['people']))")
+    # A seed of its own, so that the draws above are the same in both modes.
+    index, box = choose_person(tf.random.experimental.stateless_fold_in(seed, 4), people)
+    params.update(person=index, box=box, person_height=float(aug.person_height),
+                  max_zoom=float(aug.max_zoom))
+  return params
+
+
+_CENTERS = ("letterbox", "person")
+
+
+def _number(value):
+  """float(value), or NaN (fails every range check) for non-numbers such as strings or None."""
+  if isinstance(value, bool):
+    return math.nan
+  try:
+    return float(value)
+  except (TypeError, ValueError):
+    return math.nan
 
 
 def check_config(aug):
-  """Raises ValueError naming the config.input.augment field that is out of range."""
+  """Raises errors.ConfigError naming the config.input.augment field that is out of range."""
   name = "config.input.augment"
+  center = aug.get("center", "letterbox")
+  if center not in _CENTERS:
+    raise errors.ConfigError(f"{name}.center = {center!r}: use one of {', '.join(_CENTERS)}")
+  person_height = aug.get("person_height", 0.6)
+  if not 0 < _number(person_height) <= 1:
+    raise errors.ConfigError(f"{name}.person_height = {person_height}: must lie in (0, 1] (the "
+                             "person's height as a fraction of the input size)")
+  max_zoom = aug.get("max_zoom", 4.0)
+  if not 1 <= _number(max_zoom) < math.inf:
+    raise errors.ConfigError(f"{name}.max_zoom = {max_zoom}: must be a finite number >= 1 (the "
+                             "cap of the person zoom relative to the letterbox scale)")
   if not 0 < aug.scale_min <= aug.scale_max:
-    raise ValueError(f"{name}.scale_min/scale_max = {aug.scale_min}/{aug.scale_max}: need "
-                     "0 < scale_min <= scale_max (1.0/1.0 switches zoom off)")
+    raise errors.ConfigError(f"{name}.scale_min/scale_max = {aug.scale_min}/{aug.scale_max}: need "
+                             "0 < scale_min <= scale_max (1.0/1.0 switches zoom off)")
   for field, hi in (("rotation", 180.0), ("translate", 1.0), ("flip", 1.0)):
     if not 0 <= aug[field] <= hi:
-      raise ValueError(f"{name}.{field} = {aug[field]}: must lie in [0, {hi}] (0 switches it off)")
+      raise errors.ConfigError(f"{name}.{field} = {aug[field]}: must lie in [0, {hi}] "
+                               "(0 switches it off)")
   cj = aug.color_jitter
   for field, hi in (("brightness", 1.0), ("contrast", 1.0), ("saturation", 1.0), ("hue", 0.5)):
     if not 0 <= cj[field] <= hi:
-      raise ValueError(f"{name}.color_jitter.{field} = {cj[field]}: must lie in [0, {hi}]")
+      raise errors.ConfigError(f"{name}.color_jitter.{field} = {cj[field]}: must lie in [0, {hi}]")
 
 
 def check_crop(crop, size, multiple=1):
@@ -144,8 +306,8 @@ def check_crop(crop, size, multiple=1):
   == 0 (multiple: the heatmap stride for training targets)."""
   if not (0 < crop <= size and crop % multiple == 0):
     need = f"a multiple of {multiple} " if multiple > 1 else ""
-    raise ValueError(f"config.input.crop_size={crop}: use 0 (no crop) or {need}in (0, "
-                     f"config.input.size={size}]")
+    raise errors.ConfigError(f"config.input.crop_size={crop}: use 0 (no crop) or {need}in (0, "
+                             f"config.input.size={size}]")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -325,14 +487,15 @@ def apply_affine(example, matrix, flip, out_hw, min_box_size=2.0):
 
 
 def augment_example(example, size, params=None, color_seed=None, aug=None, crop=None):
-  """Letterbox (params=None) or random affine + colour jitter into an S x S canvas.
+  """Letterbox (params=None), or random affine (letterbox- or person-centred) + colour jitter.
 
   Args:
     example: decoded example as in `apply_affine`.
     size: S.
     crop: C <= S (None: S): only the central C x C window of the S x S canvas is produced, i.e.
       the matrix is followed by a shift of -(S - C) / 2 and the canvas is C x C.
-    params: dict from `sample_params` (or hand-made with keys scale, angle, translate, flip); None
+    params: dict from `sample_params` (or hand-made with keys scale, angle, translate, flip, and
+      for a person-centred crop person, box, person_height, max_zoom: see `params_matrix`); None
       for the plain eval letterbox.
     color_seed: [2] stateless seed for the colour jitter; None: no jitter.
     aug: augmentation ConfigDict (colour jitter, min_box_size); default `augment_config()`.
@@ -344,7 +507,7 @@ def augment_example(example, size, params=None, color_seed=None, aug=None, crop=
   aug = aug or augment_config()
   shape = tf.shape(example["image"])
   params = params or dict(scale=1.0, angle=0.0, translate=(0.0, 0.0), flip=False)
-  matrix = affine_matrix(shape[0], shape[1], size, **params)
+  matrix = params_matrix(shape[0], shape[1], size, params)
   out_side = size if crop is None else int(crop)
   if out_side != size:
     check_crop(out_side, size)

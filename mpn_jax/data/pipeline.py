@@ -13,7 +13,10 @@ Batches are host-local numpy dicts (docs/CONTRACTS.md, data); the training loop 
 with `parallel.shard_batch`.
 """
 
+import json
 import math
+import os
+import re
 
 import jax
 import ml_collections
@@ -22,6 +25,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mpn_jax import coco
+from mpn_jax import errors
 from mpn_jax import parallel
 from mpn_jax.data import augment
 from mpn_jax.data import targets as targets_lib
@@ -32,7 +36,8 @@ _IMAGE_KEYS = ("image", "person_mask", "ignore_mask")
 def input_config():
   """Default config.input of the branches stage."""
   return ml_collections.ConfigDict(dict(
-      size=480,                # S: square network input, longest image side -> S
+      size=480,                # S: square network input (letterbox: longest image side -> S;
+                               # see augment.center for person-centred training crops)
       crop_size=0,             # C: train on the central C x C window of the augmented S x S
                                # canvas (0: all of it); evaluation always sees S x S
       batch_size=32,           # global train batch (split over processes and devices)
@@ -58,13 +63,18 @@ def example_seed(seed, process_index, index):
 
 
 def preprocess_train(example, seed, input_cfg):
-  """Decoded example + [2] seed -> the targets dict of `targets.make_targets` (one example)."""
+  """Decoded example + [2] seed -> the targets dict of `targets.make_targets` (one example).
+
+  The crop is the letterboxed image (config.input.augment.center="letterbox") or centred on one of
+  the example's people drawn with `seed` ("person"), see augment.py.
+  """
   crop = int(input_cfg.get("crop_size", 0)) or None
   if crop is not None:
     augment.check_crop(crop, input_cfg.size, targets_lib.STRIDE)
   geo_seed, color_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
   aug = input_cfg.augment
-  params = augment.sample_params(geo_seed, aug)
+  people = example["people"] if aug.get("center", "letterbox") == "person" else None
+  params = augment.sample_params(geo_seed, aug, people)
   out = augment.augment_example(example, input_cfg.size, params, color_seed, aug, crop=crop)
   return targets_lib.make_targets(out, input_cfg.heatmap_sigma, input_cfg.max_boxes,
                                   input_cfg.max_people)
@@ -249,9 +259,66 @@ def make_train_iterator(config, mesh=None, start_step=0):
   # Stored order (TFDS already shuffles examples when writing); epochs are shuffled by seed.
   examples = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders,
                                 read_config=tfds.ReadConfig(try_autocache=False))
+  examples, num_examples = kept_examples(builder, split, examples,
+                                         config.dataset.get("keep_empty", 1.0))
   ds = train_batches(examples, config.input, local, config.seed, jax.process_index(), decode,
-                     start_step=start_step, num_examples=builder.info.splits[split].num_examples)
+                     start_step=start_step, num_examples=num_examples)
   return iter(tfds.as_numpy(ds))
+
+
+def keep_example(example, keep_empty):
+  """Scalar bool: the example has a non-crowd person, or it is one of the `keep_empty` fraction of
+  the others (chosen by a hash of its image id, so the same ones in every epoch and every run)."""
+  has_person = tf.reduce_any(tf.logical_not(tf.cast(example["people"]["iscrowd"], tf.bool)))
+  if keep_empty >= 1.0:
+    return tf.constant(True)
+  if keep_empty <= 0.0:
+    return has_person
+  # Knuth's multiplicative hash of the id, as a fraction of 2^32.
+  h = tf.math.floormod(tf.cast(example["image_id"], tf.int64) * 2654435761, 2**32)
+  return has_person | (tf.cast(h, tf.float64) / 2.0**32 < keep_empty)
+
+
+def kept_examples(builder, split, examples, keep_empty):
+  """`examples` without the images that have no annotated person (but the `keep_empty` fraction
+  of them), and how many are left per epoch.
+
+  Images without people carry no keypoint signal and, in COCO's files, are about half of them. The
+  count (needed to resume a run at any step) takes one pass over the split's records; it is kept in
+  a JSON file beside them.
+  Returns:
+    (tf.data.Dataset, int).
+  """
+  total = builder.info.splits[split].num_examples
+  keep_empty = float(keep_empty)
+  if not 0.0 <= keep_empty <= 1.0:
+    raise errors.ConfigError(f"config.dataset.keep_empty={keep_empty}: use a fraction in [0, 1] "
+                             "(1 keeps every image, 0 only the images with people)")
+  if keep_empty >= 1.0:
+    return examples, total
+  examples = examples.filter(lambda ex: keep_example(ex, keep_empty))
+  name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(split))
+  cache = os.path.join(os.fspath(builder.data_path), f"kept_{name}_{keep_empty:g}.json")
+  try:
+    with open(cache) as f:
+      cached = json.load(f)
+    if cached.get("total") == total:
+      return examples, int(cached["kept"])
+  except (OSError, ValueError):
+    pass
+  people_only = examples.map(lambda ex: ex["image_id"])  # images stay encoded: cheap
+  kept = int(people_only.reduce(np.int64(0), lambda n, _: n + 1).numpy())
+  if not kept:
+    raise errors.DataError(f"no training image of {builder.data_path} ({split}) has an annotated "
+                           "person: set --config.dataset.keep_empty=1 to train on them anyway, or "
+                           "check the annotation file")
+  try:
+    with open(cache + ".tmp", "w") as f:
+      json.dump({"total": total, "kept": kept, "keep_empty": keep_empty}, f)
+    os.replace(cache + ".tmp", cache)
+  except OSError:  # a read-only data_dir: count again next time
+    pass
+  return examples, kept
 
 
 def make_eval_iterator(config, split=None):

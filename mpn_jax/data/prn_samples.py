@@ -243,8 +243,8 @@ class PrnSampleSource:
     self.images = [im for f in ann_files for im in load_image_people(f)]
     self.index = person_index(self.images, min_keypoints)
     if not len(self.index):
-      raise ValueError(f"no person with >= {min_keypoints} keypoints in {list(ann_files)}: lower "
-                       "config.data.min_keypoints or check the files")
+      raise errors.DataError(f"no person with >= {min_keypoints} keypoints in {list(ann_files)}: lower "
+                             "config.data.min_keypoints or check the files")
     self.widen, self.input_sigma, self.target_sigma = widen, input_sigma, target_sigma
     self.augment = augment if (augment is not None and augment.get("enabled", True)) else None
     self.pool = (np.stack([self.images[i].boxes[p] for i, p in self.index]),
@@ -283,7 +283,7 @@ def batch_at(source, step, global_batch_size, seed, process_index=0, process_cou
   is split over processes.
   """
   if global_batch_size % process_count:
-    raise ValueError(f"batch_size={global_batch_size} is not divisible by {process_count} processes")
+    raise errors.ConfigError(f"batch_size={global_batch_size} is not divisible by {process_count} processes")
   local = global_batch_size // process_count
   n = len(source)
   slots = np.arange(process_index * local, (process_index + 1) * local)

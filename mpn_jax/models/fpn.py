@@ -11,6 +11,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mpn_jax import errors
+
 UPSAMPLE_METHODS = ("nearest", "bilinear")
 
 # Detectron/torchvision FPN convs: kaiming_uniform(a=1), i.e. variance 1/fan_in.
@@ -31,7 +33,7 @@ def upsample(x, factor, size, method="nearest"):
   elif method == "bilinear":
     y = jax.image.resize(x, (b, h * factor, w * factor, c), "bilinear").astype(x.dtype)
   else:
-    raise ValueError(f"upsample method must be one of {UPSAMPLE_METHODS}, got {method!r}")
+    raise errors.ConfigError(f"upsample method must be one of {UPSAMPLE_METHODS}, got {method!r}")
   return y[:, :size[0], :size[1]]
 
 
@@ -77,7 +79,7 @@ class DetectionFPN(nn.Module):
   @nn.compact
   def __call__(self, feats):
     if self.p6_input not in ("C5", "P5"):
-      raise ValueError(f"detection_fpn.p6_input must be 'C5' or 'P5', got {self.p6_input!r}")
+      raise errors.ConfigError(f"detection_fpn.p6_input must be 'C5' or 'P5', got {self.p6_input!r}")
     out = top_down(feats, (3, 4, 5), self.channels, self.dtype, self.param_dtype)
     src = feats["C5"] if self.p6_input == "C5" else out["P5"]
     out["P6"] = _conv(self.channels, 3, "p6", strides=2, dtype=self.dtype,

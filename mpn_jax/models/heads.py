@@ -6,6 +6,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mpn_jax import errors
 from mpn_jax.models import fpn
 
 # RetinaNet head convs: normal(std=0.01) weights, zero biases (Lin et al. 2017, Sec. 4.1).
@@ -52,11 +53,11 @@ class KeypointHead(nn.Module):
   @nn.compact
   def __call__(self, pyramid):
     if self.intermediate_on not in ("subnet", "fpn"):
-      raise ValueError("keypoint_head.intermediate_on must be 'subnet' or 'fpn', got "
-                       f"{self.intermediate_on!r}")
+      raise errors.ConfigError("keypoint_head.intermediate_on must be 'subnet' or 'fpn', got "
+                               f"{self.intermediate_on!r}")
     if self.output_init not in OUTPUT_INITS:
-      raise ValueError(f"keypoint_head.output_init must be one of {tuple(OUTPUT_INITS)}, got "
-                       f"{self.output_init!r}")
+      raise errors.ConfigError(f"keypoint_head.output_init must be one of {tuple(OUTPUT_INITS)}, got "
+                               f"{self.output_init!r}")
     out_init = OUTPUT_INITS[self.output_init]
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     size = pyramid["P2"].shape[1:3]

@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
+from mpn_jax import errors
 from mpn_jax.models import fpn
 from mpn_jax.models import heads
 from mpn_jax.models import prn as prn_lib
@@ -34,14 +35,14 @@ def _dtype(name):
   try:
     return jnp.dtype(name)
   except TypeError as e:
-    raise ValueError("model dtype/param_dtype must be e.g. 'float32' or 'bfloat16', "
-                     f"got {name!r}") from e
+    raise errors.ConfigError("model dtype/param_dtype must be e.g. 'float32' or 'bfloat16', "
+                             f"got {name!r}") from e
 
 
 def multiposenet_config(size="full"):
   """The branches network's config: `size='full'` (paper defaults) or 'tiny' (tests, CPU)."""
   if size not in SIZES:
-    raise ValueError(f"multiposenet_config: size must be one of {SIZES}, got {size!r}")
+    raise errors.ConfigError(f"multiposenet_config: size must be one of {SIZES}, got {size!r}")
   c = ml_collections.ConfigDict()
   c.dtype = "float32"        # compute dtype; 'bfloat16' on GPU/TPU. Outputs are always float32.
   c.param_dtype = "float32"
@@ -90,7 +91,7 @@ def multiposenet_config(size="full"):
 def prn_config(size="full"):
   """The PRN's config: `size='full'` (paper: one 1024-unit hidden layer) or 'tiny'."""
   if size not in SIZES:
-    raise ValueError(f"prn_config: size must be one of {SIZES}, got {size!r}")
+    raise errors.ConfigError(f"prn_config: size must be one of {SIZES}, got {size!r}")
   c = ml_collections.ConfigDict()
   c.dtype = "float32"
   c.param_dtype = "float32"

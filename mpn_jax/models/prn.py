@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mpn_jax import errors
 from mpn_jax import prn_grid
 
 
@@ -57,7 +58,7 @@ class PoseResidualNet(nn.Module):
     if x.shape[1:] != expected:
       raise ValueError(f"PRN input must be [B, {', '.join(map(str, expected))}], got {x.shape}")
     if not self.hidden_sizes and not self.conv_dilations:
-      raise ValueError("PRN needs hidden_sizes or conv_dilations (both are empty)")
+      raise errors.ConfigError("PRN needs hidden_sizes or conv_dilations (both are empty)")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     inputs = jnp.asarray(x, jnp.float32) * self.input_scale
     y = jnp.asarray(inputs, self.dtype)

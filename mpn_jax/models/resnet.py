@@ -22,6 +22,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mpn_jax import errors
+
 STAGE_SIZES = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 EXPANSION = 4  # bottleneck output channels = EXPANSION * inner width
 VARIANTS = ("v1", "v1.5")
@@ -34,8 +36,8 @@ def stage_sizes_for_depth(depth):
   """Blocks per stage for a bottleneck ResNet of `depth` (50, 101 or 152)."""
   sizes = STAGE_SIZES.get(depth)
   if sizes is None:
-    raise ValueError(f"backbone depth {depth} is not a bottleneck ResNet; use 50, 101 or 152 "
-                     "(or give backbone.stage_sizes explicitly)")
+    raise errors.ConfigError(f"backbone depth {depth} is not a bottleneck ResNet; use 50, 101 or 152 "
+                             "(or give backbone.stage_sizes explicitly)")
   return sizes
 
 

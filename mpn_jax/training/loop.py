@@ -275,7 +275,7 @@ def check_dataset(dataset_cfg):
   needed = [os.path.join(coco_dir, "annotations")]
   missing = [p for p in needed if not os.path.isdir(p)]
   if missing:
-    raise FileNotFoundError(
+    raise errors.MissingFileError(
         f"dataset coco_keypoints: no prepared records in {builder.data_path} and no COCO "
         f"annotations at {missing[0]}: set --config.dataset.coco_dir to the COCO 2017 root "
         "(annotations/, train2017/, val2017/), the records are then built into "
@@ -323,6 +323,8 @@ def _eval_input_config(config):
   with cfg.unlocked():
     cfg.dataset.train_split = config.dataset.eval_split
     aug = cfg.input.augment
+    if "center" in aug:
+      aug.center = "letterbox"  # whole images, as evaluated
     aug.scale_min = aug.scale_max = 1.0
     aug.rotation = aug.translate = aug.flip = 0.0
     for k in aug.color_jitter:
@@ -486,6 +488,28 @@ def check_train_config(config):
     state_lib.frozen_fn(tcfg.get("trainable", "all"))
 
 
+def check_start(config, workdir):
+  """Refuses (errors.ConfigError) a stage-one run that would start without the weights it needs:
+  from scratch with frozen BatchNorm (normalisation by the initial running statistics, mean 0 and
+  variance 1, for ever: C5 activations of std ~13 at initialisation), or the detection phase
+  (train.trainable='detection') without the keypoint phase's weights. Resuming is always allowed."""
+  if config.get("stage") != "branches" or config.get("init_from"):
+    return
+  if checkpoints.saved_steps(checkpoints.checkpoint_dir(workdir)):
+    return
+  if config.train.get("trainable", "all") == "detection":
+    raise errors.ConfigError(
+        "config.train.trainable='detection' trains the person detector on a frozen backbone and "
+        "keypoint subnet: pass the keypoint phase's workdir as --config.init_from=DIR "
+        "(README, Training)")
+  if config.model.backbone.get("frozen_bn", False):
+    raise errors.ConfigError(
+        "config.model.backbone.frozen_bn=True with no config.init_from would train from scratch "
+        "with BatchNorm frozen at its initial statistics: pass --config.init_from=<converted "
+        "ImageNet weights (python -m mpn_jax.weights) or a workdir>, or train normalisation too "
+        "with --config.model.backbone.frozen_bn=False")
+
+
 def train_and_evaluate(config, workdir, mesh=None):
   """Trains the stage `config.stage` ('branches' or 'prn') in `workdir`; returns a Result.
 
@@ -503,6 +527,7 @@ def train_and_evaluate(config, workdir, mesh=None):
   parallel.maybe_initialize_distributed(dist.get("coordinator_address", ""),
                                         dist.get("num_processes", 0), dist.get("process_id", -1))
   workdir = workdir_lib.prepare(workdir)
+  check_start(config, workdir)
   with workdir_lib.WorkdirLock(workdir):
     mesh = mesh if mesh is not None else parallel.create_mesh()
     logging.info("stage %s on %d devices (%d processes), workdir %s", config.stage, mesh.size,
