@@ -25,7 +25,7 @@ _FLAG_PARSE_ERRORS = (flags.Error, AttributeError, KeyError, ValueError, TypeErr
 def fail(prog, message):
   """Prints `prog: error: message` (one line) to stderr and exits with USER_ERROR_STATUS."""
   sys.stderr.flush()
-  print(f"{prog}: error: {errors.first_line(message)}", file=sys.stderr, flush=True)
+  print(f"{prog}: error: {errors.one_line(message)}", file=sys.stderr, flush=True)
   sys.exit(USER_ERROR_STATUS)
 
 

@@ -47,6 +47,16 @@ def first_line(text, limit=600):
   return ""
 
 
+def one_line(text, limit=1200):
+  """`text` as one line: its lines joined by "; "; past `limit` characters the middle is cut, so
+  that the end (where messages say what to do) is kept."""
+  joined = "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
+  if len(joined) <= limit:
+    return joined
+  head = limit * 2 // 3
+  return joined[:head] + " [...] " + joined[-(limit - head - 7):]
+
+
 # strerror texts of the OS faults a user can act on, looked up in library messages (TensorStore
 # reports "No space left on device" inside its own error text, not as an OSError).
 _OS_CAUSES = ("No space left on device", "Disk quota exceeded", "Read-only file system",
@@ -54,9 +64,9 @@ _OS_CAUSES = ("No space left on device", "Disk quota exceeded", "Read-only file 
               "Input/output error", "No such file or directory", "File exists")
 
 
-def os_cause(exc):
+def os_cause(exc, default=True):
   """The operating-system cause of `exc` or of an exception in its chain ("No space left on
-  device", ...), else the first line of its message."""
+  device", ...); else the first line of its message (default=True) or None."""
   seen, e = set(), exc
   while e is not None and id(e) not in seen:
     seen.add(id(e))
@@ -67,4 +77,4 @@ def os_cause(exc):
       if cause in text:
         return cause
     e = e.__cause__ or e.__context__
-  return first_line(exc)
+  return first_line(exc) if default else None

@@ -73,9 +73,9 @@ def evaluate(config, workdir):
   ec = _eval_fields(config)
   workdir = os.path.abspath(os.path.expanduser(workdir)) if workdir else ""
   output = ec.output or os.path.join(workdir, "eval", f"{ec.mode}_stats.json")
-  if jax.process_index() == 0:  # before the work, not after it
-    evaluation.check_writable_file(output, "--config.eval.output")
-    evaluation.check_writable_file(_results_path(ec, workdir), "--config.eval.results_file")
+  # Before the work, not after it; on every process (a read-only check), so all stop together.
+  evaluation.check_writable_file(output, "--config.eval.output")
+  evaluation.check_writable_file(_results_path(ec, workdir), "--config.eval.results_file")
   start = time.time()
   if ec.mode == "prn_gt":
     stats = evaluate_prn_gt(config, ec, workdir)
@@ -287,8 +287,10 @@ def evaluate_pipeline(config, ec, workdir):
     if ec.max_images and len(image_ids) >= ec.max_images:
       break
   _report_images(len(image_ids), skipped)
-  stats = evaluation.run_coco_eval(gt_file, results, "keypoints", image_ids=image_ids)
+  gt = evaluation.load_coco(gt_file)
+  evaluation.check_evaluable(gt, image_ids, "keypoints", gt_file)
   _write_results(ec, workdir, results)
+  stats = evaluation.run_coco_eval(gt, results, "keypoints", image_ids=image_ids)
   print(evaluation.format_table(stats, f"COCO keypoints, {len(image_ids)} images ({gt_file})"))
   return stats
 
@@ -354,9 +356,10 @@ def evaluate_detector(config, ec, workdir):
     if ec.max_images and len(image_ids) >= ec.max_images:
       break
   _report_images(len(image_ids), skipped)
+  evaluation.check_evaluable(gt, image_ids, "bbox", gt_file)
+  _write_results(ec, workdir, box_results)
   bbox = evaluation.run_coco_eval(gt, box_results, "bbox", image_ids=image_ids)
   peaks = evaluation.run_coco_eval(gt, kp_results, "keypoints", image_ids=image_ids)
-  _write_results(ec, workdir, box_results)
   print(evaluation.format_table(bbox, f"COCO person boxes, {len(image_ids)} images ({gt_file})"))
   print(evaluation.format_table(peaks, "COCO keypoints of the heatmap peaks, oracle assignment "
                                        "(upper bound of the PRN's)"))

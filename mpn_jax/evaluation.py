@@ -8,12 +8,12 @@ import copy
 import io
 import json
 import os
-import tempfile
 
 import numpy as np
 
 from mpn_jax import coco as coco_lib
 from mpn_jax import errors
+from mpn_jax import files
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APM", "APL", "AR", "AR50", "AR75", "ARM", "ARL")
 # COCOeval('bbox') has 12 statistics (small objects too); keypoints has the 10 above.
@@ -121,21 +121,9 @@ def oracle_keypoints(cand_xy, cand_scores, cand_valid, gt_keypoints):
 
 
 def write_json(path, obj):
-  """Writes obj as JSON at path, creating the folder. Atomic: a temporary file in the same folder
-  renamed over `path`, so a kill or a full disk never leaves a half-written file behind."""
-  path = os.path.abspath(os.path.expanduser(path))
-  folder = os.path.dirname(path)
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-  return path
+  """Writes obj as JSON at path, creating the folder; atomically (`files.replace_atomically`): a
+  kill or a full disk never leaves a half-written file behind."""
+  return files.replace_atomically(path, lambda f: json.dump(obj, f, indent=1), mode="t")
 
 
 def check_writable_file(path, flag):

@@ -32,6 +32,7 @@ import ml_collections
 import numpy as np
 
 from mpn_jax import errors
+from mpn_jax import files
 from mpn_jax import inference
 from mpn_jax import parallel
 from mpn_jax import visualize
@@ -525,7 +526,7 @@ def predict_folder(config, workdir, images, output, branches_workdir, min_score=
   (`output_names`) and PREDICTIONS_FILE into `output`.
 
   No input is replaced: `check_output` refuses an `output` inside `images` before any checkpoint
-  is loaded, and each file is written whole (`visualize.replace_atomically`). Unreadable images are
+  is loaded, and each file is written whole (`files.replace_atomically`). Unreadable images are
   skipped with a warning.
 
   Args:
@@ -576,7 +577,7 @@ def predict_folder(config, workdir, images, output, branches_workdir, min_score=
   if jax.process_count() > 1:
     json_dir = os.path.join(output, f"process_{jax.process_index()}")
   json_path = os.path.join(json_dir, PREDICTIONS_FILE)
-  visualize.replace_atomically(json_path, lambda f: f.write(json.dumps(predictions).encode()))
+  files.replace_atomically(json_path, lambda f: f.write(json.dumps(predictions).encode()))
   print(f"{written} pictures written to {output}, predictions in {json_path}; "
         f"{len(skipped.paths)} unreadable image(s) skipped")
   return written, skipped.paths

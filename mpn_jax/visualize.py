@@ -7,14 +7,13 @@ is the centre of pixel 10).
 """
 
 import colorsys
-import contextlib
 import os
-import tempfile
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from mpn_jax import coco
+from mpn_jax import files
 
 
 def person_colors(n):
@@ -163,47 +162,8 @@ def draw_training_targets(example, alpha=0.6):
   return img
 
 
-def replace_atomically(path, write):
-  """Writes a file all at once: `write(f)` fills a temporary file in the same folder (binary mode),
-  which then replaces `path` (os.replace). A killed process leaves the old file or the new one,
-  never half of one; on an error the temporary file is removed and `path` is untouched. Creates
-  the folder. Atomic against a kill, not durable across a power loss (no fsync: it would cost a
-  disk flush per picture).
-
-  Args:
-    path: str, the file to write.
-    write: callable(binary file object) -> None.
-  Returns:
-    path.
-  """
-  folder, base = os.path.split(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  # Hidden and not ending in the real extension, so the leftover of a killed process is not taken
-  # for an output by a later `*.png` listing.
-  f = tempfile.NamedTemporaryFile(dir=folder, prefix=f".{base}.", suffix=".tmp", delete=False)
-  tmp = f.name
-  try:
-    with f:
-      write(f)
-    # NamedTemporaryFile makes the file private (0600); give it the mode a plain open() would.
-    os.chmod(tmp, 0o666 & ~_umask())
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(OSError):  # keep the original error, not one about the clean-up
-      os.remove(tmp)
-    raise
-  return path
-
-
-def _umask():
-  """The process's file-creation mask (read by setting it and restoring it at once)."""
-  mask = os.umask(0o022)
-  os.umask(mask)
-  return mask
-
-
 def save_png(image, path):
-  """Writes [H, W, 3] uint8 RGB as a PNG, atomically (see `replace_atomically`), creating the
+  """Writes [H, W, 3] uint8 RGB as a PNG, atomically (see `files.replace_atomically`), creating the
   folder; returns the path."""
   picture = Image.fromarray(np.asarray(image, np.uint8))
-  return replace_atomically(path, lambda f: picture.save(f, format="PNG"))
+  return files.replace_atomically(path, lambda f: picture.save(f, format="PNG"))

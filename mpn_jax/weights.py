@@ -364,7 +364,7 @@ def check_backbone_config(metadata, backbone_config):
                                if k == "bn_epsilon" else want[k] != have[k])]
   if wrong:
     flags = " ".join(f"--config.model.backbone.{k}={want[k]}" for k in wrong)
-    raise ValueError(f"pretrained {metadata['source']} weights need a different backbone config: "
+    raise errors.ConfigError(f"pretrained {metadata['source']} weights need a different backbone config: "
                      + ", ".join(f"{k}={want[k]} (config has {have[k]})" for k in wrong)
                      + f"; set {flags}")
 

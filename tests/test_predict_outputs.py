@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from mpn_jax import errors
+from mpn_jax import files
 from mpn_jax import predict
 from mpn_jax import visualize
 
@@ -195,7 +196,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary_file(tmp_path):
     f.write(b'{"new": ')
     raise OSError(28, "No space left on device")
   with pytest.raises(OSError, match="No space left"):
-    visualize.replace_atomically(str(path), half_then_fail)
+    files.replace_atomically(str(path), half_then_fail)
   assert path.read_text() == '{"old": 1}'
   assert os.listdir(tmp_path) == ["predictions.json"]
 

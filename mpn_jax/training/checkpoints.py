@@ -18,7 +18,9 @@ Faults (docs/reliability.md):
 import glob
 import json
 import os
+import re
 import shutil
+import socket
 import sys
 
 from absl import logging
@@ -88,19 +90,19 @@ def metadata_problem(step_dir):
   return None
 
 
-# What TensorStore / Orbax say when an array file is truncated or damaged (as opposed to a
-# checkpoint of another model, which is a config error, or a bug).
-_CORRUPT_SIGNS = ("OUT_OF_RANGE", "DATA_LOSS", "Error reading", "Failed to decode", "CRC",
-                  "Unexpected end", "truncated", "corrupt", "JSONDecodeError", "Expecting value",
-                  "Unterminated string")
-_MISMATCH_SIGNS = ("not compatible with the stored shape", "tree structure", "Missing key",
-                   "Dict key mismatch", "Unexpected key", "do not match")
+# What TensorStore / Orbax say when an array file is truncated or damaged, as opposed to a file
+# that cannot be read just now (permissions, I/O, a stale network mount: an error, nothing is set
+# aside) or a checkpoint of another model (a config error).
+_CORRUPT_SIGNS = ("OUT_OF_RANGE", "DATA_LOSS", "Failed to decode", "JSONDecodeError",
+                  "Expecting value", "Unterminated string")
+_MISMATCH_SIGNS = ("not compatible with the stored shape", "Dict key mismatch")
 
 
 def read_problem(step_dir, exc):
   """Why restoring the step at `step_dir` raised `exc`: a CheckpointError to raise at once (the
-  checkpoint is of another model), 'FILE/FOLDER: cause' when the files are damaged, or None when
-  the exception is no checkpoint fault (a bug: re-raise it)."""
+  checkpoint is of another model, or a file cannot be read just now), 'FOLDER: cause' when the
+  files are damaged (the step is then set aside), or None when the exception is no checkpoint
+  fault (a bug: re-raise it)."""
   text = f"{type(exc).__name__}: {exc}"
   chain = exc.__cause__ or exc.__context__
   while chain is not None:
@@ -112,11 +114,38 @@ def read_problem(step_dir, exc):
         f"the checkpoint {step_dir} holds another model than the config describes "
         f"({errors.first_line(line, 240)}): use the run's own config, or another --workdir")
   if isinstance(exc, OSError) and exc.filename:
-    return f"{exc.filename}: {exc.strerror}"
+    return errors.CheckpointError(f"cannot read the checkpoint {step_dir} ({exc.filename}: "
+                                  f"{exc.strerror}): fix the file's permissions or the disk and run "
+                                  "again (nothing was changed)")
   if any(sign in text for sign in _CORRUPT_SIGNS):
+    # TensorStore names the array and the folder of its database: say that, shortly.
+    m = re.search(r'(OUT_OF_RANGE|DATA_LOSS)[^"]*"([^"]+)" in OCDBT database at local file "([^"]+)"',
+                  text)
+    if m:
+      return f"{m.group(3).rstrip('/')}: array {m.group(2)!r} is truncated or damaged ({m.group(1)})"
     line = next((ln for ln in text.splitlines() if any(s in ln for s in _CORRUPT_SIGNS)), text)
     return f"{step_dir}: {errors.first_line(line, 300)}"
   return None
+
+
+def on_process_zero(fn, what):
+  """Runs fn() on process 0 only and returns its result there (None elsewhere). With several
+  processes, a failure on process 0 is raised on every process (process 0's own error there, a
+  CheckpointError naming `what` elsewhere), so that no process is left waiting in a collective."""
+  error, result = None, None
+  if jax.process_index() == 0:
+    try:
+      result = fn()
+    except Exception as e:  # pylint: disable=broad-except  (re-raised below, on every process)
+      error = e
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    ok = bool(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
+    if not ok and error is None:
+      raise errors.CheckpointError(f"{what} failed on process 0 (its log says why)")
+  if error is not None:
+    raise error
+  return result
 
 
 def set_aside(step_dir):
@@ -138,35 +167,40 @@ class StageCheckpoints:
     self.best_metric = best_metric
     if best_metric:
       if best_mode not in ("min", "max"):
-        raise ValueError(f"config.eval.best_mode={best_mode!r}: use 'min' or 'max'")
+        raise errors.ConfigError(f"config.train.best_mode={best_mode!r}: use 'min' or 'max'")
       policies.append(pp.BestN(get_metric_fn=lambda m: m[best_metric], reverse=best_mode == "min",
                                n=1, keep_checkpoints_without_metrics=False))
     # best_fn makes Orbax write each step's metrics next to it (<step>/metrics/metrics), so the
     # best step stays known after a restart, to the BestN policy and to predict.restore.
     best = dict(best_fn=lambda m: m[best_metric], best_mode=best_mode) if best_metric else {}
     # Synchronous saves: an asynchronous one that fails (disk full) is only seen at the next save
-    # or at exit, where Orbax's signalling threads then wait out their 300 s timeout. A save of
-    # ResNet-50 + Adam state (~0.4 GB) takes seconds, every checkpoint_every_steps.
+    # or at exit, where Orbax's signalling threads then wait out their 300 s timeout.
     options = ocp.CheckpointManagerOptions(
         preservation_policy=pp.AnyPreservationPolicy(policies), create=True,
-        enable_async_checkpointing=False, **best)
+        enable_async_checkpointing=False,
+        # Half-written steps of a failed or killed save (<step>.orbax-checkpoint-tmp) are removed.
+        cleanup_tmp_directories=True, **best)
     self.directory = checkpoint_dir(workdir)
     _drop_closed_loop_reports()
-    self.set_aside = []  # (step, problem, new path) of the unreadable steps moved aside
-    check_writable(self.directory)
-    if jax.process_index() == 0:
-      for step in saved_steps(self.directory):
+    on_process_zero(lambda: check_writable(self.directory), "checking the checkpoint folder")
+    # Every process knows which steps existed, so all agree when none of them is readable.
+    self.initial_steps = saved_steps(self.directory)
+    self.set_aside = []  # (step, problem) of the unreadable steps moved aside (process 0)
+
+    def scan():
+      for step in self.initial_steps:
         problem = metadata_problem(os.path.join(self.directory, str(step)))
         if problem:
           self._set_aside(step, problem)
-    if jax.process_count() > 1:
+    if jax.process_count() > 1:  # every process has listed the steps before any is renamed
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      multihost_utils.sync_global_devices("mpn_jax checkpoints: steps checked")
+      multihost_utils.sync_global_devices("mpn_jax checkpoints: steps listed")
+    on_process_zero(scan, "checking the saved steps")
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def _set_aside(self, step, problem):
     moved = set_aside(os.path.join(self.directory, str(step)))
-    self.set_aside.append((step, problem, moved))
+    self.set_aside.append((step, problem))
     logging.warning("checkpoint step %d is unreadable (%s): moved it to %s, the earlier steps are "
                     "used", step, problem, moved)
 
@@ -183,12 +217,11 @@ class StageCheckpoints:
     while True:
       step = self.latest_step()
       if step is None:
-        if self.set_aside:
+        if self.initial_steps:
           raise errors.CheckpointError(
-              f"no readable checkpoint in {self.directory}: "
-              + "; ".join(f"step {s}: {p}" for s, p, _ in self.set_aside)
-              + " (moved aside as <step>.corrupt); run again to start from scratch, or restore "
-              "the folder from a backup")
+              f"no readable checkpoint in {self.directory}: steps {self.initial_steps} were moved "
+              "aside as <step>.corrupt (the warnings above say why); run again to start from "
+              "scratch, or restore the folder from a backup")
         return state, None
       try:
         return self.restore(state, step), step
@@ -198,15 +231,14 @@ class StageCheckpoints:
           raise problem from e
         if problem is None:
           raise
-        if jax.process_index() == 0:
-          self._set_aside(step, problem)
-        if jax.process_count() > 1:
-          from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-          multihost_utils.sync_global_devices(f"mpn_jax checkpoints: step {step} set aside")
+        on_process_zero(lambda step=step, problem=problem: self._set_aside(step, problem),
+                        f"setting aside checkpoint step {step}")
         self.manager.reload()
 
   def save(self, state, config=None, metrics=None):
-    """Saves `state` at state.step (asynchronously); `metrics` ranks it for the best-N policy."""
+    """Saves `state` at state.step (synchronously); `metrics` ranks it for the best-N policy.
+    A save that fails for an operating-system cause (disk full, permissions) is a CheckpointError
+    naming the folder and the cause; any other failure is re-raised as it is."""
     step = int(jax.device_get(state.step))
     items = {
         "variables": ocp.args.StandardSave({"params": state.params,
@@ -226,6 +258,8 @@ class StageCheckpoints:
     try:
       self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
     except Exception as e:  # pylint: disable=broad-except  (Orbax/TensorStore raise many types)
+      if errors.os_cause(e, default=False) is None:
+        raise
       kept = [s for s in saved_steps(self.directory) if s != step]
       raise errors.CheckpointError(
           f"could not save checkpoint step {step} in {self.directory}: {errors.os_cause(e)}. "
@@ -281,7 +315,7 @@ def check_writable(directory):
   folder and the cause when it cannot (a file in the way, no permission, read-only, disk full)."""
   try:
     os.makedirs(directory, exist_ok=True)
-    probe = os.path.join(directory, f".write_probe_{os.getpid()}")
+    probe = os.path.join(directory, f".write_probe_{socket.gethostname()}_{os.getpid()}")
     with open(probe, "wb") as f:
       f.write(b"ok")
     os.remove(probe)
@@ -383,7 +417,8 @@ def merge_pretrained(target, source, name="init_from"):
       problems.append(f"{k}: checkpoint {tuple(np.shape(v))} vs model {tuple(np.shape(flat_t[k]))}")
   if problems:
     shown = "\n  ".join(problems[:20]) + ("\n  ..." if len(problems) > 20 else "")
-    raise ValueError(f"{name}: {len(problems)} variables do not match the model:\n  {shown}")
+    raise errors.ConfigError(f"{name}: {len(problems)} variables do not match the model:\n  "
+                             f"{shown}")
   copied = sum(1 for k in flat_s)
   logging.info("%s: copied %d of %d variables", name, copied, len(flat_t))
   flat_t.update({k: np.asarray(v, dtype=np.asarray(flat_t[k]).dtype) for k, v in flat_s.items()})

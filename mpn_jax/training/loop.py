@@ -39,8 +39,8 @@ from mpn_jax.training import steps
 from mpn_jax.training import workdir as workdir_lib
 
 
-class NonFiniteLossError(FloatingPointError):
-  """Training produced a NaN/Inf loss or gradient."""
+class NonFiniteLossError(errors.UserError, FloatingPointError):
+  """Training produced a NaN/Inf loss or gradient (the message says which step and what to do)."""
 
 
 @dataclasses.dataclass
