@@ -218,6 +218,7 @@ def test_missing_coco_dataset_is_a_clear_error(tmp_path):
   sys.path.insert(0, REPO)
   from configs import branches  # pylint: disable=g-import-not-at-top
   cfg = branches.get_config("coco")
+  cfg.model.backbone.frozen_bn = False  # from scratch is allowed then (no init_from needed)
   cfg.dataset.coco_dir = str(tmp_path / "no_coco")
   cfg.dataset.data_dir = str(tmp_path / "tfds")
   with pytest.raises(FileNotFoundError) as e:
