@@ -502,6 +502,21 @@ def test_person_height_after_warp(person_samples):
   assert capped and free, (capped, free)
 
 
+def test_person_height_zero_keeps_the_letterbox_scale(person_samples):
+  """person_height=0: centred on the person at the letterbox scale (times the random scale)."""
+  aug = _person_aug(rotation=0.0)
+  aug.person_height = 0.0
+  for e, example in enumerate(person_samples):
+    h, w = example["image"].shape[:2]
+    p = augment.sample_params(tf.constant([3, e], tf.int64), aug, _tf(example["people"]))
+    out = tf.nest.map_structure(np.asarray, augment.augment_example(_tf(example), S, p))
+    zoom = np.sqrt(abs(np.linalg.det(out["matrix"][:2, :2])))
+    np.testing.assert_allclose(zoom, S / max(h, w) * float(p["scale"]), rtol=1e-5)
+    box = example["people"]["bbox"][int(p["person"])]
+    centre = out["matrix"] @ np.array([box[0] + box[2] / 2, box[1] + box[3] / 2, 1.0])
+    np.testing.assert_allclose(centre[:2], S / 2 + np.asarray(p["translate"]) * S, atol=1e-3)
+
+
 def test_person_crop_deterministic(person_samples):
   example = person_samples[0]
   cfg = pipeline.input_config()
@@ -560,7 +575,7 @@ def test_person_crop_falls_back_to_letterbox(person_samples):
     augment.sample_params(tf.constant([0, 0], tf.int64), _person_aug())
 
 
-@pytest.mark.parametrize("field,value", [("center", "middle"), ("person_height", 0.0),
+@pytest.mark.parametrize("field,value", [("center", "middle"), ("person_height", float("nan")),
                                          ("person_height", 1.5), ("person_height", -0.3),
                                          ("max_zoom", 0.5), ("max_zoom", float("inf"))])
 def test_bad_person_config_names_the_field(field, value):

@@ -742,6 +742,9 @@ PROSE_RUNS = (
      "--config.eval.branches_config=configs/branches.py:synthetic "
      "--config.inference.flip=True --config.inference.scales=0.75,1.0,1.25 "
      "--config.eval.output=runs/prose_tta.json"),
+    # The training-target pictures in the whole-image mode.
+    ("python scripts/show_targets.py --coco_dir=../shared/data/coco --center=letterbox "
+     "--output=runs/prose_targets.png"),
     # The benchmark's selection flags (--quick would override the sizes: tiny sizes given here).
     ("python -m mpn_jax.benchmark --model_size=tiny --image_size=64 --peak_sizes=256 "
      "--parts=peak,forward --dtypes=float32,bfloat16 --batch_sizes=1 --repeats=1 "

@@ -52,7 +52,7 @@ def augment_config():
       center="letterbox",  # "letterbox": the whole image, longest side S, zoomed about its centre;
                            # "person": centred on one annotated person scaled to person_height
       person_height=0.6,  # center="person": the person's box height as a fraction of S, before
-                          # the random scale (OpenPose's target_dist)
+                          # the random scale (OpenPose's target_dist); 0: the letterbox scale
       max_zoom=4.0,       # center="person": cap of that zoom relative to the letterbox scale
       scale_min=0.75,     # random zoom factor, uniform in [scale_min, scale_max], times the
       scale_max=1.25,     # letterbox (or person) scale
@@ -136,16 +136,20 @@ def person_zoom(height, width, size, box, person_height=0.6, max_zoom=4.0):
   Args:
     height, width: original image size. size: S.
     box: [4] float32 COCO (x, y, w, h) original pixels.
-    person_height: target box height as a fraction of S.
+    person_height: target box height as a fraction of S; 0: no normalisation (the letterbox
+      scale).
     max_zoom: cap relative to the letterbox scale S / max(H, W).
   Returns:
     scalar float32: min(person_height * S / box height, max_zoom * letterbox scale).
   """
   box = tf.cast(box, tf.float32)
-  # A degenerate (0 px) box is simply capped.
-  wanted = (tf.cast(person_height, tf.float32) * tf.cast(size, tf.float32) /
-            tf.maximum(box[3], 1e-3))
-  return tf.minimum(wanted, tf.cast(max_zoom, tf.float32) * letterbox_scale(height, width, size))
+  letterbox = letterbox_scale(height, width, size)
+  # A degenerate (0 px) box is simply capped. person_height 0: the letterbox scale, i.e. centred
+  # on the person without normalising its size (people as large as evaluation shows them).
+  wanted = tf.where(tf.cast(person_height, tf.float32) > 0,
+                    tf.cast(person_height, tf.float32) * tf.cast(size, tf.float32) /
+                    tf.maximum(box[3], 1e-3), letterbox)
+  return tf.minimum(wanted, tf.cast(max_zoom, tf.float32) * letterbox)
 
 
 def person_matrix(height, width, size, box, scale=1.0, angle=0.0, translate=(0.0, 0.0),
@@ -281,9 +285,9 @@ def check_config(aug):
   if center not in _CENTERS:
     raise errors.ConfigError(f"{name}.center = {center!r}: use one of {', '.join(_CENTERS)}")
   person_height = aug.get("person_height", 0.6)
-  if not 0 < _number(person_height) <= 1:
-    raise errors.ConfigError(f"{name}.person_height = {person_height}: must lie in (0, 1] (the "
-                             "person's height as a fraction of the input size)")
+  if not 0 <= _number(person_height) <= 1:
+    raise errors.ConfigError(f"{name}.person_height = {person_height}: must lie in [0, 1] (the "
+                             "person's height as a fraction of the input size; 0: as letterboxed)")
   max_zoom = aug.get("max_zoom", 4.0)
   if not 1 <= _number(max_zoom) < math.inf:
     raise errors.ConfigError(f"{name}.max_zoom = {max_zoom}: must be a finite number >= 1 (the "
