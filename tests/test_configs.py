@@ -8,7 +8,7 @@ from ml_collections import config_flags
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PRESETS = {"branches": ("coco", "coco_detection", "coco_joint", "synthetic", "smoke"),
+PRESETS = {"branches": ("coco", "coco_detection", "coco_joint", "coco_samples", "synthetic", "smoke"),
            "prn": ("coco", "coco_small", "synthetic", "smoke")}
 
 
