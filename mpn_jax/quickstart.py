@@ -85,7 +85,21 @@ def make_configs(workdir, preset="synthetic", coco_dir=""):
   branches = _config("branches", preset)
   branches.dataset.data_dir = os.path.join(workdir, "tfds")
   if preset == "coco_samples":
-    return _coco_samples_configs(workdir, branches, coco_dir)
+    prn = _coco_samples_prn(branches, coco_dir)
+  else:
+    prn = _synthetic_prn(branches, preset)
+  # The PRN config evaluates the whole pipeline with this quickstart's stage one.
+  prn.eval.mode = "pipeline"
+  prn.eval.branches_workdir = os.path.join(workdir, "branches")
+  prn.eval.branches_config = os.path.join(_ROOT, "configs", f"branches.py:{preset}")
+  prn.eval.pictures = max(8, int(prn.eval.get("pictures", 0) or 0))
+  prn.eval.pictures_dir = os.path.join(workdir, "pictures")
+  prn.eval.max_images = 0  # every image
+  return branches, prn
+
+
+def _synthetic_prn(branches, preset):
+  """The PRN config on the synthetic dataset's annotations."""
   prn = _config("prn", preset)
   if preset == "smoke":  # configs/prn.py:smoke reads COCO files: point it at the synthetic data
     prn.data.name = "mpn_synthetic"
@@ -96,16 +110,12 @@ def make_configs(workdir, preset="synthetic", coco_dir=""):
   prn.data.synthetic = ml_collections.ConfigDict(dict(
       data_dir=ds.data_dir, image_size=ds.image_size, num_train=ds.num_train, num_val=ds.num_val,
       seed=ds.seed))
-  prn.eval.mode = "pipeline"
-  prn.eval.branches_workdir = os.path.join(workdir, "branches")
-  prn.eval.branches_config = os.path.join(_ROOT, "configs", f"branches.py:{preset}")
-  prn.eval.pictures = max(8, int(prn.eval.get("pictures", 0) or 0))
-  prn.eval.pictures_dir = os.path.join(workdir, "pictures")
-  prn.eval.max_images = 0  # every validation image
-  return branches, prn
+  return prn
 
 
-def _coco_samples_configs(workdir, branches, coco_dir):
+def _coco_samples_prn(branches, coco_dir):
+  """Points stage one at the COCO samples in `coco_dir`; the PRN config (coco_small) on its
+  annotation-only split, with stage one's test-time scales."""
   root = os.path.abspath(os.path.expanduser(coco_dir or default_coco_dir()))
   for _, ann, images in eval_sets("coco_samples", root):
     if not os.path.isfile(ann) or not os.path.isdir(images):
@@ -118,13 +128,7 @@ def _coco_samples_configs(workdir, branches, coco_dir):
   prn.data.data_dir = root
   prn.inference.scales = tuple(branches.inference.scales)
   prn.inference.flip = bool(branches.inference.flip)
-  prn.eval.mode = "pipeline"
-  prn.eval.branches_workdir = os.path.join(workdir, "branches")
-  prn.eval.branches_config = os.path.join(_ROOT, "configs", "branches.py:coco_samples")
-  prn.eval.pictures = 8
-  prn.eval.pictures_dir = os.path.join(workdir, "pictures")
-  prn.eval.max_images = 0
-  return branches, prn
+  return prn
 
 
 def latest_step(stage_workdir):
