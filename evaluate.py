@@ -1,42 +1,56 @@
-r"""Evaluates a trained MultiPoseNet (COCO keypoint AP through pycocotools).
+r"""Evaluates a trained MultiPoseNet (COCO AP through pycocotools).
 
-  # the whole model on images (branches + PRN checkpoints):
-  python evaluate.py --config=configs/prn.py --workdir=runs/prn \
-      --config.eval.branches_workdir=runs/branches
-  # any COCO-format set of images:
-  python evaluate.py --config=configs/prn.py --workdir=runs/prn \
-      --config.eval.branches_workdir=runs/branches \
-      --config.eval.ann_file=ANN.json --config.eval.image_dir=IMAGES/
-  # the person detector (COCOeval bbox) and the keypoint peaks:
-  python evaluate.py --config=configs/branches.py --workdir=runs/branches \
-      --config.eval.mode=detector
-  # the PRN on ground-truth keypoints (no images):
-  python evaluate.py --config=configs/prn.py --workdir=runs/prn --config.eval.mode=prn_gt \
-      --config.eval.ann_file=ANN.json --config.eval.output=OUT.json
+  # the whole model on its validation images (MODEL/branches + MODEL/prn):
+  python evaluate.py --model=runs/coco
+  # any COCO-format set of images, with test-time scales:
+  python evaluate.py --model=runs/coco --config.eval.ann_file=ANN.json \
+      --config.eval.image_dir=IMAGES/ --config.inference.scales=1.0,1.5
+  # the person detector (COCOeval bbox) and its keypoint peaks (MODEL or the branches workdir):
+  python evaluate.py --model=runs/coco --config.eval.mode=detector
+  # the PRN on ground-truth keypoints, no images (MODEL or the PRN workdir):
+  python evaluate.py --model=runs/coco/prn --config.eval.mode=prn_gt --config.eval.ann_file=ANN.json
 
-Statistics are printed as a table and written as JSON (config.eval.output, default
-WORKDIR/eval/<mode>_stats.json). See mpn_jax/evaluate.py for every config.eval field. Statistics
-are never computed on nothing: no image evaluated, or no annotated person, is an error. Errors the
-user can fix are one line `evaluate.py: error: ...`, exit status 2.
+The model is rebuilt from the configs saved in its checkpoints. --config.eval.* are the fields of
+mpn_jax.evaluation.evaluators.eval_config; --config.inference.* override the inference settings
+saved with the runs. Statistics are printed as a table and written as JSON (config.eval.output,
+default MODEL/eval/<mode>_stats.json). Errors the user can fix are one line
+`evaluate.py: error: ...`, exit status 2.
 """
+
+import sys
 
 from absl import app
 from absl import flags
+import ml_collections
 from ml_collections import config_flags
 
 from mpn_jax import cli
+from mpn_jax.configs import defaults
 
-config_flags.DEFINE_config_file("config", None, "Config file (configs/prn.py or configs/branches.py).",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory holding the checkpoint to evaluate.")
-flags.mark_flags_as_required(["config", "workdir"])
+_MODEL = flags.DEFINE_string("model", None, "Model folder (holding branches/ and prn/), or a "
+                             "stage workdir for the detector / prn_gt modes.")
+# The eval fields less branches_workdir / branches_config: the model path names both stages.
+_EVAL_FIELDS = {k: v for k, v in defaults.eval_config("pipeline").items()
+                if not k.startswith("branches_")}
+try:
+  # A config dict applies the --config.* overrides while the flag is defined, before cli.run.
+  _CONFIG = config_flags.DEFINE_config_dict(
+      "config", ml_collections.ConfigDict({"eval": _EVAL_FIELDS,
+                                           "inference": defaults.inference_config()}),
+      "Evaluation fields (--config.eval.*) and inference overrides (--config.inference.*).")
+except cli._FLAG_PARSE_ERRORS as e:  # pylint: disable=protected-access
+  cli.fail("evaluate.py", cli.describe_flag_error(e, sys.argv))
+flags.mark_flags_as_required(["model"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from mpn_jax import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top  (flags first)
-  evaluate_lib.evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+  # Imported after flag parsing, so that a bad flag fails before TensorFlow and JAX load.
+  from mpn_jax.evaluation import evaluators  # pylint: disable=g-import-not-at-top
+  overrides = config_flags.get_override_values(flags.FLAGS["config"])
+  inference = {k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith("inference.")}
+  evaluators.evaluate(_MODEL.value, _CONFIG.value.eval, inference)
 
 
 if __name__ == "__main__":

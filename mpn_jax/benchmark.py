@@ -56,12 +56,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mpn_jax import boxes
 from mpn_jax import cli
 from mpn_jax import errors
-from mpn_jax import evaluation
+from mpn_jax import models
+from mpn_jax import parallel
+from mpn_jax import prn_grid
+from mpn_jax.configs import branches as branches_config
+from mpn_jax.configs import prn as prn_config
+from mpn_jax.evaluation import coco_io
+from mpn_jax.inference import pipeline
+from mpn_jax.training import state as state_lib
+from mpn_jax.training import steps
 
 PARTS = ("peak", "forward", "pipeline", "prn", "train_branches", "train_prn")
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _OUTPUT = flags.DEFINE_string("output", "", "write the results as JSON to this file")
 _PARTS = flags.DEFINE_list("parts", list(PARTS), f"parts to run, any of {PARTS}")
@@ -238,17 +246,11 @@ def _init_key(seed=0):
 
 
 def _stage_config(name, preset=""):
-  """configs/{name}.py[:preset] of this checkout (train / loss / model settings of a stage)."""
-  from mpn_jax import predict  # pylint: disable=g-import-not-at-top
-  path = os.path.join(REPO_ROOT, "configs", f"{name}.py")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path} not found: the train_* parts read the stage configs of the "
-                            "checkout; run from a source checkout or leave them out of --parts")
-  return predict.load_config_file(f"{path}:{preset}" if preset else path)
+  """The stage config mpn_jax/configs/{name}.py[:preset] (train / loss / model settings)."""
+  return {"branches": branches_config, "prn": prn_config}[name].get_config(preset or None)
 
 
 def model_configs(model_size, dtype):
-  from mpn_jax import models  # pylint: disable=g-import-not-at-top
   mcfg, pcfg = models.multiposenet_config(model_size), models.prn_config(model_size)
   for c in (mcfg, pcfg):
     c.dtype = dtype
@@ -276,10 +278,9 @@ def best_peak(parts):
 
 def network_parts(model, variables, prn_model, prn_variables, settings, with_forward,
                   with_pipeline):
-  from mpn_jax import inference  # pylint: disable=g-import-not-at-top
   s = settings.image_size
   forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
-  predict = inference.make_predict_fn(model, prn_model, inference.inference_config())
+  predict = pipeline.make_predict_fn(model, prn_model, pipeline.inference_config())
   parts = []
   rng = np.random.default_rng(0)
   for b in settings.batch_sizes:
@@ -294,8 +295,6 @@ def network_parts(model, variables, prn_model, prn_variables, settings, with_for
 
 
 def prn_part(prn_model, prn_variables, batch, name="prn"):
-  from mpn_jax import models  # pylint: disable=g-import-not-at-top
-  from mpn_jax import prn_grid  # pylint: disable=g-import-not-at-top
   fn = jax.jit(lambda v, x: models.prn_probabilities(prn_model.apply(v, x, train=False)))
   x = jnp.asarray(np.random.default_rng(1).uniform(
       size=(batch, prn_grid.GRID_H, prn_grid.GRID_W, 17)).astype(np.float32))
@@ -305,7 +304,6 @@ def prn_part(prn_model, prn_variables, batch, name="prn"):
 def coco_small_prn_part(dtype, batch):
   """The PRN of configs/prn.py:coco_small (the one trained on real annotations here), if its size
   differs from the paper's."""
-  from mpn_jax import models  # pylint: disable=g-import-not-at-top
   cfg = _stage_config("prn", "coco_small").model
   if tuple(cfg.hidden_sizes) == tuple(models.prn_config().hidden_sizes) and not cfg.conv_dilations:
     return None
@@ -317,7 +315,6 @@ def coco_small_prn_part(dtype, batch):
 
 def _step_args(step, state, batch, mesh):
   """Arguments of a `steps.make_train_step` function: (state, batch) or (state, batch, rng)."""
-  from mpn_jax import parallel  # pylint: disable=g-import-not-at-top
   if len(inspect.signature(step).parameters) == 3:
     return state, batch, jax.device_put(jax.random.key(0), parallel.replicated_sharding(mesh))
   return state, batch
@@ -329,11 +326,6 @@ def _round_to_devices(batch, mesh):
 
 def branches_train_part(settings, dtype, mesh):
   """One stage-one optimizer step as the training loop does it (the library's step function)."""
-  from mpn_jax import boxes  # pylint: disable=g-import-not-at-top
-  from mpn_jax import models  # pylint: disable=g-import-not-at-top
-  from mpn_jax import parallel  # pylint: disable=g-import-not-at-top
-  from mpn_jax.training import state as state_lib  # pylint: disable=g-import-not-at-top
-  from mpn_jax.training import steps  # pylint: disable=g-import-not-at-top
   config = _stage_config("branches")
   mcfg, _ = model_configs(settings.model_size, dtype)
   mcfg.backbone.frozen_bn = config.model.backbone.frozen_bn
@@ -382,11 +374,6 @@ def synthetic_branches_batch(b, s, max_boxes, max_people, seed=0):
 
 def prn_train_part(settings, dtype, mesh):
   """One stage-two optimizer step (the library's step function, configs/prn.py's optimizer)."""
-  from mpn_jax import models  # pylint: disable=g-import-not-at-top
-  from mpn_jax import parallel  # pylint: disable=g-import-not-at-top
-  from mpn_jax import prn_grid  # pylint: disable=g-import-not-at-top
-  from mpn_jax.training import state as state_lib  # pylint: disable=g-import-not-at-top
-  from mpn_jax.training import steps  # pylint: disable=g-import-not-at-top
   config = _stage_config("prn")
   _, pcfg = model_configs(settings.model_size, dtype)
   model = models.build_prn(pcfg)
@@ -461,8 +448,6 @@ def load_average():
 
 def benchmark_dtype(settings, dtype, log=print):
   """Runs the selected parts in `dtype`; returns (metrics dict, parts)."""
-  from mpn_jax import models  # pylint: disable=g-import-not-at-top
-  from mpn_jax import parallel  # pylint: disable=g-import-not-at-top
   want = set(settings.parts)
   parts = []
   if "peak" in want:
@@ -622,10 +607,10 @@ def main(argv):
   except ValueError as e:
     raise errors.ConfigError(str(e)) from e
   if _OUTPUT.value:  # before the measurements, not after them
-    evaluation.check_writable_file(_OUTPUT.value, "--output")
+    coco_io.check_writable_file(_OUTPUT.value, "--output")
   out = run(settings)
   if _OUTPUT.value:
-    evaluation.write_json(_OUTPUT.value, out)
+    coco_io.write_json(_OUTPUT.value, out)
     print(f"wrote {_OUTPUT.value}")
 
 

@@ -34,10 +34,18 @@ from absl import flags
 from absl import logging
 import ml_collections
 
+from mpn_jax import checkpoints
 from mpn_jax import cli
 from mpn_jax import errors
+from mpn_jax import training
+from mpn_jax.configs import branches as branches_config
+from mpn_jax.configs import prn as prn_config
+from mpn_jax.data import datasets
+from mpn_jax.evaluation import coco_io
+from mpn_jax.evaluation import evaluators
 
 PRESETS = ("synthetic", "smoke", "coco_samples")
+CONFIGS = {"branches": branches_config, "prn": prn_config}
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/quickstart", "Folder for the dataset, both "
@@ -51,12 +59,7 @@ _COCO_DIR = flags.DEFINE_string("coco_dir", "", "coco_samples: the COCO folder w
 
 
 def _config(name, preset):
-  from mpn_jax import predict  # pylint: disable=g-import-not-at-top
-  path = os.path.join(_ROOT, "configs", f"{name}.py")
-  if not os.path.isfile(path):
-    raise errors.MissingFileError(f"{path} does not exist: run the quickstart from a checkout of "
-                                  "mpn-jax installed with `pip install -e .`")
-  return predict.load_config_file(f"{path}:{preset}")
+  return CONFIGS[name].get_config(preset)
 
 
 def default_coco_dir():
@@ -78,7 +81,7 @@ def make_configs(workdir, preset="synthetic", coco_dir=""):
   """(branches config, PRN config) of the quickstart: both stages on the same dataset in
   workdir/tfds (synthetic, or for coco_samples the real samples in `coco_dir`, whose PRN trains on
   the annotation-only prn_train split, configs/prn.py:coco_small); the PRN config evaluates the
-  whole pipeline with the branches run of workdir/branches."""
+  whole pipeline (the model folder `workdir`: workdir/branches and workdir/prn)."""
   if preset not in PRESETS:
     raise errors.ConfigError(f"--preset={preset!r}: use one of {PRESETS}")
   workdir = os.path.abspath(os.path.expanduser(workdir))
@@ -88,10 +91,8 @@ def make_configs(workdir, preset="synthetic", coco_dir=""):
     prn = _coco_samples_prn(branches, coco_dir)
   else:
     prn = _synthetic_prn(branches, preset)
-  # The PRN config evaluates the whole pipeline with this quickstart's stage one.
+  # What the quickstart's evaluation of the whole pipeline draws.
   prn.eval.mode = "pipeline"
-  prn.eval.branches_workdir = os.path.join(workdir, "branches")
-  prn.eval.branches_config = os.path.join(_ROOT, "configs", f"branches.py:{preset}")
   prn.eval.pictures = max(8, int(prn.eval.get("pictures", 0) or 0))
   prn.eval.pictures_dir = os.path.join(workdir, "pictures")
   prn.eval.max_images = 0  # every image
@@ -133,8 +134,7 @@ def _coco_samples_prn(branches, coco_dir):
 
 def latest_step(stage_workdir):
   """The newest checkpoint step of a stage's workdir, or None."""
-  from mpn_jax import predict  # pylint: disable=g-import-not-at-top
-  steps = predict.checkpoint_steps(stage_workdir)
+  steps = checkpoints.saved_steps(checkpoints.checkpoint_dir(stage_workdir))
   return steps[-1] if steps else None
 
 
@@ -143,7 +143,6 @@ def _say(msg):
 
 
 def prepare_dataset(branches):
-  from mpn_jax.data import datasets  # pylint: disable=g-import-not-at-top
   ds = branches.dataset
   ann = [os.path.exists(datasets.annotation_file(ds, s)) if _builder_ready(ds) else False
          for s in ("train", "validation")]
@@ -157,7 +156,6 @@ def prepare_dataset(branches):
 
 
 def _builder_ready(ds):
-  from mpn_jax.data import datasets  # pylint: disable=g-import-not-at-top
   try:
     return os.path.isdir(datasets.make_builder(ds).data_dir) and \
         datasets.make_builder(ds).info.splits.total_num_examples > 0
@@ -167,7 +165,6 @@ def _builder_ready(ds):
 
 def train_stage(config, stage_workdir, title, command):
   """Trains one stage unless its checkpoint already reached config.train.num_steps."""
-  from mpn_jax import training  # pylint: disable=g-import-not-at-top
   num_steps = int(config.train.num_steps)
   step = latest_step(stage_workdir)
   if step is not None and step >= num_steps:
@@ -198,37 +195,36 @@ def evaluate_pipeline(prn, workdir, scorer, retrain, eval_set=("validation", Non
   """COCO keypoint statistics of the whole pipeline with PRN ('prn') or nearest-centre ('center')
   assignment on `eval_set` (name, annotation file, image folder; None: the TFDS validation split);
   reused from WORKDIR/eval/<name>_stats.json when no stage changed since."""
-  from mpn_jax import evaluate  # pylint: disable=g-import-not-at-top
   set_name, ann_file, image_dir = eval_set
   name = "pipeline" if scorer == "prn" else "center"
   if set_name != "validation":
     name = f"{name}_{set_name}"
   stats_file = os.path.join(workdir, "eval", f"{name}_stats.json")
-  cfg = ml_collections.ConfigDict(prn.to_dict())
-  cfg.inference.candidate_scores = scorer
-  cfg.eval.output = stats_file
-  cfg.eval.results_file = os.path.join(workdir, "eval", f"{name}_results.json")
+  ec = evaluators.eval_config("pipeline")
+  ec.update({k: v for k, v in prn.eval.items() if k in ec})
+  ec.output = stats_file
+  ec.results_file = os.path.join(workdir, "eval", f"{name}_results.json")
   if ann_file:
-    cfg.eval.ann_file, cfg.eval.image_dir = ann_file, image_dir
-    cfg.eval.pictures_dir = os.path.join(cfg.eval.pictures_dir, set_name)
+    ec.ann_file, ec.image_dir = ann_file, image_dir
+    ec.pictures_dir = os.path.join(ec.pictures_dir, set_name)
   if scorer != "prn":
-    cfg.eval.pictures = 0
-  pictures_ok = scorer != "prn" or (os.path.isdir(cfg.eval.pictures_dir) and any(
-      n.endswith(".png") for n in os.listdir(cfg.eval.pictures_dir)))
-  if not retrain and pictures_ok and _eval_is_fresh(stats_file, [cfg.eval.branches_workdir,
-                                                                 os.path.join(workdir, "prn")]):
+    ec.pictures = 0
+  pictures_ok = scorer != "prn" or (os.path.isdir(ec.pictures_dir) and any(
+      n.endswith(".png") for n in os.listdir(ec.pictures_dir)))
+  stages = [os.path.join(workdir, stage) for stage in checkpoints.STAGES]
+  if not retrain and pictures_ok and _eval_is_fresh(stats_file, stages):
     _say(f"reusing the evaluation in {stats_file}")
     with open(stats_file) as f:
       return json.load(f)
   _say(f"evaluating the whole pipeline ({'PRN' if scorer == 'prn' else 'nearest-centre'} "
-       f"assignment) on the {set_name} images")
-  return evaluate.evaluate(cfg, os.path.join(workdir, "prn"))
+       f"assignment) on the {set_name} images (= python evaluate.py --model={workdir}"
+       f"{'' if scorer == 'prn' else ' --config.inference.candidate_scores=' + scorer})")
+  return evaluators.evaluate(workdir, ec, inference={"candidate_scores": scorer})
 
 
 def summary_table(rows):
   """rows: list of (name, stats dict) -> a plain-text table of COCO keypoint statistics."""
-  from mpn_jax import evaluation  # pylint: disable=g-import-not-at-top
-  names = evaluation.STAT_NAMES
+  names = coco_io.STAT_NAMES
   width = max(len(n) for n, _ in rows)
   lines = [" " * width + "".join(f"{k:>7}" for k in names)]
   for name, stats in rows:

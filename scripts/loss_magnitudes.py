@@ -18,20 +18,21 @@ from absl import flags
 import jax
 import numpy as np
 
+from mpn_jax import checkpoints
 from mpn_jax import cli
-from mpn_jax import evaluation
 from mpn_jax import models
-from mpn_jax import predict
+from mpn_jax.configs import branches as branches_config
 from mpn_jax.data import coco_keypoints
 from mpn_jax.data import pipeline
-from mpn_jax.training import checkpoints
+from mpn_jax.evaluation import coco_io
 from mpn_jax.training import steps
 
 _COCO_DIR = flags.DEFINE_string("coco_dir", "../shared/data/coco", "COCO root")
 _ANN = flags.DEFINE_string("annotations", "person_keypoints_val2017_sample.json",
                            "annotation file in coco_dir/annotations")
 _IMAGES = flags.DEFINE_string("images", "val2017", "image folder inside coco_dir")
-_CONFIG = flags.DEFINE_string("config", "configs/branches.py:coco", "branches config[:preset]")
+_PRESET = flags.DEFINE_string("preset", "coco", "preset of the branches config "
+                               "(mpn_jax/configs/branches.py)")
 _NUM = flags.DEFINE_integer("num", 24, "images with people to use")
 _SIZE = flags.DEFINE_integer("size", 480, "input size S")
 _BATCH = flags.DEFINE_integer("batch", 4, "images per forward pass")
@@ -40,7 +41,7 @@ _OUTPUT = flags.DEFINE_string("output", "", "JSON to write")
 
 def main(argv):
   del argv
-  config = predict.load_config_file(_CONFIG.value)
+  config = branches_config.get_config(_PRESET.value)
   config.input.size = _SIZE.value
   config.model.backbone.frozen_bn = False
   root = pathlib.Path(_COCO_DIR.value).expanduser()
@@ -79,12 +80,12 @@ def main(argv):
   mean = {k: float(np.mean([r[k] for r in rows])) for k in keys}
   det = mean["focal_loss"] + mean["box_loss"]
   mean["detection_over_keypoint"] = det / max(mean["keypoint_loss"], 1e-12)
-  print(f"{len(examples)} images of {_ANN.value} at {size} px, {_CONFIG.value}, "
+  print(f"{len(examples)} images of {_ANN.value} at {size} px, branches:{_PRESET.value}, "
         f"init_from={config.get('init_from') or '(random)'}")
   for k, v in mean.items():
     print(f"  {k:26s} {v:10.4f}")
   if _OUTPUT.value:
-    evaluation.write_json(_OUTPUT.value, dict(mean, images=len(examples), size=size,
+    coco_io.write_json(_OUTPUT.value, dict(mean, images=len(examples), size=size,
                                               config=_CONFIG.value))
 
 

@@ -25,8 +25,8 @@ import numpy as np
 import optax
 
 from mpn_jax import models
-from mpn_jax import prn_protocol
 from mpn_jax.data import prn_samples
+from mpn_jax.evaluation import prn_protocol
 
 
 def _parse_value(text, old):

@@ -33,7 +33,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mpn_jax import coco
-from mpn_jax import predict
+from mpn_jax.configs import branches as branches_config
 from mpn_jax.data import augment
 from mpn_jax.data import pipeline
 
@@ -54,8 +54,8 @@ _SIGMA = flags.DEFINE_float("sigma", 2.0, "heatmap sigma in stride-4 cells")
 _SEED = flags.DEFINE_integer("seed", 0, "augmentation seed")
 _NO_AUG = flags.DEFINE_bool("no_augment", False, "no random augmentation (person-centred crops "
                              "stay centred, unrotated, at person_height)")
-_CONFIG = flags.DEFINE_string("config", f"{_REPO / 'configs' / 'branches.py'}:coco",
-                              "config[:preset] whose config.input.augment ranges are used")
+_PRESET = flags.DEFINE_string("preset", "coco", "preset of mpn_jax/configs/branches.py whose "
+                              "config.input.augment ranges are used")
 _CENTER = flags.DEFINE_enum("center", None, ["letterbox", "person"],
                             "crop centring (config.input.augment.center); default: the config's")
 
@@ -148,7 +148,7 @@ def draw_right(rgb, t):
 
 def input_config():
   """config.input of --config with --size, --sigma, --center and --no_augment applied."""
-  cfg = predict.load_config_file(_CONFIG.value).input.copy_and_resolve_references()
+  cfg = branches_config.get_config(_PRESET.value).input.copy_and_resolve_references()
   cfg.size = _SIZE.value
   cfg.heatmap_sigma = _SIGMA.value
   cfg.crop_size = 0  # the whole S x S canvas

@@ -169,7 +169,7 @@ def test_prn_loader_needs_no_tensorflow_datasets():
 
 def test_prn_gt_protocol_validates_its_ground_truth(tmp_path):
   """`evaluate.py --config.eval.mode=prn_gt` reads the file through load_image_people."""
-  from mpn_jax import prn_protocol  # pylint: disable=g-import-not-at-top
+  from mpn_jax.evaluation import prn_protocol  # pylint: disable=g-import-not-at-top
   data = _valid()
   data["annotations"][0]["keypoints"][3] = math.inf
   path = tmp_path / "gt.json"

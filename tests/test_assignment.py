@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
-from mpn_jax import assignment
 from mpn_jax import prn_grid
+from mpn_jax.inference import assignment
 
 
 @pytest.mark.parametrize("window", [1, 3, 5, 15])

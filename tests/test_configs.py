@@ -1,7 +1,12 @@
-"""configs/branches.py and configs/prn.py: presets, command-line overrides, typos refused."""
+"""The stage configs (mpn_jax/configs/branches.py, prn.py; configs/*.py re-export them): presets,
+command-line overrides, typos refused, and loading them imports no TensorFlow, JAX or Flax."""
 
+import json
 import os
 import re
+import subprocess
+import sys
+import textwrap
 
 from absl import flags
 from ml_collections import config_flags
@@ -10,6 +15,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESETS = {"branches": ("coco", "coco_detection", "coco_joint", "coco_samples", "synthetic", "smoke"),
            "prn": ("coco", "coco_small", "synthetic", "smoke")}
+HEAVY = ("jax", "tensorflow", "tensorflow_datasets", "flax")
 
 
 def _parse(*argv):
@@ -24,7 +30,13 @@ def _parse(*argv):
 
 
 def _path(stage):
+  """The checkout's configs/<stage>.py (a shim re-exporting the package's file)."""
   return os.path.join(REPO, "configs", f"{stage}.py")
+
+
+def _package_path(stage):
+  """mpn_jax/configs/<stage>.py: the real file, also usable as --config from an installed package."""
+  return os.path.join(REPO, "mpn_jax", "configs", f"{stage}.py")
 
 
 @pytest.mark.parametrize("stage,preset", [(s, p) for s, ps in PRESETS.items() for p in ps])
@@ -32,7 +44,11 @@ def test_presets_load_and_are_documented(stage, preset):
   config = _parse(f"--config={_path(stage)}:{preset}")
   assert config.stage == stage and config.preset == preset
   assert config.train.num_steps > 0 and config.train.trainable if stage == "branches" else True
-  with open(_path(stage)) as f:
+  assert config.is_locked
+  # The package's file gives the same config (--config=mpn_jax/configs/<stage>.py).
+  packaged = _parse(f"--config={_package_path(stage)}:{preset}")
+  assert packaged.is_locked and packaged.to_dict() == config.to_dict()
+  with open(_package_path(stage)) as f:
     doc = f.read().split('"""')[1]
   # The module docstring names the preset and shows the command that runs the stage.
   assert preset in doc
@@ -129,3 +145,77 @@ def test_wrong_type_is_an_error():
 def test_unknown_preset_is_a_clear_error(stage):
   with pytest.raises(Exception, match="unknown preset 'cocoa'"):
     _parse(f"--config={_path(stage)}:cocoa")
+
+
+def test_loading_the_configs_imports_no_tensorflow_jax_or_flax():
+  """Fresh interpreter: the package's configs and the checkout's shims build every preset with
+  plain data only (what `--config=...` costs before a command starts its real work)."""
+  script = textwrap.dedent(f"""
+      import importlib.util, json, sys
+      import mpn_jax.configs.branches, mpn_jax.configs.prn
+      out = {{}}
+      for stage, module in (("branches", mpn_jax.configs.branches), ("prn", mpn_jax.configs.prn)):
+        spec = importlib.util.spec_from_file_location("shim_" + stage, {os.path.join(REPO, "configs")!r}
+                                                      + "/" + stage + ".py")
+        shim = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(shim)
+        for preset in module.PRESETS:
+          config = module.get_config(preset)
+          config.lock()
+          assert config.is_locked
+          assert shim.get_config(preset).to_dict() == config.to_dict(), (stage, preset)
+          out[stage + ":" + preset] = config.stage
+      print(json.dumps({{"built": out, "heavy": [m for m in {HEAVY!r} if m in sys.modules]}}))
+      """)
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONSTARTUP"}
+  proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  result = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert result["heavy"] == [], f"loading the configs imported {result['heavy']}"
+  assert result["built"] == {f"{s}:{p}": s for s, ps in PRESETS.items() for p in ps}
+
+
+def test_presets_match_the_modules_presets():
+  from mpn_jax.configs import branches
+  from mpn_jax.configs import prn
+  assert branches.PRESETS == PRESETS["branches"] and prn.PRESETS == PRESETS["prn"]
+
+
+def test_heavy_modules_use_the_plain_data_defaults():
+  """pipeline.input_config, prn_samples.prn_data_config and models.*_config are the plain-data
+  builders themselves (one definition); the values they share with other modules agree."""
+  from mpn_jax import models
+  from mpn_jax import prn_grid
+  from mpn_jax.configs import defaults
+  from mpn_jax.data import augment
+  from mpn_jax.data import pipeline
+  from mpn_jax.data import prn_samples
+  assert pipeline.input_config is defaults.input_config
+  assert prn_samples.prn_data_config is defaults.prn_data_config
+  assert models.multiposenet_config is defaults.multiposenet_config
+  assert models.prn_config is defaults.prn_config
+  assert prn_grid.DEFAULT_WIDEN == defaults.BOX_WIDEN
+  assert defaults.inference_config().box_widen == defaults.prn_data_config().widen == prn_grid.DEFAULT_WIDEN
+  # augment.augment_config is still its own copy: the two must agree until it imports defaults.
+  assert augment.augment_config().to_dict() == defaults.augment_config().to_dict()
+  with pytest.raises(ValueError, match="size must be one of"):
+    models.multiposenet_config("huge")
+
+
+def test_prn_data_dir_follows_mpn_coco_dir(monkeypatch):
+  from mpn_jax.configs import defaults
+  from mpn_jax.configs import prn
+  monkeypatch.setenv("MPN_COCO_DIR", "/elsewhere/coco")
+  assert defaults.prn_data_config().data_dir == "/elsewhere/coco"
+  assert prn.get_config("coco_small").data.data_dir == "/elsewhere/coco"
+  monkeypatch.delenv("MPN_COCO_DIR")
+  assert prn.get_config("smoke").data.data_dir == "../shared/data/coco"
+
+
+def test_synthetic_presets_of_both_stages_name_the_same_dataset():
+  from mpn_jax.configs import branches
+  from mpn_jax.configs import prn
+  b = branches.get_config("synthetic").dataset
+  p = prn.get_config("synthetic").data.synthetic
+  assert {k: b[k] for k in p} == p.to_dict()

@@ -109,7 +109,7 @@ def test_two_processes_train_like_one(tmp_path):
     want_kernel = np.asarray(reference.state.params["backbone"]["kernel"])
     np.testing.assert_allclose(got["kernel"], want_kernel, rtol=1e-5, atol=1e-6)
   # One checkpoint directory, written jointly, readable afterwards.
-  from mpn_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
+  from mpn_jax import checkpoints  # pylint: disable=g-import-not-at-top
   params, _, _ = checkpoints.restore_variables(tmp_path / "multi")
   np.testing.assert_allclose(params["backbone"]["kernel"],
                              np.asarray(reference.state.params["backbone"]["kernel"]), rtol=1e-5,

@@ -1,17 +1,19 @@
-"""evaluate.py: the PRN-on-ground-truth protocol from the command line, and its error messages."""
+"""evaluate.py and predict.py on a model path: the three evaluation modes, the prediction command and
+their error messages."""
 
 import json
 import os
 import subprocess
 import sys
 
-import ml_collections
 import numpy as np
 import pytest
 
-from mpn_jax import evaluate as evaluate_lib
-from mpn_jax import evaluation
-from mpn_jax.data import prn_samples
+from mpn_jax import checkpoints
+from mpn_jax.configs import branches as branches_config
+from mpn_jax.configs import prn as prn_config
+from mpn_jax.evaluation import coco_io
+from mpn_jax.evaluation import evaluators
 
 from conftest import REPO
 
@@ -25,38 +27,35 @@ def _run(*args):
 
 
 def _config(**eval_fields):
-  config = ml_collections.ConfigDict()
-  config.stage = "prn"
-  config.data = prn_samples.prn_data_config()
-  config.eval = evaluate_lib.eval_config()
-  config.eval.update(eval_fields)
+  config = evaluators.eval_config()
+  config.update(eval_fields)
   return config
 
 
 def test_prn_gt_center_from_the_command_line(coco_dir, tmp_path):
   out = tmp_path / "OUT.json"
-  proc = _run("--config=configs/prn.py", f"--workdir={tmp_path / 'wd'}",
-              "--config.eval.mode=prn_gt", "--config.eval.assign=center",
+  proc = _run(f"--model={tmp_path / 'wd'}", "--config.eval.mode=prn_gt",
+              "--config.eval.assign=center",
               f"--config.eval.ann_file={coco_dir / PRN_VAL}", f"--config.eval.output={out}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(out) as f:
     stats = json.load(f)
-  assert list(stats) == list(evaluation.STAT_NAMES)
+  assert list(stats) == list(coco_io.STAT_NAMES)
   assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in stats.values()), stats
   # The non-learned centre rule groups most people right (~0.73-0.76 on this split) but not all.
   assert 0.6 < stats["AP"] < 0.9, stats
   assert "AP50" in proc.stdout  # the printed table
   # The results file holds ground-truth positions only: rescoring it reproduces the statistics.
   results_file = tmp_path / "wd" / "eval" / "prn_gt_results.json"
-  rescored = evaluation.run_coco_eval(str(coco_dir / PRN_VAL), str(results_file),
+  rescored = coco_io.run_coco_eval(str(coco_dir / PRN_VAL), str(results_file),
                                       image_ids={r["image_id"] for r in json.load(
                                           open(results_file))})
   np.testing.assert_allclose(list(rescored.values()), list(stats.values()))
 
 
 def test_missing_checkpoint_names_the_workdir_and_the_train_command(coco_dir, tmp_path):
-  proc = _run("--config=configs/prn.py", f"--workdir={tmp_path / 'empty'}",
-              "--config.eval.mode=prn_gt", f"--config.eval.ann_file={coco_dir / PRN_VAL}")
+  proc = _run(f"--model={tmp_path / 'empty'}", "--config.eval.mode=prn_gt",
+              f"--config.eval.ann_file={coco_dir / PRN_VAL}")
   assert proc.returncode != 0
   assert str(tmp_path / "empty") in proc.stderr
   assert "python train.py --config=configs/prn.py" in proc.stderr
@@ -67,17 +66,17 @@ def test_missing_annotation_file_is_a_clear_error(tmp_path):
   missing = tmp_path / "nope.json"
   config = _config(mode="prn_gt", assign="center", ann_file=str(missing))
   with pytest.raises(FileNotFoundError, match=r"nope\.json does not exist.*config\.eval\.ann_file"):
-    evaluate_lib.evaluate(config, str(tmp_path))
+    evaluators.evaluate(str(tmp_path), config)
 
 
 def test_unknown_mode_is_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match="config.eval.mode"):
-    evaluate_lib.evaluate(_config(mode="nonsense"), str(tmp_path))
+    evaluators.evaluate(str(tmp_path), _config(mode="nonsense"))
 
 
 def test_missing_branches_checkpoint_is_named(tmp_path):
   with pytest.raises(FileNotFoundError, match="configs/branches.py"):
-    evaluate_lib.require_checkpoint(str(tmp_path / "b"), "branches")
+    checkpoints.stage_workdir(str(tmp_path / "b"), "branches")
 
 
 # --- the whole pipeline on real images, with tiny randomly initialised networks ------------------
@@ -105,7 +104,6 @@ def _random_variables(model, shape):
 def _save_stage(workdir, model, config, shape):
   """Saves random variables of `model` the way training does (a TrainState checkpoint)."""
   import optax  # pylint: disable=g-import-not-at-top
-  from mpn_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
   from mpn_jax.training import state as state_lib  # pylint: disable=g-import-not-at-top
   variables = _random_variables(model, shape)
   st = state_lib.TrainState.create(variables["params"], variables.get("batch_stats", {}),
@@ -117,18 +115,18 @@ def _save_stage(workdir, model, config, shape):
 
 @pytest.fixture(scope="module")
 def tiny_stages(tmp_path_factory):
-  """(branches workdir, prn workdir, PRN config) of tiny untrained networks."""
+  """(branches workdir, prn workdir, PRN config, branches config) of tiny untrained networks; their
+  parent folder is the model path."""
   from mpn_jax import models  # pylint: disable=g-import-not-at-top
-  from mpn_jax import predict  # pylint: disable=g-import-not-at-top
   root = tmp_path_factory.mktemp("stages")
-  bcfg = predict.load_config_file(str(REPO / "configs" / "branches.py") + ":smoke")
+  bcfg = branches_config.get_config("smoke")
   bcfg.model = models.multiposenet_config("tiny")
   bcfg.input.size = 96
   # A tiny synthetic TFDS dataset (prepared only by the test that evaluates a TFDS split).
   bcfg.dataset.update(dict(name="mpn_synthetic", data_dir=str(root / "tfds"), image_size=64,
                            num_train=4, num_val=5))
   _save_stage(root / "branches", models.build_multiposenet(bcfg.model), bcfg, (1, 96, 96, 3))
-  pcfg = predict.load_config_file(str(REPO / "configs" / "prn.py") + ":smoke")
+  pcfg = prn_config.get_config("smoke")
   pcfg.model = models.prn_config("tiny")
   _save_stage(root / "prn", models.build_prn(pcfg.model), pcfg, (1, 56, 36, 17))
   return root / "branches", root / "prn", pcfg, bcfg
@@ -154,32 +152,31 @@ def image_set(coco_dir, tmp_path):
   return ann_file, folder, [im["id"] for im in images]
 
 
-def _pipeline_config(pcfg, branches, tmp_path, ann_file, folder, **fields):
-  config = ml_collections.ConfigDict(pcfg.to_dict())
-  config.eval = evaluate_lib.eval_config("pipeline")
-  config.eval.update(dict(branches_workdir=str(branches), ann_file=str(ann_file),
-                          image_dir=str(folder), batch_size=4, pictures=2,
-                          output=str(tmp_path / "stats.json")))
-  config.eval.update(fields)
+def _pipeline_config(tmp_path, ann_file, folder, **fields):
+  config = evaluators.eval_config("pipeline")
+  config.update(dict(ann_file=str(ann_file), image_dir=str(folder), batch_size=4, pictures=2,
+                     output=str(tmp_path / "stats.json")))
+  config.update(fields)
   return config
 
 
 def test_pipeline_on_real_images(tiny_stages, image_set, tmp_path, capsys):
-  branches, prn, pcfg, _ = tiny_stages
+  branches, _, _, _ = tiny_stages
+  model = branches.parent
   ann_file, folder, ids = image_set
-  config = _pipeline_config(pcfg, branches, tmp_path, ann_file, folder, picture_min_score=0.0)
-  stats = evaluate_lib.evaluate(config, str(prn))
+  config = _pipeline_config(tmp_path, ann_file, folder, picture_min_score=0.0)
+  stats = evaluators.evaluate(str(model), config)
   printed = capsys.readouterr()
-  assert list(stats) == list(evaluation.STAT_NAMES)
+  assert list(stats) == list(coco_io.STAT_NAMES)
   assert all(0.0 <= v <= 1.0 for v in stats.values())
   assert json.load(open(tmp_path / "stats.json")) == stats
   assert "broken.jpg" in printed.err and "1 unreadable image(s) skipped" in printed.out
   assert "3 images evaluated" in printed.out
-  results = json.load(open(prn / "eval" / "pipeline_results.json"))
+  results = json.load(open(model / "eval" / "pipeline_results.json"))
   assert {r["image_id"] for r in results} <= set(ids)
   for r in results:  # people in original pixels: inside (a margin around) their image
     assert len(r["keypoints"]) == 51 and 0.0 <= r["score"] <= 1.0
-  pictures = sorted((prn / "eval" / "pictures").glob("*.png"))
+  pictures = sorted((model / "eval" / "pictures").glob("*.png"))
   assert [p.name for p in pictures] == [f"{i:012d}.png" for i in ids[:2]]
   from PIL import Image  # pylint: disable=g-import-not-at-top
   info = {im["id"]: im for im in json.load(open(ann_file))["images"]}
@@ -187,37 +184,36 @@ def test_pipeline_on_real_images(tiny_stages, image_set, tmp_path, capsys):
 
 
 def test_pipeline_without_people_gives_no_results(tiny_stages, image_set, tmp_path):
-  from mpn_jax import inference  # pylint: disable=g-import-not-at-top
-  branches, prn, pcfg, _ = tiny_stages
+  branches, _, _, _ = tiny_stages
   ann_file, folder, _ = image_set
-  config = _pipeline_config(pcfg, branches, tmp_path, ann_file, folder, pictures=0,
+  config = _pipeline_config(tmp_path, ann_file, folder, pictures=0,
                             results_file=str(tmp_path / "res.json"))
-  config.inference = inference.inference_config()
-  config.inference.score_threshold = 2.0  # no box can pass: no people at all
-  stats = evaluate_lib.evaluate(config, str(prn))
-  assert stats == {k: 0.0 for k in evaluation.STAT_NAMES}
+  # No box can pass the score threshold: no people at all.
+  stats = evaluators.evaluate(str(branches.parent), config, inference={"score_threshold": 2.0})
+  assert stats == {k: 0.0 for k in coco_io.STAT_NAMES}
   assert json.load(open(tmp_path / "res.json")) == []
 
 
 def test_pipeline_missing_branches_checkpoint(tiny_stages, image_set, tmp_path):
-  _, prn, pcfg, _ = tiny_stages
+  _, prn, _, _ = tiny_stages
   ann_file, folder, _ = image_set
-  config = _pipeline_config(pcfg, tmp_path / "nothing", tmp_path, ann_file, folder)
-  with pytest.raises(FileNotFoundError, match="configs/branches.py.*branches_workdir"):
-    evaluate_lib.evaluate(config, str(prn))
+  model = tmp_path / "model"
+  model.mkdir()
+  os.symlink(prn, model / "prn")  # a model folder without branches/
+  config = _pipeline_config(tmp_path, ann_file, folder)
+  with pytest.raises(FileNotFoundError, match="no branches checkpoint.*configs/branches.py"):
+    evaluators.evaluate(str(model), config)
 
 
 def test_pipeline_on_the_tfds_split_of_the_branches_run(tiny_stages, tmp_path, capsys):
-  branches, prn, pcfg, _ = tiny_stages
-  config = ml_collections.ConfigDict(pcfg.to_dict())
-  config.eval = evaluate_lib.eval_config("pipeline")
-  config.eval.update(dict(branches_workdir=str(branches), batch_size=4, pictures=1,
-                          picture_min_score=0.0, pictures_dir=str(tmp_path / "pics"),
-                          output=str(tmp_path / "stats.json"),
-                          results_file=str(tmp_path / "results.json")))
-  stats = evaluate_lib.evaluate(config, str(prn))
+  branches, _, _, _ = tiny_stages
+  config = evaluators.eval_config("pipeline")
+  config.update(dict(batch_size=4, pictures=1, picture_min_score=0.0,
+                     pictures_dir=str(tmp_path / "pics"), output=str(tmp_path / "stats.json"),
+                     results_file=str(tmp_path / "results.json")))
+  stats = evaluators.evaluate(str(branches.parent), config)
   assert "5 images evaluated" in capsys.readouterr().out  # 2 batches of 4, the last padded
-  assert list(stats) == list(evaluation.STAT_NAMES)
+  assert list(stats) == list(coco_io.STAT_NAMES)
   # -1 is COCOeval's "no ground truth in this area range" (the synthetic people are all small).
   assert all(0.0 <= v <= 1.0 or v == -1.0 for v in stats.values())
   results = json.load(open(tmp_path / "results.json"))
@@ -229,13 +225,12 @@ def test_pipeline_on_the_tfds_split_of_the_branches_run(tiny_stages, tmp_path, c
 
 
 def test_prn_gt_with_a_restored_prn(tiny_stages, coco_dir, tmp_path):
-  _, prn, pcfg, _ = tiny_stages
-  config = ml_collections.ConfigDict(pcfg.to_dict())
-  config.eval = evaluate_lib.eval_config("prn_gt")
-  config.eval.update(dict(ann_file=str(coco_dir / PRN_VAL), output=str(tmp_path / "o.json"),
-                          results_file=str(tmp_path / "r.json")))
-  stats = evaluate_lib.evaluate(config, str(prn))
-  assert list(stats) == list(evaluation.STAT_NAMES)
+  _, prn, _, _ = tiny_stages
+  config = evaluators.eval_config("prn_gt")
+  config.update(dict(ann_file=str(coco_dir / PRN_VAL), output=str(tmp_path / "o.json"),
+                     results_file=str(tmp_path / "r.json")))
+  stats = evaluators.evaluate(str(prn), config)  # a stage workdir: prn_gt needs only the PRN
+  assert list(stats) == list(coco_io.STAT_NAMES)
   assert all(0.0 <= v <= 1.0 for v in stats.values())
   # Every person box of the images with a labelled keypoint is a person to fill.
   ann = json.load(open(coco_dir / PRN_VAL))
@@ -246,15 +241,14 @@ def test_prn_gt_with_a_restored_prn(tiny_stages, coco_dir, tmp_path):
 
 
 def test_detector_mode_on_real_images(tiny_stages, image_set, tmp_path):
-  branches, _, _, bcfg = tiny_stages
+  branches, _, _, _ = tiny_stages
   ann_file, folder, ids = image_set
-  config = ml_collections.ConfigDict(bcfg.to_dict())
-  config.eval = evaluate_lib.eval_config("detector")
-  config.eval.update(dict(ann_file=str(ann_file), image_dir=str(folder), batch_size=4,
-                          pictures=1, output=str(tmp_path / "det.json")))
-  stats = evaluate_lib.evaluate(config, str(branches))
-  names = ([f"bbox/{k}" for k in evaluation.BBOX_STAT_NAMES] +
-           [f"peaks_oracle/{k}" for k in evaluation.STAT_NAMES])
+  config = evaluators.eval_config("detector")
+  config.update(dict(ann_file=str(ann_file), image_dir=str(folder), batch_size=4, pictures=1,
+                     output=str(tmp_path / "det.json")))
+  stats = evaluators.evaluate(str(branches), config)  # the branches workdir alone
+  names = ([f"bbox/{k}" for k in coco_io.BBOX_STAT_NAMES] +
+           [f"peaks_oracle/{k}" for k in coco_io.STAT_NAMES])
   assert list(stats) == names
   assert all(0.0 <= v <= 1.0 for v in stats.values())
   results = json.load(open(branches / "eval" / "detector_results.json"))
@@ -274,9 +268,8 @@ def test_predict_command_on_a_folder(tiny_stages, coco_dir, tmp_path):
   out = tmp_path / "out"
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
   proc = subprocess.run(
-      [sys.executable, "-m", "mpn_jax.predict", "--config=configs/prn.py:smoke",
-       "--config.model.hidden_sizes=(16,)", f"--workdir={prn}", f"--branches_workdir={branches}",
-       f"--images={folder}", f"--output={out}", "--min_score=0"],
+      [sys.executable, "predict.py", f"--model={branches.parent}", f"--input={folder}",
+       f"--output={out}", "--min_score=0"],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "zz_broken.png" in proc.stderr and "1 unreadable image(s) skipped" in proc.stdout
@@ -290,12 +283,12 @@ def test_predict_command_on_a_folder(tiny_stages, coco_dir, tmp_path):
 
 def test_pipeline_with_every_image_missing_writes_no_statistics(tiny_stages, image_set, tmp_path):
   from mpn_jax import errors  # pylint: disable=g-import-not-at-top
-  branches, prn, pcfg, _ = tiny_stages
+  branches, _, _, _ = tiny_stages
   ann_file, _, _ = image_set
   empty = tmp_path / "no_images"
   empty.mkdir()
-  config = _pipeline_config(pcfg, branches, tmp_path, ann_file, empty, pictures=0,
+  config = _pipeline_config(tmp_path, ann_file, empty, pictures=0,
                             results_file=str(tmp_path / "res.json"))
   with pytest.raises(errors.DataError, match="no image was evaluated"):
-    evaluate_lib.evaluate(config, str(prn))
+    evaluators.evaluate(str(branches.parent), config)
   assert not (tmp_path / "stats.json").exists() and not (tmp_path / "res.json").exists()

@@ -5,9 +5,11 @@ import json
 import numpy as np
 import pytest
 
+from mpn_jax import checkpoints
 from mpn_jax import coco
-from mpn_jax import evaluation
 from mpn_jax.data import preprocess
+from mpn_jax.evaluation import coco_io
+from mpn_jax.inference import postprocess
 
 
 def test_golden_case_gives_the_expected_statistics(coco_dir):
@@ -17,31 +19,31 @@ def test_golden_case_gives_the_expected_statistics(coco_dir):
   with open(golden / "keypoints_dt.json") as f:
     results = json.load(f)
   for res in (str(golden / "keypoints_dt.json"), results):
-    stats = evaluation.run_coco_eval(str(golden / "keypoints_gt.json"), res, "keypoints")
-    assert list(stats) == list(evaluation.STAT_NAMES)
-    np.testing.assert_allclose([stats[k] for k in evaluation.STAT_NAMES], expected, rtol=0,
+    stats = coco_io.run_coco_eval(str(golden / "keypoints_gt.json"), res, "keypoints")
+    assert list(stats) == list(coco_io.STAT_NAMES)
+    np.testing.assert_allclose([stats[k] for k in coco_io.STAT_NAMES], expected, rtol=0,
                                atol=1e-12)
-  table = evaluation.format_table(stats)
+  table = coco_io.format_table(stats)
   assert "AP50" in table and f"{expected[0]:6.3f}" in table
 
 
 def test_box_conversions_by_hand():
   xyxy = np.array([[10, 20, 40, 80], [0.5, 1.5, 2.5, 4.5]], np.float32)
   xywh = np.array([[10, 20, 30, 60], [0.5, 1.5, 2, 3]], np.float32)
-  np.testing.assert_array_equal(evaluation.xyxy_to_xywh(xyxy), xywh)
-  np.testing.assert_array_equal(evaluation.xywh_to_xyxy(xywh), xyxy)
+  np.testing.assert_array_equal(coco_io.xyxy_to_xywh(xyxy), xywh)
+  np.testing.assert_array_equal(coco_io.xywh_to_xyxy(xywh), xyxy)
 
 
 def test_keypoint_results_encoding():
   kps = np.arange(2 * 17 * 3, dtype=np.float32).reshape(2, 17, 3)
-  res = evaluation.keypoint_results(7, kps, [0.9, 0.1], boxes=[[1, 2, 4, 8], [0, 0, 1, 1]])
+  res = coco_io.keypoint_results(7, kps, [0.9, 0.1], boxes=[[1, 2, 4, 8], [0, 0, 1, 1]])
   assert len(res) == 2
   assert res[0]["image_id"] == 7 and res[0]["category_id"] == 1 and res[1]["score"] == 0.1
   assert res[1]["keypoints"] == [float(v) for v in range(51, 102)]
   assert res[0]["bbox"] == [1.0, 2.0, 3.0, 6.0]
   json.dumps(res)  # plain Python types only
   with pytest.raises(ValueError, match="scores"):
-    evaluation.keypoint_results(7, kps, [0.9])
+    coco_io.keypoint_results(7, kps, [0.9])
 
 
 def _image_ids(ann):
@@ -50,23 +52,23 @@ def _image_ids(ann):
 
 def test_ground_truth_encoded_as_results_scores_one_and_shift_lowers_it(coco_dir):
   ann_file = coco_dir / "annotations" / "person_keypoints_val2017_sample.json"
-  gt = evaluation.load_coco(str(ann_file))
+  gt = coco_io.load_coco(str(ann_file))
   perfect, shifted = [], []
   for image_id in gt.getImgIds():
-    people = evaluation.ground_truth_people(gt, image_id)
+    people = coco_io.ground_truth_people(gt, image_id)
     keep = ~people["iscrowd"] & (people["num_keypoints"] > 0)
     kps = people["keypoints"][keep]
-    perfect += evaluation.keypoint_results(image_id, kps, np.ones(len(kps)))
+    perfect += coco_io.keypoint_results(image_id, kps, np.ones(len(kps)))
     moved = kps.copy()
     moved[..., 0] += 8.0  # 8 pixels: OKS drops well below 1 for most people
-    shifted += evaluation.keypoint_results(image_id, moved, np.ones(len(kps)))
-  assert evaluation.run_coco_eval(gt, perfect)["AP"] == pytest.approx(1.0)
-  assert evaluation.run_coco_eval(gt, shifted)["AP"] < 0.8
+    shifted += coco_io.keypoint_results(image_id, moved, np.ones(len(kps)))
+  assert coco_io.run_coco_eval(gt, perfect)["AP"] == pytest.approx(1.0)
+  assert coco_io.run_coco_eval(gt, shifted)["AP"] < 0.8
 
 
 def test_empty_results_score_zero(coco_dir):
-  stats = evaluation.run_coco_eval(str(coco_dir / "golden" / "keypoints_gt.json"), [])
-  assert stats == {k: 0.0 for k in evaluation.STAT_NAMES}
+  stats = coco_io.run_coco_eval(str(coco_dir / "golden" / "keypoints_gt.json"), [])
+  assert stats == {k: 0.0 for k in coco_io.STAT_NAMES}
 
 
 def test_oracle_keypoints_by_hand():
@@ -76,7 +78,7 @@ def test_oracle_keypoints_by_hand():
   cand_valid = np.array([[True, True, True], [True, True, False]])
   gt = np.array([[[9, 1, 2], [98, 98, 2]],      # nearest (10, 0); (99, 99) is invalid -> (10, 5)
                  [[19, 0, 2], [0, 0, 0]]], np.float32)  # second type unlabelled
-  kps, score = evaluation.oracle_keypoints(cand_xy, cand_s, cand_valid, gt)
+  kps, score = coco_io.oracle_keypoints(cand_xy, cand_s, cand_valid, gt)
   np.testing.assert_allclose(kps[0], [[10, 0, 0.2], [10, 5, 0.5]])
   np.testing.assert_allclose(kps[1], [[20, 0, 0.3], [0, 0, 0]])
   np.testing.assert_allclose(score, [0.35, 0.3], rtol=1e-6)
@@ -103,10 +105,9 @@ def test_peaks_to_coco_results_end_to_end(coco_dir):
   """Heatmaps rendered from the annotations -> find_peaks -> oracle assignment -> original pixels
   -> COCO results: keypoint AP close to 1 checks peak finding, the letterbox/stride coordinate
   mapping and the encoding together (an offset of half a cell or a wrong scale drops it far)."""
-  from mpn_jax import inference  # pylint: disable=g-import-not-at-top
   size, stride, top_k = 480, 4, 20
   ann_file = coco_dir / "annotations" / "person_keypoints_val2017_sample.json"
-  gt = evaluation.load_coco(str(ann_file))
+  gt = coco_io.load_coco(str(ann_file))
   image_ids = sorted(gt.getImgIds())
   results = []
   for start in range(0, len(image_ids), 16):
@@ -115,22 +116,22 @@ def test_peaks_to_coco_results_end_to_end(coco_dir):
     for image_id in chunk:
       info = gt.loadImgs([image_id])[0]
       scale = preprocess.letterbox_scale(info["height"], info["width"], size)
-      p = evaluation.ground_truth_people(gt, image_id)
+      p = coco_io.ground_truth_people(gt, image_id)
       heatmaps.append(_render_heatmaps(p["keypoints"][..., :2] * scale, p["keypoints"][..., 2],
                                        size, stride, sigma=1.5))
       people.append(p)
       scales.append(scale)
-    xy, scores, valid = inference.find_peaks(np.stack(heatmaps), threshold=0.1, top_k=top_k,
-                                             stride=stride)
+    xy, scores, valid = postprocess.find_peaks(np.stack(heatmaps), threshold=0.1, top_k=top_k,
+                                               stride=stride)
     xy, scores, valid = np.asarray(xy), np.asarray(scores), np.asarray(valid)
     assert xy.shape == (len(chunk), 17, top_k, 2) and valid.dtype == bool
     for b, image_id in enumerate(chunk):
       p = people[b]
       keep = ~p["iscrowd"] & (p["num_keypoints"] > 0)
-      kps, person_scores = evaluation.oracle_keypoints(xy[b] / scales[b], scores[b], valid[b],
+      kps, person_scores = coco_io.oracle_keypoints(xy[b] / scales[b], scores[b], valid[b],
                                                        p["keypoints"][keep])
-      results += evaluation.keypoint_results(image_id, kps, person_scores)
-  stats = evaluation.run_coco_eval(gt, results)
+      results += coco_io.keypoint_results(image_id, kps, person_scores)
+  stats = coco_io.run_coco_eval(gt, results)
   assert stats["AP"] >= 0.95, stats
 
 
@@ -144,7 +145,6 @@ def _save_steps(workdir, metric_values, best_metric="prn_gt_AP", best_mode="max"
   import ml_collections  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  from mpn_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
   from mpn_jax.training import state as state_lib  # pylint: disable=g-import-not-at-top
   config = ml_collections.ConfigDict({"train": {"best_metric": best_metric,
                                                 "best_mode": best_mode}})
@@ -165,25 +165,23 @@ def _save_steps(workdir, metric_values, best_metric="prn_gt_AP", best_mode="max"
                                               ("min", (3.0, 1.0, 2.0), 2),
                                               ("max", (0.5, 0.6, 0.7), 3)])
 def test_prn_evaluation_restores_the_best_step(tmp_path, capsys, mode, values, best):
-  from mpn_jax import predict  # pylint: disable=g-import-not-at-top
   _save_steps(tmp_path, values, best_metric="prn_gt_AP", best_mode=mode)
   # keep=1 plus the best: the manager deleted the others, the latest (3) stays.
-  assert predict.checkpoint_steps(tmp_path) == sorted({best, 3})
-  variables, saved = predict.restore(tmp_path, "prn")
+  assert checkpoints.saved_steps(checkpoints.checkpoint_dir(tmp_path)) == sorted({best, 3})
+  variables, saved = checkpoints.restore_stage(tmp_path, "prn")
   np.testing.assert_array_equal(variables["params"]["w"], np.full((3,), best, np.float32))
   assert saved["train"]["best_metric"] == "prn_gt_AP"
   assert f"step {best}" in capsys.readouterr().out
   # The branches stage and an explicit 'latest' keep the newest step.
-  for variables, _ in (predict.restore(tmp_path, "branches"),
-                       predict.restore(tmp_path, "prn", which="latest")):
+  for variables, _ in (checkpoints.restore_stage(tmp_path, "branches"),
+                       checkpoints.restore_stage(tmp_path, "prn", which="latest")):
     np.testing.assert_array_equal(variables["params"]["w"], np.full((3,), 3, np.float32))
 
 
 def test_prn_evaluation_without_a_kept_metric_restores_the_latest(tmp_path, capsys):
-  from mpn_jax import predict  # pylint: disable=g-import-not-at-top
   _save_steps(tmp_path, (0.9, 0.1), best_metric="")
-  variables, _ = predict.restore(tmp_path, "prn")
+  variables, _ = checkpoints.restore_stage(tmp_path, "prn")
   np.testing.assert_array_equal(variables["params"]["w"], np.full((3,), 2, np.float32))
   assert "step 2" in capsys.readouterr().out
   with pytest.raises(FileNotFoundError, match="step 7 is not saved"):
-    predict.restore(tmp_path, "prn", which="7")
+    checkpoints.restore_stage(tmp_path, "prn", which="7")

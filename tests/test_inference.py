@@ -8,16 +8,18 @@ from scipy import ndimage
 
 from mpn_jax import boxes as box_lib
 from mpn_jax import coco
-from mpn_jax import evaluation
-from mpn_jax import inference
 from mpn_jax import prn_grid
 from mpn_jax.data import preprocess
+from mpn_jax.evaluation import coco_io
+from mpn_jax.inference import pipeline
+from mpn_jax.inference import postprocess
+from mpn_jax.inference import tta
 
 K = coco.NUM_KEYPOINTS
 
 
 def _config(**kw):
-  c = inference.inference_config()
+  c = pipeline.inference_config()
   c.update(kw)
   return c
 
@@ -29,7 +31,7 @@ def test_peaks_match_scipy_maximum_filter():
   rng = np.random.default_rng(0)
   hm = ndimage.gaussian_filter(rng.normal(size=(2, 14, 11, 3)), sigma=(0, 1, 1, 0)).astype(np.float32)
   thr = 0.0
-  xy, scores, valid = inference.find_peaks(hm, thr, 40, stride=4, refine="none")
+  xy, scores, valid = postprocess.find_peaks(hm, thr, 40, stride=4, refine="none")
   ref = (hm == ndimage.maximum_filter(hm, size=(1, 3, 3, 1), mode="constant", cval=-np.inf)) & (hm > thr)
   for b in range(2):
     for k in range(3):
@@ -53,7 +55,7 @@ def test_quadratic_refinement_is_exact_on_a_paraboloid():
   u, v = _cell_grid(12, 16)
   x0, y0 = 7.3, 5.8  # heatmap coordinates of the true maximum
   hm = (10.0 - (u - x0) ** 2 - 0.5 * (v - y0) ** 2).astype(np.float32)[None, :, :, None]
-  xy, _, valid = inference.find_peaks(hm, 0.0, 1, stride=4, refine="quadratic")
+  xy, _, valid = postprocess.find_peaks(hm, 0.0, 1, stride=4, refine="quadratic")
   assert bool(valid[0, 0, 0])
   np.testing.assert_allclose(np.asarray(xy[0, 0, 0]), [4 * x0, 4 * y0], atol=1e-3)
 
@@ -63,7 +65,7 @@ def test_refinement_on_a_gaussian(refine, tol_cells):
   u, v = _cell_grid(20, 20)
   x0, y0 = 9.85, 10.2
   hm = np.exp(-((u - x0) ** 2 + (v - y0) ** 2) / (2 * 1.5 ** 2)).astype(np.float32)[None, :, :, None]
-  xy, scores, _ = inference.find_peaks(hm, 0.1, 2, stride=4, refine=refine)
+  xy, scores, _ = postprocess.find_peaks(hm, 0.1, 2, stride=4, refine=refine)
   err = np.abs(np.asarray(xy[0, 0, 0]) / 4 - [x0, y0])
   assert np.all(err <= tol_cells), err
   if refine == "quarter":  # exactly a quarter cell toward the higher neighbour
@@ -75,7 +77,7 @@ def test_plateau_gives_one_peak_at_its_middle():
   u, v = _cell_grid(10, 10)
   x0, y0 = 5.0, 4.0  # between cells 4 and 5 along x, between cells 3 and 4 along y: 4 equal cells
   hm = np.exp(-((u - x0) ** 2 + (v - y0) ** 2) / 2.0).astype(np.float32)[None, :, :, None]
-  xy, _, valid = inference.find_peaks(hm, 0.1, 3, stride=4)
+  xy, _, valid = postprocess.find_peaks(hm, 0.1, 3, stride=4)
   np.testing.assert_array_equal(np.asarray(valid[0, 0]), [True, False, False])
   np.testing.assert_allclose(np.asarray(xy[0, 0, 0]), [4 * x0, 4 * y0], atol=0.05)
 
@@ -84,7 +86,7 @@ def test_peaks_threshold_padding_and_border():
   hm = np.zeros((1, 2, 3, 2), np.float32)
   hm[0, 0, 0, 0] = 0.9  # corner peak: no refinement possible
   hm[0, 1, 2, 0] = 0.05  # below threshold
-  xy, scores, valid = inference.find_peaks(hm, 0.1, 8, stride=4)  # top_k > h * w: padded
+  xy, scores, valid = postprocess.find_peaks(hm, 0.1, 8, stride=4)  # top_k > h * w: padded
   assert xy.shape == (1, 2, 8, 2) and scores.shape == valid.shape == (1, 2, 8)
   np.testing.assert_array_equal(np.asarray(valid[0, 0]), [True] + [False] * 7)
   assert not np.asarray(valid[0, 1]).any()
@@ -122,7 +124,7 @@ def test_detect_people_recovers_boxes():
   people = [[(4, 6, 30, 50), (36, 10, 60, 62)], [(10, 20, 70, 40)]]  # the last crosses the border
   cls, deltas = _detector_outputs(people, [[2.0, 3.0], [1.0]])
   out_boxes, scores, valid = jax.jit(
-      inference.detect_people, static_argnames=("max_people", "pre_nms_top_k", "image_size"))(
+      postprocess.detect_people, static_argnames=("max_people", "pre_nms_top_k", "image_size"))(
           cls, deltas, ANCHORS, score_threshold=0.05, iou_threshold=0.5, max_people=4,
           pre_nms_top_k=100, image_size=(S, S))
   np.testing.assert_array_equal(np.asarray(valid), [[1, 1, 0, 0], [1, 0, 0, 0]])
@@ -132,14 +134,14 @@ def test_detect_people_recovers_boxes():
                              rtol=1e-6)
   np.testing.assert_array_equal(np.asarray(out_boxes)[~np.asarray(valid)], 0.0)
   # A score threshold above every person leaves nothing.
-  _, _, none = inference.detect_people(cls, deltas, ANCHORS, 0.99, 0.5, 4, 100, (S, S))
+  _, _, none = postprocess.detect_people(cls, deltas, ANCHORS, 0.99, 0.5, 4, 100, (S, S))
   assert not np.asarray(none).any()
 
 
 def test_detect_people_rejects_wrong_anchor_count():
   cls, deltas = _detector_outputs([[]], [[]])
   with pytest.raises(ValueError, match="anchors"):
-    inference.detect_people(cls, deltas, box_lib.generate_anchors((128, 128)), 0.05, 0.5, 4)
+    postprocess.detect_people(cls, deltas, box_lib.generate_anchors((128, 128)), 0.05, 0.5, 4)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -150,7 +152,7 @@ def test_crop_reproduces_a_linear_ramp():
   u, v = _cell_grid(h, w)  # heatmap coordinates of the cell centres
   ramp = np.stack([0.3 * u - 0.2 * v + 1.0, -0.1 * u + 0.05 * v], -1).astype(np.float32)
   box = np.array([[10.0, 7.0, 90.0, 150.0], [30.5, 40.25, 100.0, 99.0]], np.float32)  # inside
-  crops = np.asarray(inference.crop_heatmaps(ramp, box, stride=4))
+  crops = np.asarray(postprocess.crop_heatmaps(ramp, box, stride=4))
   assert crops.shape == (2, prn_grid.GRID_H, prn_grid.GRID_W, 2)
   pts = prn_grid.cell_centers(box) / 4.0  # heatmap coordinates of the samples
   want = np.stack([0.3 * pts[..., 0] - 0.2 * pts[..., 1] + 1.0,
@@ -163,7 +165,7 @@ def test_crop_matches_scipy_map_coordinates():
   hm = rng.uniform(size=(20, 15, 2)).astype(np.float32)
   xy = rng.uniform(1, 25, (5, 2))
   box = np.concatenate([xy, xy + rng.uniform(5, 30, (5, 2))], 1).astype(np.float32)  # x < 60 = 4 w
-  got = np.asarray(inference.crop_heatmaps(hm, box, 4))
+  got = np.asarray(postprocess.crop_heatmaps(hm, box, 4))
   pts = prn_grid.cell_centers(box) / 4.0 - 0.5  # index coordinates: cell j centred at j
   for c in range(2):
     want = ndimage.map_coordinates(hm[..., c], [pts[..., 1].ravel(), pts[..., 0].ravel()], order=1,
@@ -175,10 +177,10 @@ def test_crop_of_the_whole_map_is_the_map():
   rng = np.random.default_rng(1)
   hm = rng.uniform(size=(prn_grid.GRID_H, prn_grid.GRID_W, 3)).astype(np.float32)
   box = np.array([[0, 0, 4 * prn_grid.GRID_W, 4 * prn_grid.GRID_H]], np.float32)
-  np.testing.assert_allclose(np.asarray(inference.crop_heatmaps(hm, box, 4))[0], hm, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(postprocess.crop_heatmaps(hm, box, 4))[0], hm, atol=1e-5)
   # Boxes entirely outside the map sample zeros.
   far = np.array([[1000, 1000, 1100, 1200]], np.float32)
-  assert not np.asarray(inference.crop_heatmaps(hm, far, 4)).any()
+  assert not np.asarray(postprocess.crop_heatmaps(hm, far, 4)).any()
 
 
 def test_rasterized_peaks_match_prn_training_inputs():
@@ -187,7 +189,7 @@ def test_rasterized_peaks_match_prn_training_inputs():
   cand_xy = rng.uniform(0, 120, (K, 4, 2)).astype(np.float32)
   cand_valid = rng.uniform(size=(K, 4)) < 0.7
   wide = prn_grid.widen_boxes(np.array([[20, 10, 80, 110], [50, 40, 100, 90]], np.float32))
-  got = np.asarray(inference.rasterize_peaks(cand_xy, cand_valid, wide, 1.0))
+  got = np.asarray(postprocess.rasterize_peaks(cand_xy, cand_valid, wide, 1.0))
   kps = np.concatenate([np.swapaxes(cand_xy, 0, 1),
                         np.swapaxes(cand_valid, 0, 1)[..., None].astype(np.float32)], -1)  # [C, K, 3]
   for n in range(2):
@@ -199,10 +201,10 @@ def test_rasterized_peaks_match_prn_training_inputs():
 
 def test_flip_heatmaps_twice_is_identity():
   hm = np.random.default_rng(3).normal(size=(2, 5, 6, 18)).astype(np.float32)
-  once = np.asarray(inference.flip_heatmaps(hm))
+  once = np.asarray(tta.flip_heatmaps(hm))
   np.testing.assert_array_equal(once[:, :, 0, 2], hm[:, :, 5, 1])  # left_eye <- mirrored right_eye
   np.testing.assert_array_equal(once[..., 17], hm[:, :, ::-1, 17])  # mask: mirrored only
-  np.testing.assert_array_equal(np.asarray(inference.flip_heatmaps(once)), hm)
+  np.testing.assert_array_equal(np.asarray(tta.flip_heatmaps(once)), hm)
 
 
 def _random_variables(module, shape, seed):
@@ -245,8 +247,8 @@ def flip_tta_run(tiny_nets):
 
   @jax.jit
   def run(im):
-    heat, cb, cs = inference.merge_outputs(apply_fn, im, cfg)
-    people = inference.predict_people(heat, cb, cs, jnp.ones((im.shape[0],)), _equivariant_prn,
+    heat, cb, cs = tta.merge_outputs(apply_fn, im, cfg)
+    people = pipeline.predict_people(heat, cb, cs, jnp.ones((im.shape[0],)), _equivariant_prn,
                                       cfg, (S, S))
     return heat, cb, cs, people
 
@@ -257,7 +259,7 @@ def test_flip_tta_is_symmetric_on_a_symmetric_image(flip_tta_run):
   x = np.random.default_rng(4).normal(size=(1, S, S, 3)).astype(np.float32)
   x = x + x[:, :, ::-1]  # mirror-symmetric image
   heat, cand_boxes, cand_scores, _ = flip_tta_run(x)
-  np.testing.assert_allclose(np.asarray(inference.flip_heatmaps(heat)), np.asarray(heat),
+  np.testing.assert_allclose(np.asarray(tta.flip_heatmaps(heat)), np.asarray(heat),
                              atol=1e-5)
   # The flipped variant's candidates are the mirror images of the plain variant's.
   p = cand_boxes.shape[1] // 2
@@ -278,7 +280,7 @@ def test_multiscale_maps_candidates_back_to_the_base_input():
     return {"keypoints": hm, "cls_logits": logits, "box_deltas": jnp.zeros((b, a, 4))}
 
   x = jnp.ones((2, S, S, 3))
-  heat, cand_boxes, _ = inference.merge_outputs(apply_fn, x, _config(scales=(1.0, 0.5),
+  heat, cand_boxes, _ = tta.merge_outputs(apply_fn, x, _config(scales=(1.0, 0.5),
                                                                     pre_nms_top_k=5))
   assert heat.shape == (2, S // 4, S // 4, 18)
   np.testing.assert_allclose(np.asarray(heat), 1.0, atol=1e-5)
@@ -293,7 +295,7 @@ def test_multiscale_maps_candidates_back_to_the_base_input():
     ((130, 130), (1.0,), (33, 33), (4.0, 4.0)),       # base grid of a non-multiple of 4
 ])
 def test_merge_grid_is_the_largest_scales_grid(image_size, scales, cells, stride):
-  got_cells, got_stride = inference.merge_grid(image_size, _config(scales=scales))
+  got_cells, got_stride = tta.merge_grid(image_size, _config(scales=scales))
   assert got_cells == cells
   np.testing.assert_allclose(got_stride, stride)
 
@@ -316,10 +318,10 @@ def test_multiscale_heatmaps_keep_the_finer_grid():
   errors = {}
   for scales in ((1.0,), (1.0, 2.0)):
     cfg = _config(scales=scales)
-    heat, _, _ = inference.merge_outputs(apply_fn, jnp.zeros((1, S, S, 3)), cfg)
-    cells, stride = inference.merge_grid((S, S), cfg)
+    heat, _, _ = tta.merge_outputs(apply_fn, jnp.zeros((1, S, S, 3)), cfg)
+    cells, stride = tta.merge_grid((S, S), cfg)
     assert heat.shape[1:3] == cells
-    xy, _, valid = inference.find_peaks(heat, 0.1, 1, stride)
+    xy, _, valid = postprocess.find_peaks(heat, 0.1, 1, stride)
     assert bool(valid[0, 0, 0])
     errors[scales] = float(np.linalg.norm(np.asarray(xy[0, 0, 0]) - point))
   # A sigma-0.6-cell peak is too sharp for the parabola: on the base grid (4 px cells) the refined
@@ -391,7 +393,7 @@ def test_pipeline_on_letterboxed_images_of_different_sizes(method, prn_input):
   cls, deltas = _detector_outputs(scaled_boxes, [[3.0, 2.0], [2.0], [1.0]])
   outputs = {"keypoints": jnp.asarray(np.stack(heat)), "cls_logits": cls, "box_deltas": deltas}
   cfg = _config(max_people=3, peaks_per_keypoint=4, assign_method=method, prn_input=prn_input)
-  out = jax.jit(lambda o, s: inference.predict_from_outputs(o, s, _sum_prn, cfg))(
+  out = jax.jit(lambda o, s: pipeline.predict_from_outputs(o, s, _sum_prn, cfg))(
       outputs, jnp.asarray(scales, jnp.float32))
   assert out["keypoints"].shape == (3, 3, K, 3)
   np.testing.assert_array_equal(np.asarray(out["valid"]), [[1, 1, 0], [1, 0, 0], [1, 0, 0]])
@@ -416,12 +418,12 @@ def test_pipeline_on_letterboxed_images_of_different_sizes(method, prn_input):
 def test_predict_fn_runs_tiny_models_without_retracing(tiny_nets, monkeypatch):
   model, prn, variables, prn_variables = tiny_nets
   traces = []
-  real = inference.predict_people
-  monkeypatch.setattr(inference, "predict_people",
+  real = pipeline.predict_people
+  monkeypatch.setattr(pipeline, "predict_people",
                       lambda *a, **kw: traces.append(1) or real(*a, **kw))
   cfg = _config(heatmap_threshold=-1e9, score_threshold=0.0, max_people=3, peaks_per_keypoint=3,
                 pre_nms_top_k=20, prn_input="heatmaps")
-  predict = inference.make_predict_fn(model, prn, cfg)
+  predict = pipeline.make_predict_fn(model, prn, cfg)
   rng = np.random.default_rng(7)
   for _ in range(2):
     batch = [preprocess.letterbox(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), S)
@@ -439,10 +441,10 @@ def test_predict_fn_runs_tiny_models_without_retracing(tiny_nets, monkeypatch):
 
 def test_bad_config_is_rejected():
   with pytest.raises(ValueError, match="prn_input"):
-    inference.predict_people(jnp.zeros((1, 4, 4, K)), jnp.zeros((1, 2, 4)), jnp.zeros((1, 2)),
+    pipeline.predict_people(jnp.zeros((1, 4, 4, K)), jnp.zeros((1, 2, 4)), jnp.zeros((1, 2)),
                              jnp.ones((1,)), _sum_prn, _config(prn_input="boxes"), (16, 16))
   with pytest.raises(ValueError, match="multiple of 4"):
-    inference.merge_outputs(lambda x: None, jnp.zeros((1, 16, 30, 3)), _config(flip=True))
+    tta.merge_outputs(lambda x: None, jnp.zeros((1, 16, 30, 3)), _config(flip=True))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -476,16 +478,18 @@ def test_results_to_coco_scores_perfect_predictions_at_ap_1():
     bxs[i, n] = [x, y, x + w, y + h]
     valid[i, n] = True
   scores = np.full((2, 3), 0.9, np.float32)
-  res = inference.results_to_coco(image_ids, kps, scores, valid)
+  b, n = coco_io.batch_rows(valid)
+  res = coco_io.keypoint_results(image_ids[b], kps[b, n], scores[b, n])
   assert len(res) == 4 and set(res[0]) == {"image_id", "category_id", "keypoints", "score"}
   assert len(res[0]["keypoints"]) == 51 and res[0]["keypoints"][2] == pytest.approx(0.9)
-  assert inference.results_to_coco(image_ids, kps, scores, valid, "one")[0]["keypoints"][2] == 1.0
-  assert evaluation.run_coco_eval(gt, res, "keypoints")["AP"] == pytest.approx(1.0)
-  box_res = inference.boxes_to_coco(image_ids, bxs, scores, valid)
+  ones = coco_io.keypoint_results(image_ids[b], kps[b, n], scores[b, n], visibility="one")
+  assert ones[0]["keypoints"][2] == 1.0
+  assert coco_io.run_coco_eval(gt, res, "keypoints")["AP"] == pytest.approx(1.0)
+  box_res = coco_io.box_results(image_ids[b], bxs[b, n], scores[b, n])
   assert box_res[0]["bbox"] == pytest.approx(gt["annotations"][0]["bbox"])
-  assert evaluation.run_coco_eval(gt, box_res, "bbox")["AP"] == pytest.approx(1.0)
+  assert coco_io.run_coco_eval(gt, box_res, "bbox")["AP"] == pytest.approx(1.0)
   with pytest.raises(ValueError, match="visibility"):
-    inference.results_to_coco(image_ids, kps, scores, valid, "maybe")
+    coco_io.keypoint_results(image_ids[b], kps[b, n], scores[b, n], visibility="maybe")
 
 
 @pytest.mark.parametrize("power,want", [(0.0, (18.0, 26.0)), (1.0, (38.0, 34.0))])
@@ -505,6 +509,6 @@ def test_peak_score_power_lets_the_stronger_peak_win(power, want):
     left = (jnp.arange(x.shape[2]) < x.shape[2] // 2).astype(jnp.float32)
     return _sum_prn(x * (1.0 + 0.2 * left)[None, None, :, None])
 
-  out = inference.predict_from_outputs(outputs, jnp.ones((1,), jnp.float32), prn, cfg)
+  out = pipeline.predict_from_outputs(outputs, jnp.ones((1,), jnp.float32), prn, cfg)
   xy = np.asarray(out["keypoints"][0, 0, :, :2])
   np.testing.assert_allclose(xy, np.broadcast_to(want, xy.shape), atol=1e-4)

@@ -1,4 +1,4 @@
-"""mpn_jax.predict writes beside the user's images, never over them: the --output folder check,
+"""image_files.py (mpn_jax.inference.images) writes beside the user's images, never over them: the --output folder check,
 one picture name per input, the count of files written, atomic writes, and the error when no
 image could be read."""
 
@@ -14,8 +14,9 @@ from PIL import Image
 
 from mpn_jax import errors
 from mpn_jax import files
-from mpn_jax import predict
 from mpn_jax import visualize
+from mpn_jax.inference import images as image_files
+from mpn_jax.inference import predictor as predictor_lib
 
 from conftest import REPO
 # Tiny randomly initialised stages saved as checkpoints (no training); imported so pytest uses it
@@ -24,7 +25,7 @@ from test_evaluate_cli import tiny_stages  # noqa: F401  pylint: disable=unused-
 
 
 def _names(*files):
-  got = predict.output_names([os.path.join("d", f) for f in files])
+  got = image_files.output_names([os.path.join("d", f) for f in files])
   return {os.path.basename(p): name for p, name in got.items()}
 
 
@@ -73,11 +74,11 @@ def test_no_picture_is_named_like_the_predictions_file(tmp_path):
   (tmp_path / "predictions.json").write_text("{}")  # not an image: not listed
   for n in ("predictions.png", "predictions.json.jpg", "predictions.json.png"):
     Image.new("RGB", (2, 2)).save(tmp_path / n)
-  paths = predict.list_images(str(tmp_path))
+  paths = image_files.list_images(str(tmp_path))
   assert sorted(os.path.basename(p) for p in paths) == [
       "predictions.json.jpg", "predictions.json.png", "predictions.png"]
-  names = predict.output_names(paths)
-  assert predict.PREDICTIONS_FILE not in names.values()
+  names = image_files.output_names(paths)
+  assert image_files.PREDICTIONS_FILE not in names.values()
   assert len(set(names.values())) == len(paths)
 
 
@@ -93,21 +94,21 @@ def test_random_folders_never_map_two_inputs_to_one_name():
       assert n in (os.path.splitext(f)[0] + ".png", f + ".png")
 
 
-# --- the --images folder and the --output folder ------------------------------------------------
+# --- the --input folder and the --output folder ------------------------------------------------
 
 
 def test_missing_or_empty_images_folder_is_a_user_error(tmp_path):
-  with pytest.raises(errors.MissingFileError, match="--images=.*nope is not a folder"):
-    predict.list_images(str(tmp_path / "nope"))
+  with pytest.raises(errors.MissingFileError, match="--input=.*nope is not a folder nor an image file"):
+    image_files.list_images(str(tmp_path / "nope"))
   (tmp_path / "notes.txt").write_text("x")
   (tmp_path / "sub.jpg").mkdir()  # a folder with an image's name is no image
   with pytest.raises(FileNotFoundError, match="no image files"):  # still a FileNotFoundError
-    predict.list_images(str(tmp_path))
+    image_files.list_images(str(tmp_path))
 
 
 def _check(images, output):
-  predict.check_output(str(images), str(output),
-                       predict.output_names(predict.list_images(str(images))))
+  image_files.check_output(str(images), str(output),
+                       image_files.output_names(image_files.list_images(str(images))))
 
 
 @pytest.mark.parametrize("spelling", ["same", "inside", "dotdot", "link", "inside_link"])
@@ -120,9 +121,9 @@ def test_an_output_folder_in_the_images_folder_is_refused(tmp_path, spelling):
     _check(images, output)
   message = str(raised.value)
   assert "\n" not in message
-  assert f"--output={output} " in message and f"--images={images}" in message
-  assert "choose an --output folder outside --images" in message
-  where = "is the --images folder" if spelling in ("same", "dotdot", "link") else "is inside"
+  assert f"--output={output} " in message and f"--input={images}" in message
+  assert "choose an --output folder outside --input" in message
+  where = "is the --input folder" if spelling in ("same", "dotdot", "link") else "is inside"
   assert where in message
 
 
@@ -148,26 +149,25 @@ def test_the_output_check_comes_before_any_checkpoint_is_loaded(tmp_path, monkey
   before = _snapshot(images)
 
   def no_loading(*args, **kwargs):
-    raise AssertionError("load_pipeline called before the --output check")
-  monkeypatch.setattr(predict, "load_pipeline", no_loading)
+    raise AssertionError("Predictor.load called before the --output check")
+  monkeypatch.setattr(predictor_lib.Predictor, "load", no_loading)
   with pytest.raises(errors.ConfigError, match="--output"):
-    predict.predict_folder(None, str(tmp_path / "no_workdir"), str(images), str(images / "x"), "")
+    image_files.predict_images(str(tmp_path / "no_model"), str(images), str(images / "x"))
   assert _snapshot(images) == before and not (images / "x").exists()
 
 
-def test_the_command_refuses_the_images_folder_as_output(tmp_path):
+def test_the_command_refuses_the_input_folder_as_output(tmp_path):
   images = _image_folder(tmp_path / "D")
   before = _snapshot(images)
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
   proc = subprocess.run(
-      [sys.executable, "-m", "mpn_jax.predict", "--config=configs/prn.py:smoke",
-       f"--workdir={tmp_path / 'no_workdir'}", f"--branches_workdir={tmp_path / 'no_branches'}",
-       f"--images={images}", f"--output={images}"],
+      [sys.executable, "predict.py", f"--model={tmp_path / 'no_model'}", f"--input={images}",
+       f"--output={images}"],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
   assert proc.returncode == 2, proc.stderr[-3000:]
   lines = [line for line in proc.stderr.splitlines() if "error:" in line]
   assert len(lines) == 1, proc.stderr[-3000:]
-  assert lines[0].startswith(f"mpn_jax.predict: error: --output={images} is the --images folder")
+  assert lines[0].startswith(f"predict.py: error: --output={images} is the --input folder")
   assert "Traceback" not in proc.stderr
   assert _snapshot(images) == before
 
@@ -208,25 +208,24 @@ _LOADED = {}
 
 @pytest.fixture()
 def load_once(monkeypatch):
-  """Loads (and compiles) each pipeline once for the tests of this module."""
-  load = predict.load_pipeline
+  """Loads (and compiles) each model once for the tests of this module."""
+  load = predictor_lib.Predictor.load
 
-  def cached(config, workdir, branches_workdir, *args, **kwargs):
-    key = (str(workdir), str(branches_workdir))
-    if key not in _LOADED:
-      _LOADED[key] = load(config, workdir, branches_workdir, *args, **kwargs)
-    return _LOADED[key]
-  monkeypatch.setattr(predict, "load_pipeline", cached)
+  def cached(model, *args, **kwargs):
+    if str(model) not in _LOADED:
+      _LOADED[str(model)] = load(model, *args, **kwargs)
+    return _LOADED[str(model)]
+  monkeypatch.setattr(predictor_lib.Predictor, "load", cached)
 
 
 def test_one_picture_per_readable_input_and_inputs_untouched(tiny_stages, load_once, tmp_path,
                                                              capsys):
-  branches, prn, pcfg, _ = tiny_stages
+  branches, _, _, _ = tiny_stages
   images = _image_folder(tmp_path / "D")
   before = _snapshot(images)
   out = tmp_path / "out"
-  written, skipped = predict.predict_folder(pcfg, str(prn), str(images), str(out), str(branches),
-                                            min_score=0.0)
+  written, skipped = image_files.predict_images(str(branches.parent), str(images), str(out),
+                                                min_score=0.0)
   printed = capsys.readouterr()
   assert _snapshot(images) == before  # byte for byte
   assert sorted(os.listdir(out)) == ["photo.jpg.png", "photo.png.png", "predictions.json"]
@@ -242,15 +241,40 @@ def test_one_picture_per_readable_input_and_inputs_untouched(tiny_stages, load_o
 
 
 def test_a_folder_of_unreadable_images_is_an_error(tiny_stages, load_once, tmp_path):
-  branches, prn, pcfg, _ = tiny_stages
+  branches, _, _, _ = tiny_stages
   images = tmp_path / "D"
   images.mkdir()
   (images / "a.jpg").write_bytes(b"not a jpeg")
   (images / "b.png").write_bytes(b"\x89PNG broken")
   out = tmp_path / "out"
   with pytest.raises(errors.DataError) as raised:
-    predict.predict_folder(pcfg, str(prn), str(images), str(out), str(branches))
+    image_files.predict_images(str(branches.parent), str(images), str(out))
   message = str(raised.value)
-  assert f"none of the 2 image file(s) in --images={images} could be read" in message
+  assert f"none of the 2 image file(s) in --input={images} could be read" in message
   assert str(images / "a.jpg") in message and "\n" not in message
   assert not out.exists()  # neither pictures nor an empty predictions.json
+
+
+# --- the library: Predictor.load(model path)(images) --------------------------------------------
+
+
+def test_predictor_takes_one_image_or_a_batch(tiny_stages, load_once):
+  from mpn_jax import Predictor  # pylint: disable=g-import-not-at-top  (the lazy export)
+  branches, _, _, _ = tiny_stages
+  predictor = Predictor.load(str(branches.parent))
+  rng = np.random.default_rng(0)
+  small = rng.integers(0, 255, (30, 40, 3), np.uint8)
+  large = rng.integers(0, 255, (50, 20, 3), np.uint8)
+  one = predictor(small)
+  assert set(one) == {"keypoints", "boxes", "scores"}
+  p = len(one["scores"])
+  assert one["keypoints"].shape == (p, 17, 3) and one["boxes"].shape == (p, 4)
+  assert all(v.dtype == np.float32 for v in one.values())
+  assert np.all(np.diff(one["scores"]) <= 0)  # decreasing score
+  many = predictor([small, large] * 5)  # more images than one batch
+  assert len(many) == 10
+  for got in (many[0], many[8]):
+    np.testing.assert_allclose(got["keypoints"], one["keypoints"], rtol=1e-5, atol=1e-4)
+  assert len(predictor(np.stack([small, small]))) == 2
+  with pytest.raises(errors.DataError, match="uint8"):
+    predictor(small.astype(np.float32))

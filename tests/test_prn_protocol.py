@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 
 from mpn_jax import coco
-from mpn_jax import evaluation
-from mpn_jax import prn_protocol
+from mpn_jax.evaluation import coco_io
+from mpn_jax.evaluation import prn_protocol
 
 
 def test_golden_case_gives_pycocotools_statistics(coco_dir):
   golden = coco_dir / "golden"
   want = json.loads((golden / "keypoints_expected_stats.json").read_text())["stats"]
-  stats = evaluation.run_coco_eval(str(golden / "keypoints_gt.json"),
+  stats = coco_io.run_coco_eval(str(golden / "keypoints_gt.json"),
                                    str(golden / "keypoints_dt.json"), "keypoints")
-  assert list(stats) == list(evaluation.STAT_NAMES)
-  np.testing.assert_allclose([stats[k] for k in evaluation.STAT_NAMES], want, rtol=0, atol=1e-12)
+  assert list(stats) == list(coco_io.STAT_NAMES)
+  np.testing.assert_allclose([stats[k] for k in coco_io.STAT_NAMES], want, rtol=0, atol=1e-12)
 
 
 def test_image_candidates():

@@ -71,7 +71,7 @@ def test_coco_samples_configs(tmp_path, coco_dir):
   assert branches.dataset.train_ann == "person_keypoints_train2017_sample.json"
   assert branches.dataset.keep_empty == 0.0 and branches.input.augment.center == "person"
   assert prn.preset == "coco_small" and prn.data.data_dir == str(coco_dir)
-  assert prn.eval.branches_config.endswith("configs/branches.py:coco_samples")
+  assert prn.eval.pictures_dir == str(tmp_path / "pictures")
   assert tuple(prn.inference.scales) == tuple(branches.inference.scales)
   sets = quickstart.eval_sets("coco_samples", str(coco_dir))
   assert [s[0] for s in sets] == ["train", "validation"]

@@ -1,6 +1,7 @@
-"""Every command and flag in README.md works as written (issue #8).
+"""Every command and flag in README.md and the how-to pages of docs/ works as written (issues #8, #20).
 
-README.md is parsed at test time: every ```bash block (`\\` continuations joined, comments dropped,
+README.md and the how-to pages (DOC_PAGES: docs/training.md, docs/learning_check.md,
+docs/benchmark.md) are parsed at test time: every ```bash block (`\\` continuations joined, comments dropped,
 `&&` chains split) and every inline `python ...` / `tensorboard ...` command of the prose. Each
 command is one test case and must match a rule of RULES (a command added to the README without a
 rule fails `test_every_readme_command_has_a_rule`). A rule runs the command as written (same
@@ -19,6 +20,8 @@ checked to do so, flags checked with `--helpfull`); the full benchmark (runs wit
 `.pth` weights (need torch: the same tensors go in as `.npz`; a `.pth` without torch must be a
 clear error). Flags named only in the prose run in PROSE_RUNS (README commands plus them), or, for
 multi-host and a few config values, are parsed by the same config_flags machinery (PROSE_PARSED).
+
+The pages' relative links must resolve, and paths they name in backticks must exist.
 
 About 7 minutes on 2 loaded CPU cores (pinned to one): ~25 short subprocesses (each imports JAX and
 TensorFlow) share one persistent XLA compilation cache.
@@ -43,6 +46,10 @@ import pytest
 from conftest import COCO_DIR, REPO, require_shared
 
 README = REPO / "README.md"
+# Pages whose commands run (how-to pages). docs/experiments.md and docs/design.md are records and
+# reference, not instructions; their paths and links are still checked.
+DOC_PAGES = ("README.md", "docs/training.md", "docs/learning_check.md", "docs/benchmark.md")
+ALL_PAGES = DOC_PAGES + ("docs/design.md", "docs/experiments.md", "docs/reliability.md")
 TIMEOUT = 900
 STAT_NAMES = ("AP", "AP50", "AP75", "APM", "APL", "AR", "AR50", "AR75", "ARM", "ARL")
 # The COCO sample files standing in for the official ones the README names.
@@ -60,6 +67,7 @@ class Command:
   argv: tuple
   line: int
   where: str  # 'bash' (fenced block) or 'prose' (inline code)
+  doc: str = "README.md"
 
   @property
   def text(self):
@@ -98,7 +106,7 @@ def _split_chain(tokens):
   return [c for c in chain if c]
 
 
-def readme_commands(text):
+def readme_commands(text, doc="README.md"):
   """Commands of README text: ```bash blocks (one per logical line, `&&` split) and inline
   `python ...` / `tensorboard ...` code spans of the prose."""
   commands = []
@@ -116,7 +124,7 @@ def readme_commands(text):
         else:
           logical += line
           for argv in _split_chain(shlex.split(logical, comments=True)):
-            commands.append(Command(argv, start, "bash"))
+            commands.append(Command(argv, start, "bash", doc))
           logical, start = "", None
         i += 1
     i += 1
@@ -126,7 +134,7 @@ def readme_commands(text):
     if re.match(r"(python3? |tensorboard )", span):
       line = prose.count("\n", 0, m.start()) + 1
       for argv in _split_chain(shlex.split(span)):
-        commands.append(Command(argv, line, "prose"))
+        commands.append(Command(argv, line, "prose", doc))
   return commands
 
 
@@ -148,7 +156,17 @@ def readme_prose_flags(text):
   return out
 
 
-COMMANDS = readme_commands(README.read_text())
+def page_text(doc):
+  return (REPO / doc).read_text()
+
+
+COMMANDS = [c for doc in DOC_PAGES for c in readme_commands(page_text(doc), doc)]
+
+
+def python_blocks(text):
+  """The ```python blocks of a page, as (first line number, source)."""
+  return [(text.count("\n", 0, m.start()) + 2, m.group(1))
+          for m in re.finditer(r"^```python\n(.*?)^```", text, flags=re.S | re.M)]
 
 
 # ------------------------------------------------------------------------------------ running
@@ -265,7 +283,7 @@ class Adapter:
       return str(self.work / "inputs" / os.path.basename(v))
     if v.startswith("/tmp/") or v.startswith("/data/"):
       return str(self.work / v.lstrip("/"))
-    if v.startswith("runs") or v.startswith("my_") or v.endswith(".json"):
+    if v.startswith(("runs", "my_", "photos", "out/")) or v.endswith(".json"):
       return str(self.work / v)
     return value
 
@@ -301,8 +319,8 @@ class Adapter:
                     f"--config.dataset.val_ann={SAMPLE_ANN['person_keypoints_val2017.json']}"]
           if "--config.dataset.coco_dir" not in flags:
             extra.append(f"--config.dataset.coco_dir={self.coco}")
-      if program == "python evaluate.py" and flags.get("--config.eval.image_dir"):
-        extra.append("--config.eval.max_images=8")
+    if program == "python evaluate.py" and flags.get("--config.eval.image_dir"):
+      extra.append("--config.eval.max_images=8")
     if program == "python -m mpn_jax.weights" and flags.get("--source") == "torchvision":
       extra += [f"--stage_sizes={TINY_BACKBONE[0]}", f"--width={TINY_BACKBONE[1]}"]
     if program == "python -m mpn_jax.benchmark" and not {"--quick", "--model_size"} & set(flags):
@@ -325,8 +343,12 @@ _CONFIG_CACHE = {}
 def _config_value(path, preset, field):
   key = (path, preset, field)
   if key not in _CONFIG_CACHE:
-    from mpn_jax import predict  # pylint: disable=g-import-not-at-top
-    value = predict.load_config_file(f"{REPO / path}:{preset}")
+    import importlib.util  # pylint: disable=g-import-not-at-top
+    spec = importlib.util.spec_from_file_location(f"_readme_config_{len(_CONFIG_CACHE)}",
+                                                  REPO / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    value = module.get_config(preset)
     for part in field.split("."):
       value = value[part]
     _CONFIG_CACHE[key] = value
@@ -353,6 +375,9 @@ class Scenario:
     for name in ("--workdir", "--config.eval.branches_workdir", "--branches_workdir"):
       if cmd.program != "python train.py" and f.get(name):
         needs.append(("train", f[name], False))
+    if f.get("--model"):  # a model folder: its two stages' workdirs, or a quickstart's workdir
+      needs += [("train", f"{f['--model']}/branches", False), ("train", f"{f['--model']}/prn", False),
+                ("quickstart", f["--model"], False)]
     if f.get("--config.init_from"):  # converted weights, or another run's workdir
       needs.append(("weights", f["--config.init_from"], False))
       needs.append(("train", f["--config.init_from"], False))
@@ -382,6 +407,10 @@ class Scenario:
             self.adapter.path(of.get("--output", "")) == self.adapter.path(value):
           out.append(other)
           break
+        if kind == "quickstart" and other.program == "python -m mpn_jax.quickstart" and \
+            of.get("--workdir") == value:
+          out.append(other)
+          break
         if kind == "train_under" and other.program == "python train.py" and \
             (of.get("--workdir") or "").startswith(value + "/"):
           out.append(other)
@@ -403,8 +432,9 @@ class Scenario:
       self.run(dep)
     if cmd.program == "python -m mpn_jax.weights":
       self.make_weights_input(cmd)
-    if "--images" in cmd.flags:
-      self.make_photos(self.adapter.path(cmd.flags["--images"]))
+    for name in ("--images", "--input"):
+      if name in cmd.flags and cmd.program != "python -m mpn_jax.weights":
+        self.make_photos(self.adapter.path(cmd.flags[name]))
     argv, _ = self.adapter.argv(cmd)
     return self.runner.run(argv, check=check)
 
@@ -485,8 +515,13 @@ def _stats_file(scenario, cmd):
 
 def check_evaluate(scenario, cmd):
   result = scenario.run(cmd)
-  stats_file = _stats_file(scenario, cmd)
-  assert f"statistics written to {stats_file}" in result.stdout, _failure(cmd.argv, result)
+  if "--config" in cmd.flags:
+    stats_file = _stats_file(scenario, cmd)
+    assert f"statistics written to {stats_file}" in result.stdout, _failure(cmd.argv, result)
+  else:  # --model: the statistics go where the model's config says
+    found = re.findall(r"statistics written to (\S+)", result.stdout)
+    assert found, _failure(cmd.argv, result)
+    stats_file = pathlib.Path(found[-1])
   stats = json.loads(stats_file.read_text())
   names = [k.split("/")[-1] for k in stats]
   assert set(STAT_NAMES) <= set(names), stats
@@ -507,6 +542,27 @@ def check_predict(scenario, cmd):
   predictions = json.loads((output / "predictions.json").read_text())
   assert sorted(predictions) == images
   assert f"{len(images)} pictures written to {output}" in result.stdout
+
+
+def check_predict_model(scenario, cmd):
+  # `python predict.py --model=DIR --input=FOLDER --output=FOLDER` (the model layout).
+  result = scenario.run(cmd)
+  images = sorted(os.listdir(scenario.adapter.path(cmd.flags["--input"])))
+  output = pathlib.Path(scenario.adapter.path(cmd.flags["--output"]))
+  written = sorted(n for n in os.listdir(output) if n.endswith(".png"))
+  assert len(written) == len(images), (written, images, result.stdout[-2000:])
+  predictions = json.loads((output / "predictions.json").read_text())
+  assert len(predictions) == len(images), sorted(predictions)
+
+
+def check_jax_extra(scenario, cmd):
+  # `pip install -U "jax[cuda12]"`: the GPU/TPU build of the JAX this project pins (not run here).
+  del scenario
+  assert cmd.argv[:3] == ("pip", "install", "-U") and len(cmd.argv) == 4, cmd.argv
+  m = re.fullmatch(r"jax\[([\w-]+)\]", cmd.argv[3])
+  assert m, cmd.argv
+  import importlib.metadata  # pylint: disable=g-import-not-at-top
+  assert m.group(1) in importlib.metadata.metadata("jax").get_all("Provides-Extra"), m.group(1)
 
 
 def check_weights(scenario, cmd):
@@ -637,9 +693,11 @@ def check_pip_install(scenario, cmd):
   # `pip install -e .` made this environment: the package is installed, editable, from this tree.
   import mpn_jax  # pylint: disable=g-import-not-at-top
   assert pathlib.Path(mpn_jax.__file__).resolve().parent == REPO / "mpn_jax"
-  if extras:  # the README's test command: .ci/run runs exactly this install and pytest
-    i = next(i for i, c in enumerate(COMMANDS) if c is cmd)
-    assert _test_command_of_ci() == [*cmd.argv, "&&", *COMMANDS[i + 1].argv]
+  i = next(i for i, c in enumerate(COMMANDS) if c is cmd)
+  after = COMMANDS[i + 1] if i + 1 < len(COMMANDS) else None
+  if extras and after and after.program == "pytest" and after.line == cmd.line:
+    # the README's test command: .ci/run runs exactly this install and pytest
+    assert _test_command_of_ci() == [*cmd.argv, "&&", *after.argv]
 
 
 def check_pytest(scenario, cmd):
@@ -656,6 +714,7 @@ RULES = (
     (r"python train\.py", check_train, "runs"),
     (r"python evaluate\.py", check_evaluate, "runs"),
     (r"python -m mpn_jax\.predict", check_predict, "runs"),
+    (r"python predict\.py", check_predict_model, "runs"),
     (r"python -m mpn_jax\.weights", check_weights, "runs"),
     (r"python -m mpn_jax\.benchmark", check_benchmark, "runs"),
     (r"python scripts/show_targets\.py", check_show_targets, "runs"),
@@ -664,7 +723,8 @@ RULES = (
     (r"python -m mpn_jax\.quickstart", check_quickstart, "flags"),
     (r"python3 -m venv", check_venv, "static"),
     (r"\.", check_activate, "static"),
-    (r"pip install", check_pip_install, "static"),
+    (r"pip install", lambda scenario, cmd: (check_jax_extra if "-U" in cmd.argv
+                                            else check_pip_install)(scenario, cmd), "static"),
     (r"pytest", check_pytest, "static"),
 )
 
@@ -677,7 +737,7 @@ def rule_of(cmd):
 
 
 def _case_id(cmd):
-  lines = "+".join(f"L{c.line}" for c in COMMANDS if c.text == cmd.text)
+  lines = "+".join(f"{os.path.basename(c.doc)}:L{c.line}" for c in COMMANDS if c.text == cmd.text)
   flags = " ".join(t for t in cmd.argv if t.startswith("--config=") or t.startswith("--source=")
                    or t.startswith("--config.eval.mode=") or t.startswith("--name=")
                    or t == "--quick")
@@ -688,15 +748,25 @@ _UNIQUE = [c for i, c in enumerate(COMMANDS)  # a command shown twice runs once
            if c.text not in {d.text for d in COMMANDS[:i]}]
 
 
+def _params(cmds):
+  return [pytest.param(c, id=_case_id(c)) for c in cmds]
+
+
 # --------------------------------------------------------------------------------------- tests
 
 
 def test_readme_parses_into_commands():
   programs = {c.program for c in COMMANDS}
   # The README's own blocks: if parsing broke, these would be missing.
-  assert {"python train.py", "python evaluate.py", "python -m mpn_jax.predict",
-          "python -m mpn_jax.weights", "python -m mpn_jax.quickstart", "pytest",
-          "python -m mpn_jax.benchmark"} <= programs, programs
+  assert {"python train.py", "python evaluate.py", "python predict.py", "python -m mpn_jax.weights", "python -m mpn_jax.quickstart",
+          "pytest", "python -m mpn_jax.benchmark", "pip install"} <= programs, programs
+  assert {c.doc for c in COMMANDS} == set(DOC_PAGES), {c.doc for c in COMMANDS}
+  readme = [c.text for c in COMMANDS if c.doc == "README.md"]
+  # The README keeps the quickstart, its figure, and the model-folder commands.
+  assert "python -m mpn_jax.quickstart --workdir=runs/quickstart" in readme
+  assert "`keypoint AP = 0.518`" in README.read_text()
+  assert "python evaluate.py --model=runs/coco" in readme
+  assert len(README.read_text().splitlines()) <= 210  # the front door: everything long in docs/
   assert all(c.argv and "\\" not in c.argv for c in COMMANDS)
   assert not any(t.startswith("#") for c in COMMANDS for t in c.argv)
 
@@ -716,12 +786,12 @@ def test_parser_on_a_known_text():
 def test_every_readme_command_has_a_rule(cmd):
   check, _ = rule_of(cmd)
   assert check is not None, (
-      f"README.md line {cmd.line}: `{cmd.text}` matches no rule of tests/test_readme_commands.py "
+      f"{cmd.doc} line {cmd.line}: `{cmd.text}` matches no rule of tests/test_readme_commands.py "
       "RULES: add one that runs it (tiny substitutions) or checks it")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cmd", _UNIQUE, ids=[_case_id(c) for c in _UNIQUE])
+@pytest.mark.parametrize("cmd", _params(_UNIQUE))
 def test_readme_command_works(cmd, scenario):
   check, _ = rule_of(cmd)
   if check is None:
@@ -732,14 +802,13 @@ def test_readme_command_works(cmd, scenario):
 # Flags named in the README's prose, and the run that exercises each (a README command plus them).
 PROSE_RUNS = (
     # Stage one's second step: detection, the rest frozen, in a new workdir from the first
-    # workdir (here the README's runs/branches; the freezing itself: tests/test_training.py).
+    # workdir (here docs/training.md's runs/synthetic/branches; the freezing itself:
+    # tests/test_training.py).
     ("python train.py --config=configs/branches.py:synthetic --workdir=runs/prose_detection "
-     "--config.train.trainable=detection --config.init_from=runs/branches "
+     "--config.train.trainable=detection --config.init_from=runs/synthetic/branches "
      "--config.train.learning_rate=3e-4"),
     # Test-time augmentation, on the synthetic pipeline evaluation of the README.
-    ("python evaluate.py --config=configs/prn.py:synthetic --workdir=runs/prn "
-     "--config.eval.mode=pipeline --config.eval.branches_workdir=runs/branches "
-     "--config.eval.branches_config=configs/branches.py:synthetic "
+    ("python evaluate.py --model=runs/synthetic "
      "--config.inference.flip=True --config.inference.scales=0.75,1.0,1.25 "
      "--config.eval.output=runs/prose_tta.json"),
     # The training-target pictures in the whole-image mode.
@@ -849,7 +918,7 @@ def unexercised_flags(text, seen):
 
 def test_every_readme_flag_is_exercised(tmp_path):
   seen = _exercised_flags(Adapter(tmp_path, COCO_DIR))
-  text = README.read_text()
+  text = "\n".join(page_text(doc) for doc in DOC_PAGES)
   missing = unexercised_flags(text, seen)
   assert not missing, f"README flags that no test command passes: {missing}"
   # The check itself: a flag or value added to the README without a run is reported.
@@ -858,12 +927,82 @@ def test_every_readme_flag_is_exercised(tmp_path):
                                             "--config.eval.mode=nonsense"]
 
 
-def test_readme_paths_exist():
-  """Files and folders the README names relative to the checkout."""
-  text = README.read_text()
-  for rel in sorted(set(re.findall(r"`((?:configs|scripts|mpn_jax|tests|docs|\.ci)/[\w./]+)`",
-                                   text))):
-    assert (REPO / rel).exists(), rel
+@pytest.mark.parametrize("doc", ALL_PAGES)
+def test_readme_paths_exist(doc):
+  """Files and folders a page names relative to the checkout (in backticks, also inside a
+  longer code span such as `mpn_jax/evaluation/coco_io.py: run_coco_eval(...)`)."""
+  text = page_text(doc)
+  spans = re.findall(r"`([^`\n]+)`", text)
+  found = set()
+  for span in spans:
+    found.update(re.findall(r"(?<![\w./])((?:configs|scripts|mpn_jax|tests|docs|\.ci)/[\w./]*\w)",
+                            span))
+  missing = sorted(rel for rel in found if not (REPO / rel).exists())
+  assert not missing, f"{doc} names paths that do not exist: {missing}"
+  if doc != "README.md":
+    return
   require_shared()
   for name in re.findall(r"`(person_keypoints_val2017_prn_\w+\.json)`", text):
     assert (COCO_DIR / "annotations" / name).is_file(), name
+
+
+@pytest.mark.parametrize("doc", ALL_PAGES)
+def test_page_links_resolve(doc):
+  """Relative links of README.md and docs/ point at files of the checkout."""
+  text = re.sub(r"```.*?```", "", page_text(doc), flags=re.S)
+  base = (REPO / doc).parent
+  broken = []
+  for target in re.findall(r"\]\(([^)\s]+)\)", text):
+    if re.match(r"[a-z]+:", target) or target.startswith("#"):
+      continue
+    if not (base / target.split("#")[0]).exists():
+      broken.append(target)
+  assert not broken, f"{doc}: broken links {broken}"
+
+
+def test_readme_index_lists_every_doc():
+  text = README.read_text()
+  for path in sorted((REPO / "docs").glob("*.md")):
+    assert f"(docs/{path.name})" in text, f"README's documentation index lacks docs/{path.name}"
+
+
+def test_license_matches_pyproject():
+  import tomllib  # pylint: disable=g-import-not-at-top
+  project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+  assert project["license"] == {"text": "Apache-2.0"}
+  text = (REPO / "LICENSE").read_text()
+  assert "Apache License" in text and "Version 2.0, January 2004" in text
+  assert "END OF TERMS AND CONDITIONS" in text
+
+
+def test_readme_python_block_is_the_predictor_api():
+  blocks = python_blocks(README.read_text())
+  assert len(blocks) == 1, blocks
+  source = blocks[0][1]
+  assert "from mpn_jax import Predictor" in source
+  assert 'Predictor.load("runs/quickstart")' in source
+  assert len(source.strip().splitlines()) <= 5
+
+
+@pytest.mark.slow
+def test_readme_python_api_works(scenario):
+  """The README's ```python block, run on the quickstart's (smoke) model and a real photo."""
+  _, source = python_blocks(README.read_text())[0]
+  quickstart = next(c for c in COMMANDS if c.program == "python -m mpn_jax.quickstart"
+                    and c.flags.get("--workdir") == "runs/quickstart")
+  scenario.run(quickstart)  # --preset=smoke
+  model = scenario.adapter.path("runs/quickstart")
+  photo = COCO_DIR / "val2017" / sorted(os.listdir(COCO_DIR / "val2017"))[0]
+  source = source.replace('"runs/quickstart"', repr(model)).replace('"photo.jpg"', repr(str(photo)))
+  check = """
+import json
+def get(name):
+  return people[name] if isinstance(people, dict) else getattr(people, name)
+k, b, s = (np.asarray(get(n)) for n in ("keypoints", "boxes", "scores"))
+assert k.ndim == 3 and k.shape[1:] == (17, 3), k.shape
+assert b.shape == (k.shape[0], 4) and s.shape == (k.shape[0],), (b.shape, s.shape)
+print(json.dumps({"people": int(k.shape[0])}))
+"""
+  proc = subprocess.run([sys.executable, "-c", source + check], cwd=REPO, env=scenario.runner.env,
+                        capture_output=True, text=True, timeout=TIMEOUT, check=False)
+  assert proc.returncode == 0, proc.stderr[-5000:]

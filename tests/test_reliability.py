@@ -12,10 +12,10 @@ import time
 import numpy as np
 import pytest
 
+from mpn_jax import checkpoints
 from mpn_jax import errors
-from mpn_jax import evaluation
-from mpn_jax import predict
-from mpn_jax.training import checkpoints
+from mpn_jax.configs import branches as branches_config
+from mpn_jax.evaluation import coco_io
 from mpn_jax.training import loop
 from mpn_jax.training import workdir as workdir_lib
 from test_training import toy_config
@@ -221,14 +221,14 @@ def test_inference_falls_back_and_a_requested_bad_step_is_named(trained, tmp_pat
   shutil.copytree(trained, work)
   bad_file = _damage(str(work / "checkpoints" / "8"), what)
   # The best step by val_loss (10 - step) is 8; it is unreadable, so step 4 is restored.
-  variables, _ = predict.restore(str(work), "prn")
+  variables, _ = checkpoints.restore_stage(str(work), "prn")
   want, _, _ = checkpoints.restore_variables(str(work / "checkpoints" / "4"))
   np.testing.assert_array_equal(variables["params"]["backbone"]["kernel"],
                                 want["backbone"]["kernel"])
   out = capsys.readouterr()
   assert "step 8 is unreadable" in out.err and "restored the prn checkpoint of step 4" in out.out
   with pytest.raises(errors.UnreadableCheckpointError) as e:
-    predict.restore(str(work), "prn", which="8")
+    checkpoints.restore_stage(str(work), "prn", which="8")
   message = str(e.value)
   assert "step 8" in message and "[4]" in message
   named = bad_file if what != "array" else str(work / "checkpoints" / "8" / "variables")
@@ -281,17 +281,17 @@ def _gt(people):
 def test_statistics_on_nothing_are_refused():
   result = [{"image_id": 1, "category_id": 1, "keypoints": [15, 20, 1] * 17, "score": 1.0}]
   with pytest.raises(errors.DataError, match="no image was evaluated"):
-    evaluation.run_coco_eval(_gt(1), result, image_ids=[])
+    coco_io.run_coco_eval(_gt(1), result, image_ids=[])
   with pytest.raises(errors.DataError, match="no person with a labelled keypoint"):
-    evaluation.run_coco_eval(_gt(0), result)
-  assert evaluation.run_coco_eval(_gt(1), result)["AP"] == pytest.approx(1.0)
+    coco_io.run_coco_eval(_gt(0), result)
+  assert coco_io.run_coco_eval(_gt(1), result)["AP"] == pytest.approx(1.0)
 
 
 def test_write_json_is_atomic(tmp_path):
   path = tmp_path / "stats.json"
-  evaluation.write_json(path, {"AP": 1})
+  coco_io.write_json(path, {"AP": 1})
   with pytest.raises(TypeError):
-    evaluation.write_json(path, {"AP": object()})  # fails half-way through the dump
+    coco_io.write_json(path, {"AP": object()})  # fails half-way through the dump
   assert path.read_text().replace(" ", "").replace("\n", "") == '{"AP":1}'
   assert os.listdir(tmp_path) == ["stats.json"]
 
@@ -300,7 +300,7 @@ def test_write_json_is_atomic(tmp_path):
 
 
 def _branches_config(preset):
-  return predict.load_config_file(os.path.join(REPO, "configs", "branches.py") + f":{preset}")
+  return branches_config.get_config(preset)
 
 
 @pytest.mark.parametrize("preset,message", [("coco", "frozen_bn=True with no config.init_from"),

@@ -8,7 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from mpn_jax import coco
-from mpn_jax import evaluation
+from mpn_jax.evaluation import coco_io
 from mpn_jax.data import datasets
 from mpn_jax.data import synthetic
 
@@ -106,10 +106,10 @@ def test_ground_truth_against_itself_scores_perfectly(built):
     anns = json.load(f)["annotations"]
   kp_results = [dict(image_id=a["image_id"], category_id=1, keypoints=a["keypoints"], score=1.0)
                 for a in anns if a["num_keypoints"] > 0 and not a["iscrowd"]]
-  assert evaluation.run_coco_eval(path, kp_results, "keypoints")["AP"] == 1.0
+  assert coco_io.run_coco_eval(path, kp_results, "keypoints")["AP"] == 1.0
   box_results = [dict(image_id=a["image_id"], category_id=1, bbox=a["bbox"], score=1.0)
                  for a in anns if not a["iscrowd"]]
-  assert evaluation.run_coco_eval(path, box_results, "bbox")["AP"] == 1.0
+  assert coco_io.run_coco_eval(path, box_results, "bbox")["AP"] == 1.0
 
 
 def test_statistics(sample):

@@ -15,8 +15,8 @@ import ml_collections
 import numpy as np
 import pytest
 
+from mpn_jax import checkpoints
 from mpn_jax import parallel
-from mpn_jax.training import checkpoints
 from mpn_jax.training import loop
 from mpn_jax.training import state as state_lib
 from mpn_jax.training import steps
@@ -157,12 +157,12 @@ def test_init_from_copies_matching_subtrees_and_lists_mismatches(tmp_path):
     ckptr.save(good, {"params": {"backbone": {"kernel": kernel}}, "batch_stats": {}})
     ckptr.save(tmp_path / "bad", {"params": {"backbone": {"kernel": np.zeros((3, 16), np.float32)},
                                              "extra": {"w": np.zeros(2, np.float32)}}})
-  new = checkpoints.init_from(state, good, mesh)
+  new = state_lib.init_from(state, good, mesh)
   np.testing.assert_array_equal(new.params["backbone"]["kernel"], kernel)
   np.testing.assert_array_equal(new.params["retina_head"]["kernel"],  # untouched
                                 state.params["retina_head"]["kernel"])
   with pytest.raises(ValueError) as e:
-    checkpoints.init_from(state, tmp_path / "bad", mesh)
+    state_lib.init_from(state, tmp_path / "bad", mesh)
   assert "backbone/kernel: checkpoint (3, 16) vs model (4, 16)" in str(e.value)
   assert "extra/w: not in the model" in str(e.value)
   # The loop uses init_from only when the workdir has no checkpoint of its own.

@@ -9,10 +9,11 @@ import jax
 import numpy as np
 import pytest
 
+from mpn_jax import checkpoints
 from mpn_jax import coco
 from mpn_jax import models
 from mpn_jax import weights
-from mpn_jax.training import checkpoints
+from mpn_jax.training import state as state_lib
 
 
 # ------------------------------------------------------------------------- torchvision reference
@@ -198,7 +199,7 @@ def test_cli_roundtrip_and_config_check(tmp_path):
     weights.restore_pretrained(out, cfg.backbone)
   # Training's init_from checks the same metadata before loading: the shapes would match silently.
   with pytest.raises(ValueError, match="variant=v1.5"):
-    checkpoints.init_from(None, str(out), None, cfg.backbone)
+    state_lib.init_from(None, str(out), None, cfg.backbone)
   with pytest.raises(ValueError, match="already exists"):
     weights.main(argv)
   weights.main(argv + ["--overwrite"])

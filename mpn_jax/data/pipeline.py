@@ -19,7 +19,6 @@ import os
 import re
 
 import jax
-import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -27,29 +26,11 @@ import tensorflow_datasets as tfds
 from mpn_jax import coco
 from mpn_jax import errors
 from mpn_jax import parallel
+from mpn_jax.configs.defaults import input_config  # noqa: F401  (pipeline.input_config)
 from mpn_jax.data import augment
 from mpn_jax.data import targets as targets_lib
 
 _IMAGE_KEYS = ("image", "person_mask", "ignore_mask")
-
-
-def input_config():
-  """Default config.input of the branches stage."""
-  return ml_collections.ConfigDict(dict(
-      size=480,                # S: square network input (letterbox: longest image side -> S;
-                               # see augment.center for person-centred training crops)
-      crop_size=0,             # C: train on the central C x C window of the augmented S x S
-                               # canvas (0: all of it); evaluation always sees S x S
-      batch_size=32,           # global train batch (split over processes and devices)
-      eval_batch_size=0,       # global eval batch; 0: same as batch_size
-      heatmap_sigma=2.0,       # Gaussian sigma in stride-4 heatmap cells (= 8 input pixels)
-      max_boxes=100,           # M: person/crowd boxes per image (more are dropped)
-      max_people=32,           # P: people with keypoints per image in 'keypoints'
-      shuffle_buffer=1000,     # examples (compressed: images are decoded after the shuffle)
-      prefetch=2,              # batches prepared ahead
-      num_parallel_calls=-1,   # tf.data map parallelism; -1 = AUTOTUNE
-      augment=augment.augment_config(),
-  ))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -20,45 +20,15 @@ slice of the global batch, and the slice does not depend on how many processes t
 import dataclasses
 import os
 
-import ml_collections
 import numpy as np
 
 from mpn_jax import coco
 from mpn_jax import errors
 from mpn_jax import prn_grid
+from mpn_jax.configs.defaults import prn_data_config  # noqa: F401  (prn_samples.prn_data_config)
 from mpn_jax.data import annotations
 
 _K = coco.NUM_KEYPOINTS
-_DEFAULT_DATA_DIR = os.environ.get("MPN_COCO_DIR", "../shared/data/coco")
-
-
-def prn_data_config():
-  """Defaults of the PRN sample pipeline (embedded as `config.data` by configs/prn.py)."""
-  c = ml_collections.ConfigDict()
-  c.name = "coco_prn"
-  c.batch_size = 8           # global batch (split over processes; divisible by the device count)
-  # Annotation files, relative to data_dir unless absolute; several training files are concatenated.
-  c.data_dir = _DEFAULT_DATA_DIR
-  c.train_files = ("annotations/person_keypoints_val2017_prn_train.json",)
-  c.val_file = "annotations/person_keypoints_val2017_prn_val.json"
-  c.min_keypoints = 1        # official code: > 3 (666 of prn_train's 732 people); 1 keeps all
-  c.widen = prn_grid.DEFAULT_WIDEN
-  c.input_sigma = 1.0        # grid cells; the official skimage.gaussian default
-  c.target_sigma = 1.0       # grid cells; 0 = one-hot in the keypoint's cell
-  c.augment = ml_collections.ConfigDict(dict(
-      enabled=True,
-      flip_prob=0.5,           # mirror the scene about the box centre, swap left/right channels
-      compose_prob=0.5,        # paste people from other images around the person
-      compose_max_people=3,    # up to this many pasted people per sample
-      compose_offset=0.6,      # pasted centre = centre + U(-a, a) * box size
-      compose_scale=1.4,       # pasted height = person's height * exp(U(-log s, log s))
-      box_shift=0.05,          # detector error: centre shift ~ N(0, shift * box size)
-      box_scale=0.1,           # detector error: size factor ~ exp(N(0, scale))
-      drop_own_prob=0.0,       # drop a person's own keypoint (input and target)
-      drop_other_prob=0.1,     # drop another person's keypoint from the input
-      keypoint_jitter=0.0,     # moves every keypoint by N(0, jitter) grid cells (input and target)
-  ))
-  return c
 
 
 def resolve(data_dir, path):

@@ -19,16 +19,18 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
-import ml_collections
 
 from mpn_jax import errors
+from mpn_jax.configs.defaults import MODEL_SIZES
+from mpn_jax.configs.defaults import multiposenet_config  # noqa: F401  (models.multiposenet_config)
+from mpn_jax.configs.defaults import prn_config  # noqa: F401  (models.prn_config)
 from mpn_jax.models import fpn
 from mpn_jax.models import heads
 from mpn_jax.models import prn as prn_lib
 from mpn_jax.models import resnet
 
 NUM_OUTPUTS = 18  # 17 keypoint heatmaps + 1 person mask
-SIZES = ("full", "tiny")
+SIZES = MODEL_SIZES
 
 
 def _dtype(name):
@@ -37,73 +39,6 @@ def _dtype(name):
   except TypeError as e:
     raise errors.ConfigError("model dtype/param_dtype must be e.g. 'float32' or 'bfloat16', "
                              f"got {name!r}") from e
-
-
-def multiposenet_config(size="full"):
-  """The branches network's config: `size='full'` (paper defaults) or 'tiny' (tests, CPU)."""
-  if size not in SIZES:
-    raise errors.ConfigError(f"multiposenet_config: size must be one of {SIZES}, got {size!r}")
-  c = ml_collections.ConfigDict()
-  c.dtype = "float32"        # compute dtype; 'bfloat16' on GPU/TPU. Outputs are always float32.
-  c.param_dtype = "float32"
-
-  c.backbone = ml_collections.ConfigDict()
-  c.backbone.depth = 50            # 50 | 101 (| 152)
-  c.backbone.stage_sizes = ()      # () = from depth; e.g. (1, 1, 1, 1) for a tiny trunk
-  c.backbone.width = 64            # first-stage inner width; C2..C5 have 4w, 8w, 16w, 32w channels
-  c.backbone.variant = "v1.5"      # 'v1.5' torchvision | 'v1' Keras/Caffe (see mpn_jax.weights)
-  c.backbone.bn_epsilon = 1e-5     # torchvision 1e-5; Keras 1.001e-5
-  c.backbone.bn_momentum = 0.9
-  c.backbone.frozen_bn = True      # BN uses running stats and never updates them (also in training)
-  c.backbone.freeze_at = 0         # stop_gradient below: 1 stem, k>=2 stem+layer1..layer(k-1)
-  c.backbone.zero_init_residual = False  # last BN scale of each block = 0 (training from scratch)
-
-  c.fpn_channels = 256
-
-  c.keypoint_head = ml_collections.ConfigDict()
-  c.keypoint_head.channels = 128
-  c.keypoint_head.fused_channels = 256
-  c.keypoint_head.upsample = "nearest"       # 'nearest' | 'bilinear' (to stride 4)
-  c.keypoint_head.intermediate_on = "fpn"  # 1x1 supervision conv on P_l ('fpn') | 'subnet'
-  c.keypoint_head.output_init = "zeros"    # output convs start at 0 ('zeros') | 'fan_in'
-
-  c.detection_fpn = ml_collections.ConfigDict()
-  c.detection_fpn.p6_input = "C5"  # 'C5' (RetinaNet paper) | 'P5'
-
-  c.retina_head = ml_collections.ConfigDict()
-  c.retina_head.num_classes = 1
-  c.retina_head.num_anchors = 9    # 3 ratios x 3 scales, as mpn_jax.boxes.generate_anchors
-  c.retina_head.channels = 256
-  c.retina_head.num_convs = 4
-  c.retina_head.prior_prob = 0.01
-
-  if size == "tiny":
-    c.backbone.stage_sizes = (1, 1, 1, 1)
-    c.backbone.width = 4
-    c.fpn_channels = 16
-    c.keypoint_head.channels = 8
-    c.keypoint_head.fused_channels = 16
-    c.retina_head.channels = 16
-    c.retina_head.num_convs = 1
-  return c
-
-
-def prn_config(size="full"):
-  """The PRN's config: `size='full'` (paper: one 1024-unit hidden layer) or 'tiny'."""
-  if size not in SIZES:
-    raise errors.ConfigError(f"prn_config: size must be one of {SIZES}, got {size!r}")
-  c = ml_collections.ConfigDict()
-  c.dtype = "float32"
-  c.param_dtype = "float32"
-  c.hidden_sizes = (1024,)
-  c.dropout_rate = 0.5
-  # e.g. (1, 2, 4): dilated 3x3 convs before the MLP (or, with hidden_sizes=(), instead of it).
-  c.conv_dilations = ()
-  c.conv_channels = 64
-  c.input_scale = 1.0              # x the input (and residual); 1 = paper
-  if size == "tiny":
-    c.hidden_sizes = (16,)
-  return c
 
 
 class MultiPoseNet(nn.Module):

@@ -14,7 +14,6 @@ runs the generic `run(config, workdir, task)`, which knows nothing about either 
 """
 
 import dataclasses
-import functools
 import inspect
 import itertools
 import logging as std_logging
@@ -31,9 +30,16 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
+from mpn_jax import checkpoints
+from mpn_jax import coco
 from mpn_jax import errors
+from mpn_jax import models
 from mpn_jax import parallel
-from mpn_jax.training import checkpoints
+from mpn_jax import prn_grid
+from mpn_jax.data import datasets
+from mpn_jax.data import pipeline
+from mpn_jax.data import prn_samples
+from mpn_jax.evaluation import evaluators
 from mpn_jax.training import state as state_lib
 from mpn_jax.training import steps
 from mpn_jax.training import workdir as workdir_lib
@@ -158,7 +164,7 @@ def run(config, workdir, task, mesh=None):
   elif config.get("init_from"):
     backbone_cfg = (config.get("model", {}).get("backbone")
                     if config.get("stage") == "branches" else None)
-    state = checkpoints.init_from(state, config.init_from, mesh, backbone_cfg)
+    state = state_lib.init_from(state, config.init_from, mesh, backbone_cfg)
     logging.info("initialised from %s", config.init_from)
   start = int(_host(state.step))
 
@@ -240,18 +246,6 @@ def _flat_config(config, prefix=""):
 # Evaluation helpers.
 
 
-def evaluate_loss(eval_step, state, batches, mesh):
-  """Weighted mean of eval-step metrics over host-local batches ('weight' metric, default 1)."""
-  totals, weight = {}, 0.0
-  for batch in batches:
-    m = jax.tree.map(_host, eval_step(state, parallel.shard_batch(batch, mesh)))
-    w = float(m.pop("weight", 1.0))
-    for k, v in m.items():
-      totals[k] = totals.get(k, 0.0) + float(v) * w
-    weight += w
-  return {f"val_{k}": v / max(weight, 1e-12) for k, v in totals.items()}
-
-
 def host_variables(state):
   """{'params', 'batch_stats'} of a (replicated) state as numpy, for single-device inference."""
   variables = {"params": jax.tree.map(_host, state.params)}
@@ -266,7 +260,6 @@ def host_variables(state):
 
 def check_dataset(dataset_cfg):
   """Raises FileNotFoundError naming the path and the build command when the data is missing."""
-  from mpn_jax.data import datasets  # pylint: disable=g-import-not-at-top
   builder = datasets.make_builder(dataset_cfg)
   prepared = os.path.exists(os.path.join(os.fspath(builder.data_path), "dataset_info.json"))
   if prepared or dataset_cfg.name != "coco_keypoints":
@@ -285,8 +278,6 @@ def check_dataset(dataset_cfg):
 
 def branches_task(config, mesh):
   """MultiPoseNet (backbone + keypoint subnet + RetinaNet) on the TFDS pipeline."""
-  from mpn_jax import models  # pylint: disable=g-import-not-at-top
-  from mpn_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   check_dataset(config.dataset)
   size = config.input.size
   model = models.build_multiposenet(config.model)
@@ -300,16 +291,13 @@ def branches_task(config, mesh):
     # The stream is a function of the step: a resumed run sees the batches it would have seen.
     return pipeline.make_train_iterator(config, mesh, start_step=start_step)
 
-  eval_step = steps.make_eval_step(loss_fn, mesh)
+  val_loss = evaluators.LossEvaluator(
+      steps.make_eval_step(loss_fn, mesh),
+      evaluators.branches_loss_batches(config, mesh, config.train.eval_batches), mesh)
 
   def evaluate(state, step):
     del step
-    n = config.train.eval_batches
-    if not n:
-      return {}
-    cfg = _eval_input_config(config)
-    batches = itertools.islice(pipeline.make_train_iterator(cfg, mesh), n)
-    return evaluate_loss(eval_step, state, batches, mesh)
+    return val_loss.run(state)
 
   return Task(init_variables=init_variables, loss_fn=loss_fn, train_iterator=train_iterator,
               evaluate=evaluate if config.train.eval_batches else None,
@@ -317,49 +305,14 @@ def branches_task(config, mesh):
               batch_size=config.input.batch_size)
 
 
-def _eval_input_config(config):
-  """The training pipeline on the eval split with every augmentation switched off."""
-  cfg = config.copy_and_resolve_references()
-  with cfg.unlocked():
-    cfg.dataset.train_split = config.dataset.eval_split
-    aug = cfg.input.augment
-    if "center" in aug:
-      aug.center = "letterbox"  # whole images, as evaluated
-    aug.scale_min = aug.scale_max = 1.0
-    aug.rotation = aug.translate = aug.flip = 0.0
-    for k in aug.color_jitter:
-      aug.color_jitter[k] = 0.0
-    cfg.input.shuffle_buffer = 0
-    cfg.input.batch_size = config.input.get("eval_batch_size", 0) or config.input.batch_size
-  return cfg
-
-
-def resolve_prn_files(config):
-  """For dataset.name='mpn_synthetic', points the PRN samples at that dataset's annotation files."""
-  if config.data.get("name") != "mpn_synthetic":
-    return config
-  from mpn_jax.data import datasets  # pylint: disable=g-import-not-at-top
-  syn = dict(config.data.synthetic)
-  syn["name"] = "mpn_synthetic"
-  cfg = config.copy_and_resolve_references()
-  with cfg.unlocked():
-    cfg.data.train_files = (datasets.annotation_file(syn, "train"),)
-    cfg.data.val_file = datasets.annotation_file(syn, "validation")
-  return cfg
-
-
 def prn_task(config, mesh):
   """The Pose Residual Network on samples rendered from keypoint annotations."""
-  from mpn_jax import models  # pylint: disable=g-import-not-at-top
-  from mpn_jax import prn_grid  # pylint: disable=g-import-not-at-top
-  from mpn_jax.data import prn_samples  # pylint: disable=g-import-not-at-top
-  config = resolve_prn_files(config)
+  config = evaluators.resolve_prn_files(config)
   for f in list(config.data.train_files) + [config.data.val_file]:
     prn_samples.resolve(config.data.data_dir, f)  # fail now, naming the file, if it is missing
   model = models.build_prn(config.model)
   loss_fn = steps.prn_loss_fn(model)
-  k = 17
-  shape = (1, prn_grid.GRID_H, prn_grid.GRID_W, k)
+  shape = (1, prn_grid.GRID_H, prn_grid.GRID_W, coco.NUM_KEYPOINTS)
 
   def init_variables(rng):
     return model.init(rng, np.zeros(shape, np.float32), train=False)
@@ -374,16 +327,29 @@ def prn_task(config, mesh):
     loss, (stats, metrics) = loss_fn(params, batch_stats, batch, rng, train)
     return loss, (stats, dict(metrics, weight=batch["target_valid"].sum()))
 
-  eval_step = steps.make_eval_step(weighted_loss_fn, mesh)
   val_set = {}
+
+  def val_batches():
+    if not val_set:
+      val_set.update(prn_samples.make_prn_eval_set(config.data))
+    return _prn_eval_batches(val_set, config, mesh)
+
+  val_loss = evaluators.LossEvaluator(steps.make_eval_step(weighted_loss_fn, mesh), val_batches,
+                                      mesh)
+  prn_gt = None
+  if config.train.get("prn_gt_ap"):
+    prn_gt = evaluators.PrnGtEvaluator(
+        prn_samples.resolve(config.data.data_dir, config.data.val_file), model, assign="prn",
+        method=config.inference.assign_method, window=config.inference.assign_window,
+        score_mode=config.get("eval", {}).get("score_mode", "keypoints"),
+        widen=config.data.widen, input_sigma=config.data.input_sigma)
 
   def evaluate(state, step):
     del step
-    if not val_set:
-      val_set.update(prn_samples.make_prn_eval_set(config.data))
-    metrics = evaluate_loss(eval_step, state, _prn_eval_batches(val_set, config, mesh), mesh)
-    if config.train.get("prn_gt_ap"):
-      metrics.update(prn_gt_metrics(config, model, state))
+    metrics = val_loss.run(state)
+    if prn_gt is not None:
+      metrics.update({f"prn_gt_{k}": float(v)
+                      for k, v in prn_gt.run(host_variables(state)).items()})
     return metrics
 
   return Task(init_variables=init_variables, loss_fn=loss_fn, train_iterator=train_iterator,
@@ -410,24 +376,6 @@ def _prn_eval_batches(val_set, config, mesh):
         chunk = np.concatenate([chunk, np.zeros((pad,) + arr.shape[1:], arr.dtype)])
       out[key] = chunk
     yield out
-
-
-def prn_gt_metrics(config, model, state):
-  """COCO keypoint AP of the PRN-on-ground-truth protocol on the validation file."""
-  from mpn_jax import models  # pylint: disable=g-import-not-at-top
-  from mpn_jax import prn_protocol  # pylint: disable=g-import-not-at-top
-  from mpn_jax.data import prn_samples  # pylint: disable=g-import-not-at-top
-  variables = host_variables(state)
-  # Variables as an argument, not a closure: closed-over arrays would become HLO constants.
-  jitted = jax.jit(lambda v, x: models.prn_probabilities(model.apply(v, x, train=False)))
-  apply = functools.partial(jitted, variables)
-  ann_file = prn_samples.resolve(config.data.data_dir, config.data.val_file)
-  stats, _ = prn_protocol.evaluate_prn_gt(
-      ann_file, assign="prn", prn_apply=apply, method=config.inference.assign_method,
-      window=config.inference.assign_window, widen=config.data.widen,
-      score_mode=config.get("eval", {}).get("score_mode", "keypoints"),
-      input_sigma=config.data.input_sigma)
-  return {f"prn_gt_{k}": float(v) for k, v in stats.items()}
 
 
 TASKS = {"branches": branches_task, "prn": prn_task}

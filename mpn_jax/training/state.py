@@ -1,5 +1,6 @@
 """Train state, optimiser, learning-rate schedule and which parameters are trainable."""
 
+import os
 from typing import Any, Callable
 
 import flax
@@ -8,7 +9,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mpn_jax import checkpoints
 from mpn_jax import errors
+from mpn_jax import parallel
+from mpn_jax import weights
 
 # Top-level MultiPoseNet subtrees trained by each `config.train.trainable` choice.
 TRAINABLE_SUBTREES = {
@@ -124,3 +128,24 @@ def make_optimizer(train_cfg, frozen=None):
 
   tx = optax.multi_transform({"train": base, "frozen": optax.set_to_zero()}, labels)
   return tx, schedule
+
+
+def init_from(state, path, mesh, backbone_config=None):
+  """Returns `state` with params/batch_stats overwritten by the matching subtrees at `path`.
+
+  Converted ImageNet weights (`python -m mpn_jax.weights`) have a `path`.json beside them naming
+  their backbone variant and BN epsilon; with `backbone_config` (config.model.backbone) those are
+  checked first, because v1 and v1.5 weights have identical shapes and would load silently.
+  """
+  meta_file = os.path.abspath(os.path.expanduser(path)).rstrip("/") + ".json"
+  if backbone_config is not None and os.path.exists(meta_file):
+    weights.check_backbone_config(weights.read_metadata(path), backbone_config)
+  params, batch_stats, _ = checkpoints.restore_variables(path)
+  new_params = checkpoints.merge_pretrained(jax.device_get(state.params), params,
+                                            f"init_from={path} params")
+  new_stats = state.batch_stats
+  if batch_stats:
+    new_stats = checkpoints.merge_pretrained(jax.device_get(state.batch_stats), batch_stats,
+                                             f"init_from={path} batch_stats")
+  return state.replace(params=parallel.replicate(new_params, mesh),
+                       batch_stats=parallel.replicate(new_stats, mesh))

@@ -12,7 +12,13 @@ Faults (docs/reliability.md):
     intact (Orbax writes a step to a temporary folder and renames it when complete);
   * a step whose files do not read (a truncated metadata, metrics or array file) is "unreadable":
     training moves it aside to <step>.corrupt and resumes from the newest readable step; inference
-    (`restore_readable`) falls back to the next candidate with a warning naming the bad step.
+    (`restore_stage`) falls back to the next candidate with a warning naming the bad step.
+
+A model path (what `Predictor.load` and `python evaluate.py --model=PATH` take) is a folder holding
+the two stage workdirs, PATH/branches and PATH/prn (what `python -m mpn_jax.quickstart` leaves); a
+stage workdir alone also names its own stage. `restore_stage` picks a step of a stage (the latest,
+the best by the run's config.train.best_metric, or a given one) and returns its variables with the
+config saved beside them, so nothing outside the checkpoint is needed to rebuild the model.
 """
 
 import glob
@@ -63,7 +69,8 @@ def checkpoint_dir(workdir):
 
 
 def saved_steps(directory):
-  """Sorted steps (ints) of the step folders in a checkpoints `directory` ([] when absent)."""
+  """Sorted steps (ints) of the step folders in a checkpoints `directory` ([] when absent): the
+  one way steps are listed (`checkpoint_dir(workdir)` gives a workdir's directory)."""
   names = os.listdir(directory) if os.path.isdir(directory) else []
   return sorted(int(n) for n in names if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
 
@@ -171,7 +178,7 @@ class StageCheckpoints:
       policies.append(pp.BestN(get_metric_fn=lambda m: m[best_metric], reverse=best_mode == "min",
                                n=1, keep_checkpoints_without_metrics=False))
     # best_fn makes Orbax write each step's metrics next to it (<step>/metrics/metrics), so the
-    # best step stays known after a restart, to the BestN policy and to predict.restore.
+    # best step stays known after a restart, to the BestN policy and to restore_stage.
     best = dict(best_fn=lambda m: m[best_metric], best_mode=best_mode) if best_metric else {}
     # Synchronous saves: an asynchronous one that fails (disk full) is only seen at the next save
     # or at exit, where Orbax's signalling threads then wait out their 300 s timeout.
@@ -297,9 +304,6 @@ class StageCheckpoints:
                          batch_stats=restored.variables["batch_stats"],
                          opt_state=restored.opt_state)
 
-  def wait(self):
-    self.manager.wait_until_finished()
-
   def close(self):
     """Waits for pending writes and closes; a failure here is logged, not raised (it runs in the
     training loop's `finally`, where it must not hide the error that ended training)."""
@@ -395,12 +399,6 @@ def _single_device_target(ckptr, directory):
                       tree)
 
 
-def restore_latest(workdir):
-  """(params, batch_stats) of the newest checkpoint in `workdir` (contract for inference)."""
-  params, batch_stats, _ = restore_variables(workdir)
-  return params, batch_stats
-
-
 def merge_pretrained(target, source, name="init_from"):
   """Copies every leaf of `source` into `target` (same paths); returns the merged tree.
 
@@ -425,22 +423,183 @@ def merge_pretrained(target, source, name="init_from"):
   return flax.traverse_util.unflatten_dict(flat_t, sep="/")
 
 
-def init_from(state, path, mesh, backbone_config=None):
-  """Returns `state` with params/batch_stats overwritten by the matching subtrees at `path`.
+# --- model paths: which step of which stage ------------------------------------------------------
 
-  Converted ImageNet weights (`python -m mpn_jax.weights`) have a `path`.json beside them naming
-  their backbone variant and BN epsilon; with `backbone_config` (config.model.backbone) those are
-  checked first, because v1 and v1.5 weights have identical shapes and would load silently.
+STAGES = ("branches", "prn")
+TRAIN_COMMANDS = {
+    "branches": "python train.py --config=configs/branches.py --workdir={workdir}",
+    "prn": "python train.py --config=configs/prn.py --workdir={workdir}",
+}
+# The step `restore_stage` loads when not told: the PRN run keeps its best step by
+# config.train.best_metric (coco_small: prn_gt_AP), so the PRN is used at that step.
+DEFAULT_STEP = {"branches": "latest", "prn": "best"}
+
+
+def has_checkpoint(workdir):
+  """Whether `workdir` holds at least one saved step."""
+  return bool(workdir) and bool(saved_steps(checkpoint_dir(workdir)))
+
+
+def stage_workdir(model, stage):
+  """The workdir of `stage` in a model path: MODEL/<stage> when it holds checkpoints, else MODEL
+  itself when it is a stage workdir (`restore_stage` checks that its saved config is of `stage`).
+
+  Raises:
+    errors.MissingFileError: neither holds a checkpoint; the message names the training command.
   """
-  meta_file = os.path.abspath(os.path.expanduser(path)).rstrip("/") + ".json"
-  if backbone_config is not None and os.path.exists(meta_file):
-    from mpn_jax import weights  # pylint: disable=g-import-not-at-top
-    weights.check_backbone_config(weights.read_metadata(path), backbone_config)
-  params, batch_stats, _ = restore_variables(path)
-  new_params = merge_pretrained(jax.device_get(state.params), params, f"init_from={path} params")
-  new_stats = state.batch_stats
-  if batch_stats:
-    new_stats = merge_pretrained(jax.device_get(state.batch_stats), batch_stats,
-                                 f"init_from={path} batch_stats")
-  return state.replace(params=parallel.replicate(new_params, mesh),
-                       batch_stats=parallel.replicate(new_stats, mesh))
+  model = os.path.abspath(os.path.expanduser(model)) if model else ""
+  for candidate in (os.path.join(model, stage), model) if model else ():
+    if has_checkpoint(candidate):
+      return candidate
+  where = os.path.join(model, stage) if model else "MODEL/" + stage
+  cmd = TRAIN_COMMANDS[stage].format(workdir=where)
+  raise errors.MissingFileError(
+      f"no {stage} checkpoint in --model={model or '(none given)'} (expected {where}/checkpoints/"
+      f"<step>/, or a {stage} workdir itself): train it first with `{cmd}`")
+
+
+def _event_scalars(workdir, tag):
+  """{step: value} of scalar `tag` in workdir's TensorBoard event files (later files win)."""
+  paths = sorted(glob.glob(os.path.join(os.path.abspath(os.path.expanduser(workdir)),
+                                        "events.out.tfevents.*")), key=os.path.getmtime)
+  if not paths:
+    return {}
+  # TensorFlow is imported only here: reading events is the rare fallback for old runs.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tensorflow.core.util import event_pb2  # pylint: disable=g-import-not-at-top
+  values = {}
+  for path in paths:
+    try:
+      for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+        event = event_pb2.Event.FromString(record)
+        for v in event.summary.value:
+          if v.tag == tag:
+            values[int(event.step)] = float(
+                tf.make_ndarray(v.tensor) if v.HasField("tensor") else v.simple_value)
+    except tf.errors.DataLossError:  # a run killed mid-write leaves a truncated last record
+      logging.warning("event file %s is truncated; using the records before the damage", path)
+  return values
+
+
+def step_metrics(workdir, metric):
+  """{step: value of `metric`} for the saved steps that have one.
+
+  Orbax's per-step metrics (<step>/metrics/metrics) when the manager wrote them, else the
+  evaluation scalars the training loop logs (`eval/<metric>` in workdir's event files: runs saved
+  before the checkpoints kept their metrics). An unreadable metrics file is skipped with a warning.
+  """
+  steps = saved_steps(checkpoint_dir(workdir))
+  values = {}
+  for step in steps:
+    path = os.path.join(checkpoint_dir(workdir), str(step), "metrics", "metrics")
+    if os.path.isfile(path):
+      try:
+        with open(path) as f:
+          found = json.load(f)
+      except ValueError as e:
+        logging.warning("%s is unreadable (%s): step %d is not ranked", path, e, step)
+        continue
+      if metric in found:
+        values[step] = float(found[metric])
+  if len(values) < len(steps):
+    logged = _event_scalars(workdir, f"eval/{metric}")
+    values.update({s: logged[s] for s in steps if s not in values and s in logged})
+  return values
+
+
+def _run_config(workdir, steps):
+  """The config saved with the newest step whose config file reads ({} when none does)."""
+  for step in reversed(steps):
+    try:
+      saved = saved_config(os.path.join(checkpoint_dir(workdir), str(step)))
+    except errors.CheckpointError:
+      continue
+    if saved:
+      return saved
+  return {}
+
+
+def select_step(workdir, which="latest"):
+  """The step `restore_stage` loads: (step, reason).
+
+  which: 'latest', 'best' (the saved step best by the run's config.train.best_metric /
+  best_mode, falling back to the latest when the run kept no metric) or a step number.
+  """
+  steps = saved_steps(checkpoint_dir(workdir))
+  if not steps:
+    raise errors.MissingFileError(f"no checkpoint steps under {workdir}/checkpoints")
+  if str(which).isdigit():
+    if int(which) not in steps:
+      raise errors.MissingFileError(f"step {which} is not saved in {workdir}/checkpoints (saved: "
+                                    f"{steps})")
+    return int(which), "requested"
+  if which not in ("latest", "best"):
+    raise errors.ConfigError(f"checkpoint to restore must be 'latest', 'best' or a step, got "
+                             f"{which!r}")
+  latest = steps[-1]
+  if which == "latest":
+    return latest, "latest"
+  train = _run_config(workdir, steps).get("train") or {}
+  metric, mode = train.get("best_metric"), train.get("best_mode", "min")
+  if not metric:
+    return latest, "latest (the run kept no best_metric)"
+  values = step_metrics(workdir, metric)
+  if not values:
+    return latest, f"latest (no saved step has {metric})"
+  pick = max if mode == "max" else min
+  best = pick(values, key=lambda s: (values[s], s if mode == "max" else -s))
+  return best, f"best {metric}={values[best]:.4f} ({mode}) of steps {sorted(values)}"
+
+
+def restore_stage(workdir, stage, which=None):
+  """(variables {'params'[, 'batch_stats']} as host numpy, saved config dict or None) of one step.
+
+  which: 'latest', 'best' or a step (see `select_step`); None = DEFAULT_STEP[stage]. The step and
+  why it was chosen are logged and printed. When the chosen step is unreadable (damaged files),
+  the newest readable step is restored instead, with a warning naming the bad step; a requested
+  step number that is unreadable is an error naming it and the intact steps. A saved config of
+  another stage (config.stage) is an errors.ConfigError.
+  """
+  if not has_checkpoint(workdir):
+    cmd = TRAIN_COMMANDS[stage].format(workdir=workdir or "DIR")
+    raise errors.MissingFileError(
+        f"no {stage} checkpoint in workdir {workdir or '(none given)'!r} (expected "
+        f"{checkpoint_dir(workdir) if workdir else 'WORKDIR/checkpoints'}/<step>/): train it "
+        f"first with `{cmd}`")
+  which = which or DEFAULT_STEP.get(stage, "latest")
+  step, reason = select_step(workdir, which)
+  candidates = [(step, reason)]
+  if not str(which).isdigit():
+    candidates += [(s, f"the newest readable step (step {step}, {reason}, is unreadable)")
+                   for s in reversed(saved_steps(checkpoint_dir(workdir))) if s != step]
+  bad = []
+  for step, reason in candidates:
+    step_dir = os.path.join(checkpoint_dir(workdir), str(step))
+    try:
+      params, batch_stats, saved = restore_variables(step_dir)
+    except errors.UnreadableCheckpointError as e:
+      bad.append((step, str(e)))
+      message = f"warning: {stage} checkpoint step {step} is unreadable, skipped: {e}"
+      logging.warning(message)
+      if jax.process_index() == 0:
+        print(message, file=sys.stderr)
+      continue
+    if saved and saved.get("stage", stage) != stage:
+      raise errors.ConfigError(f"{workdir} holds a {saved['stage']} checkpoint, not a {stage} one: "
+                               f"give the {stage} workdir (or the model folder holding {stage}/)")
+    message = f"restored the {stage} checkpoint of step {step} from {workdir}: {reason}"
+    logging.info(message)
+    if jax.process_index() == 0:
+      print(message)
+    variables = {"params": params}
+    if batch_stats:
+      variables["batch_stats"] = batch_stats
+    return variables, saved
+  ckpt_dir = checkpoint_dir(workdir)
+  bad_steps = [s for s, _ in bad]
+  intact = [s for s in saved_steps(ckpt_dir) if s not in bad_steps and
+            metadata_problem(os.path.join(ckpt_dir, str(s))) is None]
+  raise errors.UnreadableCheckpointError(
+      f"no readable {stage} checkpoint to restore in {ckpt_dir}: "
+      + "; ".join(f"step {s}: {problem}" for s, problem in bad)
+      + f". Steps whose metadata reads: {intact or 'none'}")

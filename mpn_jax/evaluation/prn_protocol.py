@@ -6,7 +6,7 @@ As the official PRN code runs it, over the images that have people with keypoint
   * each box's PRN input is built as in training (the candidates inside its 21%-widened box drawn as
     Gaussians, `prn_samples.render_inputs`), the PRN scores the candidates and `mpn_jax.assignment`
     assigns them; the instance score comes from the assigned keypoints;
-  * results -> COCO keypoint results -> `evaluation.run_coco_eval` over those images.
+  * results -> COCO keypoint results -> `coco_io.run_coco_eval` over those images.
 Needs no images. Non-learned references: assign='center' (per box and type, the candidate inside
 the widened box nearest the box centre) and assign='oracle' (each box gets its own keypoints that
 fall inside its widened box: the ceiling the 56x36 crop allows).
@@ -18,12 +18,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mpn_jax import assignment
 from mpn_jax import coco
 from mpn_jax import errors
-from mpn_jax import evaluation
 from mpn_jax import prn_grid
 from mpn_jax.data import prn_samples
+from mpn_jax.evaluation import coco_io
+from mpn_jax.inference import assignment
 
 _K = coco.NUM_KEYPOINTS
 ASSIGNERS = ("prn", "center", "oracle")
@@ -112,7 +112,7 @@ def evaluate_prn_gt(ann_file, assign="prn", prn_apply=None, method="greedy", win
     batch_size: PRN batch.
     drop_empty: leave out boxes that got no keypoint (the official code keeps them, score 0).
   Returns:
-    (stats dict of `evaluation.STAT_NAMES`, list of COCO keypoint result dicts).
+    (stats dict of `coco_io.STAT_NAMES`, list of COCO keypoint result dicts).
   """
   if assign not in ASSIGNERS:
     raise ValueError(f"assign must be one of {ASSIGNERS}, got {assign!r}")
@@ -155,15 +155,11 @@ def evaluate_prn_gt(ann_file, assign="prn", prn_apply=None, method="greedy", win
         scores = _prn_scores(_pad(probs[i], nb, 0), p_xy, p_valid, p_boxes, window)
       idx, kps, inst = (np.asarray(a)[:n] for a in _assign_image(
           scores, p_xy, p_valid, box_valid, method, score_mode))
-    for p in range(n):
-      if drop_empty and not (idx[p] >= 0).any():
-        continue
-      x1, y1, x2, y2 = (float(v) for v in im.boxes[p])
-      k = kps[p].copy()
-      k[:, 2] = (idx[p] >= 0).astype(np.float32)
-      results.append({"image_id": im.image_id, "category_id": coco.PERSON_CATEGORY_ID,
-                      "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(inst[p]),
-                      "keypoints": [float(v) for v in k.reshape(-1)]})
-  stats = evaluation.run_coco_eval(ann_file, results, "keypoints",
+    keep = np.asarray([not drop_empty or (idx[p] >= 0).any() for p in range(n)], bool)
+    kps = np.array(kps, np.float32)
+    kps[..., 2] = (idx >= 0).astype(np.float32)
+    results += coco_io.keypoint_results(im.image_id, kps[keep], np.asarray(inst)[keep],
+                                        boxes=np.asarray(im.boxes)[keep])
+  stats = coco_io.run_coco_eval(ann_file, results, "keypoints",
                                    image_ids=[im.image_id for im in images])
   return stats, results

@@ -1,7 +1,7 @@
 """Keypoint-to-person assignment from Pose Residual Network outputs.
 
-The same functions serve the ground-truth protocol (`mpn_jax.prn_protocol`) and the image pipeline
-(`mpn_jax.inference`), so the two cannot assign differently:
+The same functions serve the ground-truth protocol (`mpn_jax.evaluation.prn_protocol`) and the
+image pipeline (`mpn_jax.inference.pipeline`), so the two cannot assign differently:
 
   1. `candidate_scores`: each candidate keypoint (a heatmap peak, or a labelled keypoint in the GT
      protocol) gets, for each box, the PRN probability mass in a window around the candidate's grid
@@ -9,8 +9,8 @@ The same functions serve the ground-truth protocol (`mpn_jax.prn_protocol`) and 
   2. `assign`: per keypoint type, boxes pick candidates from those scores, by one of METHODS.
   3. `gather_keypoints` / `instance_scores`: the assigned keypoints and a score per person.
 
-All of it is jnp and jittable (window, method and mode are static), except the 'hungarian' methods, which solve
-on the host with scipy (through jax.pure_callback when traced).
+All of it is jnp and jittable (window, method and mode are static), except the 'hungarian' methods,
+which solve on the host with scipy (through jax.pure_callback when traced).
 """
 
 import functools
