@@ -63,6 +63,7 @@ from mpn_jax import models
 from mpn_jax import parallel
 from mpn_jax import prn_grid
 from mpn_jax.configs import branches as branches_config
+from mpn_jax.configs import defaults
 from mpn_jax.configs import prn as prn_config
 from mpn_jax.evaluation import coco_io
 from mpn_jax.inference import pipeline
@@ -280,7 +281,8 @@ def network_parts(model, variables, prn_model, prn_variables, settings, with_for
                   with_pipeline):
   s = settings.image_size
   forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
-  predict = pipeline.make_predict_fn(model, prn_model, pipeline.inference_config())
+  # The PRN input drawing (input_sigma, widen): make_predict_fn's defaults, a PRN run's data fields.
+  predict = pipeline.make_predict_fn(model, prn_model, defaults.inference_config())
   parts = []
   rng = np.random.default_rng(0)
   for b in settings.batch_sizes:

@@ -3,7 +3,7 @@
 Training targets (`anchor_targets`) and inference (`decode`, `nms`) both import from here, so the
 anchor order and the delta coding cannot disagree between the two.
 
-Conventions (docs/CONTRACTS.md):
+Conventions (docs/design.md):
   * boxes are [..., 4] float32 (x1, y1, x2, y2) in input-image pixels, continuous coordinates (pixel
     i covers [i, i + 1)), so a box's width is simply x2 - x1;
   * a stride-s feature map's cell (i, j) is centred at the input point (s * (j + 0.5), s * (i + 0.5));
@@ -36,10 +36,6 @@ def feature_map_sizes(image_size, levels=DEFAULT_LEVELS):
   """[(h, w)] of each level's feature map for an input of (H, W): ceil(H / 2^l), ceil(W / 2^l)."""
   h, w = image_size
   return [(-(-int(h) // 2 ** l), -(-int(w) // 2 ** l)) for l in levels]
-
-
-def anchors_per_position(ratios=DEFAULT_RATIOS, scales=DEFAULT_SCALES):
-  return len(ratios) * len(scales)
 
 
 def generate_anchors(image_size, levels=DEFAULT_LEVELS, sizes=DEFAULT_SIZES,

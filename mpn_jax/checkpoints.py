@@ -30,8 +30,10 @@ import socket
 import sys
 
 from absl import logging
+from etils import epath
 import flax
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
@@ -146,7 +148,6 @@ def on_process_zero(fn, what):
     except Exception as e:  # pylint: disable=broad-except  (re-raised below, on every process)
       error = e
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     ok = bool(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
     if not ok and error is None:
       raise errors.CheckpointError(f"{what} failed on process 0 (its log says why)")
@@ -200,8 +201,7 @@ class StageCheckpoints:
         if problem:
           self._set_aside(step, problem)
     if jax.process_count() > 1:  # every process has listed the steps before any is renamed
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      multihost_utils.sync_global_devices("mpn_jax checkpoints: steps listed")
+        multihost_utils.sync_global_devices("mpn_jax checkpoints: steps listed")
     on_process_zero(scan, "checking the saved steps")
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -361,7 +361,7 @@ def restore_variables(path):
     raise errors.UnreadableCheckpointError(f"checkpoint {step_dir} is unreadable: {problem}")
   try:
     with ocp.StandardCheckpointer() as ckptr:
-      tree = ckptr.restore(var_dir, _single_device_target(ckptr, var_dir))
+      tree = ckptr.restore(var_dir, _single_device_target(var_dir))
   except Exception as e:  # orbax raises several types for a folder that is no checkpoint
     problem = read_problem(step_dir or var_dir, e)
     if isinstance(problem, str):
@@ -389,10 +389,12 @@ def saved_config(step_dir):
                                  "corrupt)") from e
 
 
-def _single_device_target(ckptr, directory):
+def _single_device_target(directory):
   """Shapes/dtypes of a saved tree, placed on this process's first device: restores a checkpoint
   written by any number of processes/devices."""
-  meta = ckptr.metadata(directory).item_metadata
+  # The tree's own metadata (the handler's): a step's `variables/` item has no step metadata file
+  # of its own, which Checkpointer.metadata would warn about on every restore.
+  meta = ocp.StandardCheckpointHandler().metadata(epath.Path(directory))
   tree = getattr(meta, "tree", meta)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device),
@@ -580,17 +582,14 @@ def restore_stage(workdir, stage, which=None):
     except errors.UnreadableCheckpointError as e:
       bad.append((step, str(e)))
       message = f"warning: {stage} checkpoint step {step} is unreadable, skipped: {e}"
-      logging.warning(message)
-      if jax.process_index() == 0:
+      if jax.process_index() == 0:  # printed, not logged too: each message once
         print(message, file=sys.stderr)
       continue
     if saved and saved.get("stage", stage) != stage:
       raise errors.ConfigError(f"{workdir} holds a {saved['stage']} checkpoint, not a {stage} one: "
                                f"give the {stage} workdir (or the model folder holding {stage}/)")
-    message = f"restored the {stage} checkpoint of step {step} from {workdir}: {reason}"
-    logging.info(message)
-    if jax.process_index() == 0:
-      print(message)
+    if jax.process_index() == 0:  # printed, not logged too: each message once
+      print(f"restored the {stage} checkpoint of step {step} from {workdir}: {reason}")
     variables = {"params": params}
     if batch_stats:
       variables["batch_stats"] = batch_stats

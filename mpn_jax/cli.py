@@ -8,6 +8,8 @@
 and each of those exits with status 2. Every other exception is a programming error: traceback.
 """
 
+import importlib
+import os
 import re
 import sys
 
@@ -78,6 +80,28 @@ def describe_flag_error(e, argv):
   return re.sub(r"^\w+(Error|Exception): ", "", lines[-1]) if lines else type(e).__name__
 
 
+_TOOL_PROG = None  # the prog a root script (train.py, ...) passed to run_tool
+
+
+def tool_prog(default):
+  """The prog of the command being run: the root script's name when run_tool started it (e.g.
+  'evaluate.py'), else `default` (the module's own name, for `python -m mpn_jax.tools.evaluate`).
+  For errors raised while a command module is imported, before `run`."""
+  return _TOOL_PROG or default
+
+
+def run_tool(module, prog):
+  """Runs the command module `module` (e.g. 'mpn_jax.tools.predict') as `prog` (e.g. 'predict.py'):
+  what the checkout's root scripts do. The module's docstring becomes the --help text."""
+  global _TOOL_PROG
+  _TOOL_PROG = prog
+  tool = importlib.import_module(module)
+  main_module = sys.modules.get("__main__")
+  if main_module is not None and tool.__doc__:
+    main_module.__doc__ = tool.__doc__  # absl's --help prints the __main__ module's docstring
+  run(tool.main, prog)
+
+
 def run(main, prog):
   """absl.app.run(main) with user errors reported as one line (see the module docstring)."""
 
@@ -104,3 +128,29 @@ def run(main, prog):
       fail(prog, describe_os_error(e))
 
   app.run(wrapped, flags_parser=parse)
+
+
+def import_tensorflow_quietly():
+  """Imports TensorFlow (once) with what its native libraries write to the terminal while they
+  load (the oneDNN notice and absl's "WARNING: All log messages before absl::InitializeLog() is
+  called are written to STDERR", twice) sent to /dev/null: none of it is a warning a user can act
+  on. Python errors raised by the import still surface. The packages through which TensorFlow
+  comes in (mpn_jax.data; mpn_jax.training, for clu) call it before their imports."""
+  if "tensorflow" in sys.modules:
+    return
+  sys.stderr.flush()
+  try:
+    saved = os.dup(2)
+  except OSError:  # no file descriptor 2 (an embedded interpreter): import as it is
+    saved = None
+  devnull = os.open(os.devnull, os.O_WRONLY) if saved is not None else None
+  try:
+    if devnull is not None:
+      os.dup2(devnull, 2)
+    # Here, not at the top: only while file descriptor 2 points to /dev/null.
+    import tensorflow  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  finally:
+    if saved is not None:
+      os.dup2(saved, 2)
+      os.close(saved)
+      os.close(devnull)

@@ -39,6 +39,7 @@ from mpn_jax import cli
 from mpn_jax import errors
 from mpn_jax import training
 from mpn_jax.configs import branches as branches_config
+from mpn_jax.configs import defaults
 from mpn_jax.configs import prn as prn_config
 from mpn_jax.data import datasets
 from mpn_jax.evaluation import coco_io
@@ -200,7 +201,7 @@ def evaluate_pipeline(prn, workdir, scorer, retrain, eval_set=("validation", Non
   if set_name != "validation":
     name = f"{name}_{set_name}"
   stats_file = os.path.join(workdir, "eval", f"{name}_stats.json")
-  ec = evaluators.eval_config("pipeline")
+  ec = defaults.eval_config("pipeline")
   ec.update({k: v for k, v in prn.eval.items() if k in ec})
   ec.output = stats_file
   ec.results_file = os.path.join(workdir, "eval", f"{name}_results.json")

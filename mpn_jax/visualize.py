@@ -10,7 +10,7 @@ import colorsys
 import os
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from mpn_jax import coco
 from mpn_jax import files
@@ -25,14 +25,46 @@ def person_colors(n):
   return out
 
 
+PARTS = ("boxes", "keypoints", "skeleton", "scores")
+
+
+def parse_parts(text):
+  """The parts to draw from a comma-separated list (e.g. 'boxes,skeleton'; 'all' = PARTS; ''
+  draws nothing): a tuple in PARTS order. Raises ValueError naming an unknown part."""
+  names = [n.strip().lower() for n in str(text).split(",") if n.strip()]
+  if names == ["all"]:
+    return PARTS
+  unknown = [n for n in names if n not in PARTS]
+  if unknown:
+    raise ValueError(f"unknown part(s) {', '.join(unknown)} to draw: choose from "
+                     f"{','.join(PARTS)} (or all)")
+  return tuple(p for p in PARTS if p in names)
+
+
 def _line_width(image_hw):
   # Thin enough for small people, visible on large images.
   return max(2, int(round(max(image_hw) / 250)))
 
 
+def _font_size(image_hw):
+  # 32 px on a 1920 x 1080 frame, 11 px on a 640 x 480 image; 10 px at least.
+  return max(10, int(round(max(image_hw) / 60)))
+
+
+def _font(size):
+  """PIL's built-in font at `size` pixels (Pillow >= 10.1 scales it), else its fixed bitmap font."""
+  try:
+    return ImageFont.load_default(size=size)
+  except TypeError:  # Pillow < 10.1: no size
+    return ImageFont.load_default()
+
+
 def draw_people(image, keypoints=None, boxes=None, scores=None, threshold=0.0, line_width=None,
-                colors=None, draw_labels=True):
+                colors=None, draw_labels=True, parts=PARTS, font_size=None):
   """Draws skeletons, keypoints, boxes and scores, one colour per person.
+
+  Line widths, keypoint radius and label font are scaled to the image (`_line_width`,
+  `_font_size`), so that a picture drawn on a 4K frame reads like one drawn on a thumbnail.
 
   Args:
     image: [H, W, 3] uint8 RGB.
@@ -45,6 +77,9 @@ def draw_people(image, keypoints=None, boxes=None, scores=None, threshold=0.0, l
     line_width: limb width in pixels (default: from the image size).
     colors: optional list of N RGB tuples (default person_colors(N)).
     draw_labels: write the scores as text.
+    parts: what to draw, a subset of PARTS ('boxes', 'keypoints' (the dots), 'skeleton' (the
+      limbs), 'scores'); e.g. `parse_parts('boxes,skeleton')`.
+    font_size: label font size in pixels (default: from the image size).
   Returns:
     [H, W, 3] uint8 RGB, a new array (the input is not modified).
   """
@@ -54,46 +89,58 @@ def draw_people(image, keypoints=None, boxes=None, scores=None, threshold=0.0, l
                      f"{image.dtype}")
   if keypoints is not None and boxes is not None and len(keypoints) != len(boxes):
     raise ValueError(f"draw_people: {len(keypoints)} keypoint sets but {len(boxes)} boxes")
+  unknown = set(parts) - set(PARTS)
+  if unknown:
+    raise ValueError(f"draw_people: unknown parts {sorted(unknown)}; choose from {PARTS}")
   n = len(keypoints) if keypoints is not None else (0 if boxes is None else len(boxes))
   colors = colors or person_colors(n)
   width = line_width or _line_width(image.shape[:2])
   radius = width + 1
+  font = _font(font_size or _font_size(image.shape[:2]))
   canvas = Image.fromarray(image.copy())
   draw = ImageDraw.Draw(canvas)
   for i in range(n):
     color = colors[i]
-    if boxes is not None:
+    if boxes is not None and "boxes" in parts:
       x1, y1, x2, y2 = (float(v) for v in boxes[i])
       draw.rectangle([x1, y1, x2, y2], outline=color, width=max(1, width // 2))
     if keypoints is not None:
       kp = np.asarray(keypoints[i], np.float32)
       shown = kp[:, 2] > threshold
-      for a, b in coco.SKELETON:
-        if shown[a] and shown[b]:
-          draw.line([tuple(kp[a, :2]), tuple(kp[b, :2])], fill=color, width=width)
-      for k in np.flatnonzero(shown):
-        x, y = kp[k, :2]
-        draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=color,
-                     outline=(255, 255, 255))
-    if draw_labels and scores is not None:
-      anchor = _label_anchor(i, keypoints, boxes, threshold)
+      if "skeleton" in parts:
+        for a, b in coco.SKELETON:
+          if shown[a] and shown[b]:
+            draw.line([tuple(kp[a, :2]), tuple(kp[b, :2])], fill=color, width=width)
+      if "keypoints" in parts:
+        for k in np.flatnonzero(shown):
+          x, y = kp[k, :2]
+          draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=color,
+                       outline=(255, 255, 255))
+    if draw_labels and scores is not None and "scores" in parts:
+      text = f"{float(scores[i]):.2f}"
+      left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+      pad = max(1, width // 2)
+      anchor = _label_anchor(i, keypoints, boxes, threshold, bottom - top + 2 * pad)
       if anchor is not None:
-        text = f"{float(scores[i]):.2f}"
         tx, ty = anchor
-        bbox = draw.textbbox((tx, ty), text)
-        draw.rectangle(bbox, fill=color)
-        draw.text((tx, ty), text, fill=(0, 0, 0))
+        draw.rectangle([tx, ty, tx + right - left + 2 * pad, ty + bottom - top + 2 * pad],
+                       fill=color)
+        draw.text((tx + pad - left, ty + pad - top), text, fill=(0, 0, 0), font=font)
   return np.asarray(canvas)
 
 
-def _label_anchor(i, keypoints, boxes, threshold):
+def _label_anchor(i, keypoints, boxes, threshold, height=12.0):
+  """Top-left corner of person i's label, `height` pixels tall: just above its box (or the top
+  of its shown keypoints), or inside at the top where there is no room above."""
   if boxes is not None:
-    return float(boxes[i][0]), max(0.0, float(boxes[i][1]) - 12.0)
+    return float(boxes[i][0]), max(0.0, float(boxes[i][1]) - height)
+  if keypoints is None:
+    return None
   kp = np.asarray(keypoints[i], np.float32)
   shown = kp[:, 2] > threshold
   if not shown.any():
     return None
-  return float(kp[shown, 0].min()), max(0.0, float(kp[shown, 1].min()) - 12.0)
+  return float(kp[shown, 0].min()), max(0.0, float(kp[shown, 1].min()) - height)
 
 
 def heatmap_colors(values):

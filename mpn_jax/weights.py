@@ -62,6 +62,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 
 from mpn_jax import cli
 from mpn_jax import coco
@@ -188,13 +189,14 @@ def load_state_dict(path):
       return {k: f[k] for k in f.files}
   if path.endswith(".safetensors"):
     try:
+      # Here, not at the top: safetensors, torch and keras are optional (one weights format each).
       from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
     except ImportError as e:
       raise ValueError(f"{path}: reading .safetensors needs `pip install safetensors`") from e
     return load_file(path)
   if path.endswith((".pth", ".pt", ".bin")):
     try:
-      import torch  # pylint: disable=g-import-not-at-top
+      import torch  # pylint: disable=g-import-not-at-top  (optional, as above)
     except ImportError as e:
       raise ValueError(f"{path}: reading a torch checkpoint needs torch installed; or convert it "
                        "elsewhere with np.savez(out, **{k: v.numpy() for k, v in sd.items()}) and "
@@ -246,7 +248,7 @@ def keras_weights(model):
 
 def load_keras_model(path, depth=50):
   """Builds keras.applications.ResNet{depth} and loads the weights file (with or without top)."""
-  import keras  # pylint: disable=g-import-not-at-top
+  import keras  # pylint: disable=g-import-not-at-top  (optional: only for Keras weights)
   path = os.fspath(path)
   if not os.path.exists(path):
     raise ValueError(f"weights file {path} does not exist")
@@ -339,7 +341,6 @@ def from_keras(source, depth=50, stage_sizes=None, fold_preprocessing=True):
 def save_pretrained(imported, directory, overwrite=False):
   """Writes the Orbax checkpoint `directory` and its metadata `directory`.json (see the module
   docstring); returns the absolute directory."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   directory = os.path.abspath(os.fspath(directory))
   if os.path.exists(directory) and not overwrite:
     raise errors.ConfigError(f"--output={directory} already exists; remove it or pass "
@@ -372,7 +373,6 @@ def check_backbone_config(metadata, backbone_config):
 def restore_pretrained(directory, backbone_config=None):
   """Reads a checkpoint written by `save_pretrained` -> {'params': {'backbone'}, 'batch_stats':
   {'backbone'}} (numpy). With `backbone_config` (config.model.backbone), checks it fits first."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   directory = os.path.abspath(os.fspath(directory))
   if not os.path.isdir(directory):
     raise ValueError(f"pretrained checkpoint {directory} does not exist")

@@ -35,7 +35,10 @@ import tensorflow_datasets as tfds
 from mpn_jax import coco
 from mpn_jax.configs import branches as branches_config
 from mpn_jax.data import augment
+from mpn_jax.data import coco_keypoints
+from mpn_jax.data import datasets
 from mpn_jax.data import pipeline
+from mpn_jax.data import preprocess
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -59,13 +62,9 @@ _PRESET = flags.DEFINE_string("preset", "coco", "preset of mpn_jax/configs/branc
 _CENTER = flags.DEFINE_enum("center", None, ["letterbox", "person"],
                             "crop centring (config.input.augment.center); default: the config's")
 
-_STRIDE = 4
-
-
 def load_examples(num):
   """Decoded examples (numpy dicts) from --coco_dir or --dataset."""
   if _COCO_DIR.value:
-    from mpn_jax.data import coco_keypoints  # pylint: disable=g-import-not-at-top
     root = pathlib.Path(_COCO_DIR.value).expanduser()
     ann = pathlib.Path(_ANN.value)
     ann = ann if ann.is_absolute() else root / "annotations" / ann
@@ -75,7 +74,6 @@ def load_examples(num):
                                           not any(a["iscrowd"] for a in it[1])))[:num]
     return [pipeline.example_from_coco(rec, anns, root / _IMAGES.value) for rec, anns in items]
   if _DATASET.value:
-    from mpn_jax.data import datasets  # pylint: disable=g-import-not-at-top
     builder = datasets.load_builder(dict(name=_DATASET.value, data_dir=_DATA_DIR.value))
     ds = builder.as_dataset(split=_SPLIT.value, read_config=tfds.ReadConfig(try_autocache=False))
     return list(ds.take(num).as_numpy_iterator())
@@ -90,7 +88,7 @@ def denormalize(image):
 
 def upsample(x):
   """[h, w] stride-4 map -> [4h, 4w] (each cell a 4x4 block)."""
-  return np.repeat(np.repeat(x, _STRIDE, 0), _STRIDE, 1)
+  return np.repeat(np.repeat(x, preprocess.HEATMAP_STRIDE, 0), preprocess.HEATMAP_STRIDE, 1)
 
 
 def chosen_person(example, seed, cfg):

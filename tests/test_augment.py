@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from mpn_jax import coco
 from mpn_jax import errors
+from mpn_jax.configs import defaults
 from mpn_jax.data import augment
 from mpn_jax.data import coco_keypoints
 from mpn_jax.data import pipeline
@@ -79,7 +80,7 @@ def test_affine_matrix_hand_computed():
 
 
 def test_sample_params_deterministic_and_in_range():
-  aug = augment.augment_config()
+  aug = defaults.augment_config()
   draws = [augment.sample_params(tf.constant([3, i], tf.int64), aug) for i in range(64)]
   again = augment.sample_params(tf.constant([3, 5], tf.int64), aug)
   for k in again:
@@ -325,7 +326,7 @@ def test_image_without_people(samples):
 
 @pytest.mark.parametrize("field,value", [("scale_min", 2.0), ("rotation", -5.0), ("flip", 1.5)])
 def test_bad_augment_config_names_the_field(field, value):
-  aug = augment.augment_config()
+  aug = defaults.augment_config()
   aug[field] = value
   with pytest.raises(ValueError, match=f"config.input.augment.{field}"):
     augment.sample_params(tf.constant([0, 0], tf.int64), aug)
@@ -372,7 +373,7 @@ PERSON_SEEDS = (0, 1, 2, 3)
 
 def _person_aug(**overrides):
   """The paper's ranges: rotation +-40, scale 0.8-1.2, flips half the time."""
-  aug = augment.augment_config()
+  aug = defaults.augment_config()
   aug.update(dict(center="person", rotation=40.0, scale_min=0.8, scale_max=1.2, flip=0.5))
   aug.update(overrides)
   return aug
@@ -538,7 +539,7 @@ def test_person_crop_deterministic(person_samples):
   picks = [int(augment.sample_params(tf.constant([s, 0], tf.int64), cfg.augment, people)["person"])
            for s in range(40)]
   assert set(picks) <= _eligible(example["people"]) and len(set(picks)) > 2
-  lb = augment.sample_params(tf.constant([5, 0], tf.int64), augment.augment_config())
+  lb = augment.sample_params(tf.constant([5, 0], tf.int64), defaults.augment_config())
   pc = augment.sample_params(tf.constant([5, 0], tf.int64), _person_aug(scale_min=0.75,
                                                                         scale_max=1.25), people)
   for k in lb:

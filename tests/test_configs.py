@@ -191,14 +191,18 @@ def test_heavy_modules_use_the_plain_data_defaults():
   from mpn_jax.data import augment
   from mpn_jax.data import pipeline
   from mpn_jax.data import prn_samples
+  from mpn_jax.evaluation import evaluators
   assert pipeline.input_config is defaults.input_config
   assert prn_samples.prn_data_config is defaults.prn_data_config
   assert models.multiposenet_config is defaults.multiposenet_config
   assert models.prn_config is defaults.prn_config
   assert prn_grid.DEFAULT_WIDEN == defaults.BOX_WIDEN
-  assert defaults.inference_config().box_widen == defaults.prn_data_config().widen == prn_grid.DEFAULT_WIDEN
-  # augment.augment_config is still its own copy: the two must agree until it imports defaults.
-  assert augment.augment_config().to_dict() == defaults.augment_config().to_dict()
+  assert defaults.prn_data_config().widen == prn_grid.DEFAULT_WIDEN
+  # One field per setting: the PRN input's widening and sigma are the PRN run's data fields only.
+  assert not {"box_widen", "prn_sigma"} & set(defaults.inference_config())
+  # One builder per default block: the heavy modules define none of their own.
+  for module, name in ((augment, "augment_config"), (evaluators, "eval_config")):
+    assert not hasattr(module, name), f"{module.__name__}.{name} duplicates defaults.{name}"
   with pytest.raises(ValueError, match="size must be one of"):
     models.multiposenet_config("huge")
 

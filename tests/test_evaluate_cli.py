@@ -11,6 +11,7 @@ import pytest
 
 from mpn_jax import checkpoints
 from mpn_jax.configs import branches as branches_config
+from mpn_jax.configs import defaults
 from mpn_jax.configs import prn as prn_config
 from mpn_jax.evaluation import coco_io
 from mpn_jax.evaluation import evaluators
@@ -27,7 +28,7 @@ def _run(*args):
 
 
 def _config(**eval_fields):
-  config = evaluators.eval_config()
+  config = defaults.eval_config()
   config.update(eval_fields)
   return config
 
@@ -153,7 +154,7 @@ def image_set(coco_dir, tmp_path):
 
 
 def _pipeline_config(tmp_path, ann_file, folder, **fields):
-  config = evaluators.eval_config("pipeline")
+  config = defaults.eval_config("pipeline")
   config.update(dict(ann_file=str(ann_file), image_dir=str(folder), batch_size=4, pictures=2,
                      output=str(tmp_path / "stats.json")))
   config.update(fields)
@@ -207,7 +208,7 @@ def test_pipeline_missing_branches_checkpoint(tiny_stages, image_set, tmp_path):
 
 def test_pipeline_on_the_tfds_split_of_the_branches_run(tiny_stages, tmp_path, capsys):
   branches, _, _, _ = tiny_stages
-  config = evaluators.eval_config("pipeline")
+  config = defaults.eval_config("pipeline")
   config.update(dict(batch_size=4, pictures=1, picture_min_score=0.0,
                      pictures_dir=str(tmp_path / "pics"), output=str(tmp_path / "stats.json"),
                      results_file=str(tmp_path / "results.json")))
@@ -226,7 +227,7 @@ def test_pipeline_on_the_tfds_split_of_the_branches_run(tiny_stages, tmp_path, c
 
 def test_prn_gt_with_a_restored_prn(tiny_stages, coco_dir, tmp_path):
   _, prn, _, _ = tiny_stages
-  config = evaluators.eval_config("prn_gt")
+  config = defaults.eval_config("prn_gt")
   config.update(dict(ann_file=str(coco_dir / PRN_VAL), output=str(tmp_path / "o.json"),
                      results_file=str(tmp_path / "r.json")))
   stats = evaluators.evaluate(str(prn), config)  # a stage workdir: prn_gt needs only the PRN
@@ -243,7 +244,7 @@ def test_prn_gt_with_a_restored_prn(tiny_stages, coco_dir, tmp_path):
 def test_detector_mode_on_real_images(tiny_stages, image_set, tmp_path):
   branches, _, _, _ = tiny_stages
   ann_file, folder, ids = image_set
-  config = evaluators.eval_config("detector")
+  config = defaults.eval_config("detector")
   config.update(dict(ann_file=str(ann_file), image_dir=str(folder), batch_size=4, pictures=1,
                      output=str(tmp_path / "det.json")))
   stats = evaluators.evaluate(str(branches), config)  # the branches workdir alone
@@ -275,10 +276,10 @@ def test_predict_command_on_a_folder(tiny_stages, coco_dir, tmp_path):
   assert "zz_broken.png" in proc.stderr and "1 unreadable image(s) skipped" in proc.stdout
   assert sorted(p.name for p in out.glob("*.png")) == [n.replace(".jpg", ".png") for n in names]
   predictions = json.load(open(out / "predictions.json"))
-  assert sorted(predictions) == names
-  for people in predictions.values():
-    for p in people:
-      assert np.shape(p["keypoints"]) == (17, 3) and len(p["box"]) == 4
+  assert {r["file_name"] for r in predictions} <= set(names)  # COCO keypoint results
+  for r in predictions:
+    assert isinstance(r["image_id"], int) and r["category_id"] == 1
+    assert len(r["keypoints"]) == 51 and len(r["bbox"]) == 4
 
 
 def test_pipeline_with_every_image_missing_writes_no_statistics(tiny_stages, image_set, tmp_path):

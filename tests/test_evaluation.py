@@ -93,7 +93,7 @@ def _render_heatmaps(people_xy, people_v, size, stride, sigma):
   centres = np.arange(n, dtype=np.float32) + 0.5
   hm = np.zeros((n, n, coco.NUM_KEYPOINTS), np.float32)
   for xy, v in zip(people_xy, people_v):
-    hxy = preprocess.image_to_heatmap(xy, stride)
+    hxy = xy / stride  # continuous heatmap coordinates (docs/design.md)
     for k in np.flatnonzero(v > 0):
       g = np.exp(-((centres[None, :] - hxy[k, 0]) ** 2 + (centres[:, None] - hxy[k, 1]) ** 2)
                  / (2 * sigma ** 2))

@@ -9,6 +9,7 @@ from scipy import ndimage
 from mpn_jax import boxes as box_lib
 from mpn_jax import coco
 from mpn_jax import prn_grid
+from mpn_jax.configs import defaults
 from mpn_jax.data import preprocess
 from mpn_jax.evaluation import coco_io
 from mpn_jax.inference import pipeline
@@ -19,7 +20,7 @@ K = coco.NUM_KEYPOINTS
 
 
 def _config(**kw):
-  c = pipeline.inference_config()
+  c = defaults.inference_config()
   c.update(kw)
   return c
 
@@ -512,3 +513,47 @@ def test_peak_score_power_lets_the_stronger_peak_win(power, want):
   out = pipeline.predict_from_outputs(outputs, jnp.ones((1,), jnp.float32), prn, cfg)
   xy = np.asarray(out["keypoints"][0, 0, :, :2])
   np.testing.assert_allclose(xy, np.broadcast_to(want, xy.shape), atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------
+# One field per setting: the PRN input is drawn with the PRN run's data.input_sigma / data.widen.
+
+def test_old_checkpoint_inference_fields_are_ignored_and_prn_data_fields_used():
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from mpn_jax.inference import predictor  # pylint: disable=g-import-not-at-top
+  # A PRN config saved before inference.prn_sigma / box_widen were removed.
+  saved = ml_collections.ConfigDict({
+      "inference": {"prn_sigma": 2.0, "box_widen": 0.3, "assign_method": "mutual"},
+      "data": {"input_sigma": 1.5, "widen": 0.25}})
+  icfg = predictor.inference_settings(saved, None, {"flip": True})
+  assert "prn_sigma" not in icfg and "box_widen" not in icfg
+  assert icfg.assign_method == "mutual" and icfg.flip
+  assert predictor.prn_input(saved) == {"input_sigma": 1.5, "widen": 0.25}
+  assert predictor.prn_input(ml_collections.ConfigDict()) == {
+      "input_sigma": defaults.prn_data_config().input_sigma,
+      "widen": defaults.prn_data_config().widen}
+
+
+def test_predict_people_draws_prn_inputs_with_the_given_sigma_and_widen():
+  heat = np.zeros((1, 16, 16, K), np.float32)
+  heat[0, 6, 7, :] = 1.0  # one peak per keypoint type
+  boxes = jnp.asarray([[[12.0, 12.0, 48.0, 52.0]]])
+  seen = []
+
+  def record(x):
+    seen.append(np.asarray(x))
+    return _sum_prn(x)
+
+  for kw in ({}, {"input_sigma": 2.0}, {"widen": 0.5}):
+    pipeline.predict_people(jnp.asarray(heat), boxes, jnp.ones((1, 1)), jnp.ones((1,)), record,
+                            _config(), (64, 64), **kw)
+  default, wide_sigma, wide_box = seen[-3:]
+  assert default.max() > 0
+  assert not np.allclose(default, wide_sigma) and not np.allclose(default, wide_box)
+  # The defaults are a PRN run's default data fields.
+  again = []
+  pipeline.predict_people(jnp.asarray(heat), boxes, jnp.ones((1, 1)), jnp.ones((1,)),
+                          lambda x: again.append(np.asarray(x)) or _sum_prn(x), _config(),
+                          (64, 64), input_sigma=defaults.prn_data_config().input_sigma,
+                          widen=defaults.prn_data_config().widen)
+  np.testing.assert_array_equal(again[-1], default)

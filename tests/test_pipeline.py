@@ -137,8 +137,7 @@ def tfds_config(coco_dir, tmp_path_factory):
   config.dataset = ml_collections.ConfigDict(dict(
       name="coco_keypoints", data_dir=str(tmp_path_factory.mktemp("tfds")), coco_dir=str(coco_dir),
       train_ann="person_keypoints_train2017_sample.json",
-      val_ann="person_keypoints_val2017_sample.json", train_split="train",
-      eval_split="validation"))
+      val_ann="person_keypoints_val2017_sample.json", train_split="train"))
   config.input = _input_cfg()
   return config
 
@@ -159,7 +158,7 @@ def test_make_eval_iterator_scale_and_hosts(tfds_config, coco_dir, monkeypatch):
   data, _ = coco_keypoints.load_annotations(
       coco_dir / "annotations" / "person_keypoints_val2017_sample.json")
   records = {rec["id"]: rec for rec in data["images"]}
-  single = list(pipeline.make_eval_iterator(tfds_config, "validation"))
+  single = list(pipeline.make_eval_iterator(tfds_config, "validation", 4))
   assert all(b["image"].shape == (4, S, S, 3) for b in single)
   ids = np.concatenate([b["image_id"][b["valid"]] for b in single])
   assert sorted(ids.tolist()) == sorted(records)
@@ -178,7 +177,7 @@ def test_make_eval_iterator_scale_and_hosts(tfds_config, coco_dir, monkeypatch):
   monkeypatch.setattr(jax, "process_count", lambda: 2)
   for p in range(2):
     monkeypatch.setattr(jax, "process_index", lambda p=p: p)
-    per_host.append(list(pipeline.make_eval_iterator(tfds_config, "validation")))
+    per_host.append(list(pipeline.make_eval_iterator(tfds_config, "validation", 4)))
   assert len(per_host[0]) == len(per_host[1]) == -(-len(records) // 2 // 2)
   assert all(b["image"].shape[0] == 2 for host in per_host for b in host)
   seen = np.concatenate([b["image_id"][b["valid"]] for host in per_host for b in host])

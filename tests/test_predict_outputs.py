@@ -1,4 +1,4 @@
-"""image_files.py (mpn_jax.inference.images) writes beside the user's images, never over them: the --output folder check,
+"""mpn_jax.inference.images (predict.py on images) writes beside the user's images, never over them: the --output folder check,
 one picture name per input, the count of files written, atomic writes, and the error when no
 image could be read."""
 
@@ -234,7 +234,11 @@ def test_one_picture_per_readable_input_and_inputs_untouched(tiny_stages, load_o
   for name, size in (("photo.jpg", (40, 30)), ("photo.png", (50, 20))):
     with Image.open(out / (name + ".png")) as drawn:
       assert drawn.size == size  # drawn on that image's own pixels
-  assert sorted(json.loads((out / "predictions.json").read_text())) == ["photo.jpg", "photo.png"]
+  records = json.loads((out / "predictions.json").read_text())  # COCO keypoint results
+  assert {r["file_name"] for r in records} <= {"photo.jpg", "photo.png"}
+  for r in records:  # two stems, not numbers: image_id is the position in the sorted inputs
+    assert r["image_id"] == {"photo.jpg": 1, "photo.png": 2}[r["file_name"]]
+    assert r["category_id"] == 1 and len(r["keypoints"]) == 51 and len(r["bbox"]) == 4
   assert (f"2 pictures written to {out}, predictions in {out / 'predictions.json'}; "
           "1 unreadable image(s) skipped") in printed.out
   assert "broken.jpg" in printed.err

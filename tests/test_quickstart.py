@@ -1,4 +1,5 @@
-"""`python -m mpn_jax.quickstart` end to end with the smoke preset, twice (the second run reuses)."""
+"""`python -m mpn_jax.quickstart` end to end with the smoke preset, twice (the second run reuses),
+and what it writes to the terminal: each message once, no warning."""
 
 import json
 import os
@@ -20,13 +21,21 @@ def _run(workdir):
       [sys.executable, "-m", "mpn_jax.quickstart", f"--workdir={workdir}", "--preset=smoke"],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-  return proc.stdout
+  return proc
 
 
 @pytest.fixture(scope="module")
-def two_runs(tmp_path_factory):
+def runs(tmp_path_factory):
+  """(workdir, first run, second run): completed processes."""
   workdir = tmp_path_factory.mktemp("quickstart")
   return workdir, _run(workdir), _run(workdir)
+
+
+@pytest.fixture(scope="module")
+def two_runs(runs):
+  """(workdir, first run's stdout, second run's stdout)."""
+  workdir, first, second = runs
+  return workdir, first.stdout, second.stdout
 
 
 def test_first_run_trains_evaluates_and_draws(two_runs):
@@ -51,6 +60,27 @@ def test_second_run_reuses_everything(two_runs):
     assert f"reusing {what}" in second, second
   assert "training stage" not in second
   assert second.strip().splitlines()[-1] == first.strip().splitlines()[-1]
+
+
+# An absl log line: "W1202 16:21:57.143286 140078946708352 checkpoint.py:202] message".
+_ABSL_LINE = re.compile(r"^([IWEF])\d{4} [\d:.]+\s+\d+ \S+:\d+\] (.*)$")
+
+
+@pytest.mark.parametrize("which", [1, 2])
+def test_output_has_no_warning_and_each_message_once(runs, which):
+  """Nothing on a normal run reads as a warning (absl W/E lines, Python warnings, native
+  libraries' WARNING notices), and no message is both printed and logged or printed twice."""
+  proc = runs[which]
+  out, err = proc.stdout.splitlines(), proc.stderr.splitlines()
+  warnings = [line for line in out + err
+              if re.match(r"^[WEF]\d{4} ", line) or "WARNING" in line
+              or re.search(r"\w+Warning: ", line)]
+  assert not warnings, "\n".join(warnings)
+  said = [line for line in out if line.startswith("[quickstart]")]
+  assert len(said) == len(set(said)), said
+  logged = {m.group(2).strip() for m in map(_ABSL_LINE.match, err) if m}
+  twice = logged & {line.strip() for line in out}
+  assert not twice, f"printed and logged: {sorted(twice)}"
 
 
 def test_bad_preset_is_a_clear_error(tmp_path):

@@ -1,14 +1,16 @@
 """Every command and flag in README.md and the how-to pages of docs/ works as written (issues #8, #20).
 
 README.md and the how-to pages (DOC_PAGES: docs/training.md, docs/learning_check.md,
-docs/benchmark.md) are parsed at test time: every ```bash block (`\\` continuations joined, comments dropped,
+docs/benchmark.md, docs/predict.md, docs/export.md) are parsed at test time: every ```bash block (`\\` continuations joined, comments dropped,
 `&&` chains split) and every inline `python ...` / `tensorboard ...` command of the prose. Each
 command is one test case and must match a rule of RULES (a command added to the README without a
 rule fails `test_every_readme_command_has_a_rule`). A rule runs the command as written (same
 program, same flags, so the real entry point parses and validates every flag) with tiny
 substitutions: presets -> `:smoke`, `runs/...` and output files -> a temporary folder, `/data/coco`
 and `../shared/data/coco` -> the real COCO samples (`coco_dir` fixture), ImageNet weights -> small
-synthetic files of the same format. Commands that feed others (a training workdir that an
+synthetic files of the same format, `photo.jpg` / `photos/` -> COCO val2017 samples, `clip.mp4` ->
+a 12-frame clip written with PyAV (tests/test_video.py's), each `predict.py` `--output` -> a folder
+of its own. Commands that feed others (a training workdir that an
 evaluation reads, converted weights that `init_from` reads) run once and are shared
 (`_Runner`, safe under pytest-xdist). `test_every_readme_flag_is_exercised` checks that every flag
 named anywhere in the README is passed to some command that runs.
@@ -18,12 +20,17 @@ What does not run here, and what is checked instead: `python3 -m venv` / `pip in
 installable project); the quickstart (tests/test_quickstart.py runs it twice with `--preset=smoke`:
 checked to do so, flags checked with `--helpfull`); the full benchmark (runs with `--quick`);
 `.pth` weights (need torch: the same tensors go in as `.npz`; a `.pth` without torch must be a
-clear error). Flags named only in the prose run in PROSE_RUNS (README commands plus them), or, for
+clear error); the webcam (`predict.py --input=0`, no camera here: its flags are parsed and
+validated by predict.py's own definitions and the input is checked to be taken as webcam 0; the
+capture itself, faked, runs in tests/test_video.py); `export.py --format=onnx` without the
+`export` extra (skipped, with the reason); docs/export.md's loader script on an `.npz`
+(tests/test_export.py runs that very block on one, in a process without mpn_jax; checked to do so:
+here it runs on `photo.jpg`). Flags named only in the prose run in PROSE_RUNS (README commands plus them), or, for
 multi-host and a few config values, are parsed by the same config_flags machinery (PROSE_PARSED).
 
 The pages' relative links must resolve, and paths they name in backticks must exist.
 
-About 7 minutes on 2 loaded CPU cores (pinned to one): ~25 short subprocesses (each imports JAX and
+About 10 minutes on 2 loaded CPU cores (pinned to one): ~25 short subprocesses (each imports JAX and
 TensorFlow) share one persistent XLA compilation cache.
 """
 
@@ -48,7 +55,8 @@ from conftest import COCO_DIR, REPO, require_shared
 README = REPO / "README.md"
 # Pages whose commands run (how-to pages). docs/experiments.md and docs/design.md are records and
 # reference, not instructions; their paths and links are still checked.
-DOC_PAGES = ("README.md", "docs/training.md", "docs/learning_check.md", "docs/benchmark.md")
+DOC_PAGES = ("README.md", "docs/training.md", "docs/learning_check.md", "docs/benchmark.md",
+             "docs/predict.md", "docs/export.md")
 ALL_PAGES = DOC_PAGES + ("docs/design.md", "docs/experiments.md", "docs/reliability.md")
 TIMEOUT = 900
 STAT_NAMES = ("AP", "AP50", "AP75", "APM", "APL", "AR", "AR50", "AR75", "ARM", "ARL")
@@ -56,6 +64,15 @@ STAT_NAMES = ("AP", "AP50", "AP75", "APM", "APL", "AR", "AR50", "AR75", "ARM", "
 SAMPLE_ANN = {"person_keypoints_train2017.json": "person_keypoints_train2017_sample.json",
               "person_keypoints_val2017.json": "person_keypoints_val2017_sample.json"}
 TINY_BACKBONE = ("1,1,1,1", "4")  # models.multiposenet_config('tiny'): stage sizes, width
+# Input files the pages name (their stand-ins: Scenario.make_input; the .npz ones: see
+# check_run_exported).
+INPUT_FILES = ("photo.jpg", "clip.mp4", "inputs.npz", "outputs.npz")
+# The files of each export format (docs/export.md's table).
+EXPORT_FILES = {"stablehlo": ("pipeline.stablehlo", "params.npz", "manifest.json"),
+                "onnx": ("multiposenet.onnx", "anchors.npy", "manifest.json"),
+                "saved_model": ("saved_model.pb", "variables", "anchors.npy", "manifest.json")}
+# The `export` extra (pyproject.toml) that --format=onnx needs.
+ONNX_MODULES = ("onnx", "jax2onnx")
 
 
 # ------------------------------------------------------------------------------ README parsing
@@ -283,7 +300,9 @@ class Adapter:
       return str(self.work / "inputs" / os.path.basename(v))
     if v.startswith("/tmp/") or v.startswith("/data/"):
       return str(self.work / v.lstrip("/"))
-    if v.startswith(("runs", "my_", "photos", "out/")) or v.endswith(".json"):
+    if v in INPUT_FILES:
+      return str(self.work / "inputs" / v)
+    if v.startswith(("runs", "my_", "photos", "out/", "exported/")) or v.endswith(".json"):
       return str(self.work / v)
     return value
 
@@ -295,7 +314,7 @@ class Adapter:
     for tok in cmd.argv:
       name, eq, value = tok.partition("=")
       if tok.startswith("--") and eq:
-        if name in ("--config", "--config.eval.branches_config"):
+        if name == "--config":
           path, _, preset = value.partition(":")
           preset_of[name] = (path, preset or "coco")
           value = f"{path}:smoke"
@@ -330,6 +349,13 @@ class Adapter:
     if program == "python -m mpn_jax.data.datasets" and flags.get("--name") == "coco_keypoints":
       extra += [f"--train_ann={SAMPLE_ANN['person_keypoints_train2017.json']}",
                 f"--val_ann={SAMPLE_ANN['person_keypoints_val2017.json']}"]
+    if program == "python predict.py" and "--output" in flags:
+      # every input its own output folder (the pages send them all to out/)
+      slug = re.sub(r"\W+", "_", f"{flags['--input']} {flags['--output']}").strip("_")
+      out = [f"--output={self.work / 'predict' / slug}" if a.startswith("--output=") else a
+             for a in out]
+    if program == "python run_exported.py":  # the docs' loader, saved as the page says
+      out = out[:1] + [str(self.work / "run_exported.py")] + [self.path(a) for a in out[2:]]
     if out[0] in ("python", "python3"):
       out[0] = sys.executable
     elif out[0] == "tensorboard":
@@ -372,7 +398,7 @@ class Scenario:
     needs = []
     if cmd.program == "python train.py":
       needs.append(("train", f.get("--workdir"), True))
-    for name in ("--workdir", "--config.eval.branches_workdir", "--branches_workdir"):
+    for name in ("--workdir",):
       if cmd.program != "python train.py" and f.get(name):
         needs.append(("train", f[name], False))
     if f.get("--model"):  # a model folder: its two stages' workdirs, or a quickstart's workdir
@@ -383,6 +409,8 @@ class Scenario:
       needs.append(("train", f["--config.init_from"], False))
     if cmd.program == "tensorboard":
       needs.append(("train_under", f.get("--logdir"), False))
+    if cmd.program == "python run_exported.py":  # the export folder it loads
+      needs.append(("export", cmd.argv[2], False))
     # Commands that build the same TFDS dataset: the first one in the README builds it.
     kind = self.dataset_kind(cmd)
     if kind:
@@ -411,6 +439,10 @@ class Scenario:
             of.get("--workdir") == value:
           out.append(other)
           break
+        if kind == "export" and other.program == "python export.py" and \
+            of.get("--output") == value:
+          out.append(other)
+          break
         if kind == "train_under" and other.program == "python train.py" and \
             (of.get("--workdir") or "").startswith(value + "/"):
           out.append(other)
@@ -434,7 +466,11 @@ class Scenario:
       self.make_weights_input(cmd)
     for name in ("--images", "--input"):
       if name in cmd.flags and cmd.program != "python -m mpn_jax.weights":
-        self.make_photos(self.adapter.path(cmd.flags[name]))
+        self.make_input(self.adapter.path(cmd.flags[name]))
+    if cmd.program == "python run_exported.py":
+      self.make_loader()
+      for arg in cmd.argv[3:4]:
+        self.make_input(self.adapter.path(arg))
     argv, _ = self.adapter.argv(cmd)
     return self.runner.run(argv, check=check)
 
@@ -458,6 +494,42 @@ class Scenario:
         proc = subprocess.run([sys.executable, "-c", code], env=self.runner.env,
                               capture_output=True, text=True, timeout=TIMEOUT, check=False)
         assert proc.returncode == 0, proc.stderr[-3000:]
+
+  def make_input(self, path):
+    """What a page's `--input` (or the loader's image) names: a webcam index (nothing to make), a
+    video (a short clip written with PyAV), a photo, a glob of photos, or a folder of photos."""
+    kind = _source_kind(path)
+    if kind == "camera":
+      return
+    target = pathlib.Path(path)
+    key = hashlib.sha1(path.encode()).hexdigest()[:16]
+    (self.work / "runs_done").mkdir(parents=True, exist_ok=True)
+    with _locked(self.work / "runs_done" / f"input_{key}.lock"):
+      if not glob.has_magic(path):
+        target.parent.mkdir(parents=True, exist_ok=True)
+      if kind == "video":
+        if not target.exists():
+          from test_video import _make_video  # pylint: disable=g-import-not-at-top
+          _make_video(target.with_name("tmp_" + target.name))
+          os.replace(target.with_name("tmp_" + target.name), target)
+      elif target.suffix.lower() in (".jpg", ".jpeg", ".png") and not glob.has_magic(path):
+        if not target.exists():
+          name = sorted(os.listdir(COCO_DIR / "val2017"))[-1]
+          shutil.copy(COCO_DIR / "val2017" / name, target)
+      elif glob.has_magic(path):  # the folder before the first wildcard
+        parts = pathlib.Path(path).parts
+        self.make_photos(pathlib.Path(*parts[:next(i for i, p in enumerate(parts)
+                                                   if glob.has_magic(p))]))
+      else:
+        self.make_photos(path)
+
+  def make_loader(self):
+    """docs/export.md's loader script, saved as run_exported.py (as the page says)."""
+    script = self.work / "run_exported.py"
+    if not script.exists():
+      tmp = self.work / f"run_exported.{os.getpid()}.tmp"
+      tmp.write_text(_docs_loader())
+      os.replace(tmp, script)
 
   @staticmethod
   def make_photos(folder):
@@ -539,20 +611,168 @@ def check_predict(scenario, cmd):
     png = output / (os.path.splitext(name)[0] + ".png")
     with Image.open(COCO_DIR / "val2017" / name) as src, Image.open(png) as drawn:
       assert drawn.size == src.size, (png, drawn.size, src.size)  # drawn on the original pixels
-  predictions = json.loads((output / "predictions.json").read_text())
-  assert sorted(predictions) == images
+  predictions = json.loads((output / "predictions.json").read_text())  # COCO keypoint results
+  assert {r["file_name"] for r in predictions} <= set(images)
   assert f"{len(images)} pictures written to {output}" in result.stdout
 
 
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm")
+
+
+def _source_kind(path):
+  """'camera', 'video' or 'images' (as mpn_jax.inference.video.source_kind decides, for the
+  inputs the pages name; the real decision is checked by the runs themselves)."""
+  if path.strip().isdigit() and not os.path.exists(path):
+    return "camera"
+  return "video" if path.lower().endswith(VIDEO_EXTENSIONS) else "images"
+
+
+def _run_flag(scenario, cmd, name):
+  """The value of a flag in the command as it runs here (adapted)."""
+  argv, _ = scenario.adapter.argv(cmd)
+  return Command(tuple(argv), 0, "").flags[name]
+
+
 def check_predict_model(scenario, cmd):
-  # `python predict.py --model=DIR --input=FOLDER --output=FOLDER` (the model layout).
+  # `python predict.py --model=DIR --input=SOURCE --output=FOLDER` (the model layout).
+  source = scenario.adapter.path(cmd.flags["--input"])
+  kind = _source_kind(source)
+  if kind == "camera":
+    _check_predict_webcam(scenario, cmd)
+    return
   result = scenario.run(cmd)
-  images = sorted(os.listdir(scenario.adapter.path(cmd.flags["--input"])))
-  output = pathlib.Path(scenario.adapter.path(cmd.flags["--output"]))
+  output = pathlib.Path(_run_flag(scenario, cmd, "--output"))
+  if kind == "video":
+    _check_predict_video(cmd, source, output, result)
+    return
+  if os.path.isdir(source):
+    inputs = [os.path.join(source, n) for n in os.listdir(source)]
+  else:  # one file, or a glob ('**' reaches sub-folders)
+    inputs = glob.glob(source, recursive=True)
+  images = sorted(os.path.basename(p) for p in inputs)
   written = sorted(n for n in os.listdir(output) if n.endswith(".png"))
   assert len(written) == len(images), (written, images, result.stdout[-2000:])
-  predictions = json.loads((output / "predictions.json").read_text())
-  assert len(predictions) == len(images), sorted(predictions)
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  for path in inputs:  # drawn at the image's own size
+    png = output / (os.path.splitext(os.path.basename(path))[0] + ".png")
+    with Image.open(path) as src, Image.open(png) as drawn:
+      assert drawn.size == src.size, (png, drawn.size, src.size)
+  predictions = json.loads((output / "predictions.json").read_text())  # COCO keypoint results
+  assert {r["file_name"] for r in predictions} <= set(images), predictions[:3]
+  for r in predictions:
+    assert r["category_id"] == 1 and len(r["keypoints"]) == 51 and len(r["bbox"]) == 4, r
+    assert r["score"] >= float(cmd.flags.get("--min_score") or 0.1), r
+
+
+def _check_predict_video(cmd, source, output, result):
+  """OUT/<stem>.mp4: H.264, the source's size and rate, one frame per source frame (or
+  --max_frames); OUT/<stem>.json: one entry per frame, at the source's times."""
+  import av  # pylint: disable=g-import-not-at-top
+  stem = os.path.splitext(os.path.basename(source))[0]
+  assert sorted(os.listdir(output)) == [f"{stem}.json", f"{stem}.mp4"], \
+      (os.listdir(output), result.stdout[-2000:])
+
+  def read(path):
+    with av.open(str(path)) as c:
+      s = c.streams.video[0]
+      times = [float(f.time) for f in c.decode(s)]
+      return s.codec_context.name, s.average_rate, s.width, s.height, times
+
+  _, src_rate, width, height, src_times = read(source)
+  codec, rate, out_w, out_h, times = read(output / f"{stem}.mp4")
+  n = len(src_times)
+  if int(cmd.flags.get("--max_frames") or 0):
+    n = min(n, int(cmd.flags["--max_frames"]))
+  assert codec == "h264" and rate == src_rate and (out_w, out_h) == (width, height), \
+      (codec, rate, src_rate, out_w, out_h, width, height)
+  assert len(times) == n, (len(times), n)
+  doc = json.loads((output / f"{stem}.json").read_text())
+  assert (doc["width"], doc["height"]) == (width, height) and doc["fps"] == float(src_rate), doc
+  assert [f["frame"] for f in doc["frames"]] == list(range(n))
+  assert [round(f["time_s"], 6) for f in doc["frames"]] == [round(t, 6) for t in src_times[:n]]
+  min_score = float(cmd.flags.get("--min_score") or 0.1)
+  for frame in doc["frames"]:
+    for person in frame["people"]:
+      assert len(person["keypoints"]) == 17 and len(person["box"]) == 4, person
+      assert person["score"] >= min_score, person
+
+
+def _check_predict_webcam(scenario, cmd):
+  """`--input=0`: no camera here. predict.py's own flag definitions (mpn_jax.tools.predict) parse and validate the
+  command's flags (required ones, --draw, --max_frames, --batch_size), and the input is taken as
+  webcam 0 (/dev/video0 on Linux). Recording from a (faked) webcam: tests/test_video.py."""
+  argv, _ = scenario.adapter.argv(cmd)
+  code = ("import sys; sys.argv = " + repr(["predict.py", *argv[2:]]) + "\n"
+          "from mpn_jax.tools import predict  # the flags predict.py runs with\n"
+          "from absl import flags\n"
+          "flags.FLAGS(sys.argv)\n"
+          "from mpn_jax.inference import video\n"
+          "print('kind', video.source_kind(flags.FLAGS.input))\n"
+          "print('device', video.camera_device(int(flags.FLAGS.input), 'linux')[0])\n")
+  result = scenario.runner.run([sys.executable, "-c", code])
+  assert "kind camera" in result.stdout and "device /dev/video0" in result.stdout, \
+      _failure(argv, result)
+  source = (REPO / "tests" / "test_video.py").read_text()
+  assert "def test_a_webcam_runs_until_max_frames_or_ctrl_c" in source
+  assert 'monkeypatch.setattr(video, "Camera", _FakeCamera)' in source
+
+
+def _onnx_missing():
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  return [m for m in ONNX_MODULES if importlib.util.find_spec(m) is None]
+
+
+def check_export(scenario, cmd):
+  fmt = cmd.flags["--format"]
+  if fmt == "onnx" and _onnx_missing():
+    pytest.skip(f"--format=onnx needs the export extra (pip install -e \".[export]\"): "
+                f"{', '.join(_onnx_missing())} not installed")
+  result = scenario.run(cmd)
+  output = pathlib.Path(_run_flag(scenario, cmd, "--output"))
+  assert f"exported {fmt} to {output}" in result.stdout, _failure(cmd.argv, result)
+  assert set(EXPORT_FILES[fmt]) <= set(os.listdir(output)), sorted(os.listdir(output))
+  manifest = json.loads((output / "manifest.json").read_text())
+  size = manifest["preprocessing"]["size"]
+  if fmt == "stablehlo":
+    want = (cmd.flags.get("--platforms") or "cpu,cuda,tpu").split(",")
+    assert manifest["platforms"] == want, manifest["platforms"]
+    assert set(manifest["outputs"]) == {"keypoints", "scores", "boxes", "box_scores", "valid"}
+    if cmd.flags.get("--assign_method"):
+      assert manifest["config"]["inference"]["assign_method"] == cmd.flags["--assign_method"]
+  else:  # the network: an input [B, S, S, 3], B as --batch_size fixes it (onnx) or dynamic
+    batch = int(cmd.flags.get("--batch_size") or 0) or "B"
+    assert manifest["inputs"]["images"]["shape"] == [batch, size, size, 3], manifest["inputs"]
+  if fmt == "onnx":
+    import onnx  # pylint: disable=g-import-not-at-top
+    model = onnx.load(str(output / "multiposenet.onnx"))
+    onnx.checker.check_model(model)
+    assert [o.name for o in model.graph.output] == ["keypoints", "cls_logits", "box_deltas"]
+
+
+def check_run_exported(scenario, cmd):
+  # `python run_exported.py EXPORT_DIR ...`: docs/export.md's loader script (saved as the page
+  # says), on the export of the page's stablehlo command.
+  if cmd.argv[3].endswith(".npz"):
+    # tests/test_export.py runs this very block on an .npz, in a fresh process that cannot import
+    # mpn_jax, and compares the outputs bit for bit: not run a second time here.
+    source = (REPO / "tests" / "test_export.py").read_text()
+    assert "<!-- loader: run_exported.py -->" in source and "'in.npz', 'out.npz'" in source
+    assert "def test_the_docs_loader_runs_without_mpn_jax" in source
+    assert cmd.argv[4:] and cmd.argv[4].endswith(".npz"), cmd.argv
+    return
+  result = scenario.run(cmd)  # a photo: letterboxed with Pillow, the people printed
+  assert "Traceback" not in result.stderr, _failure(cmd.argv, result)
+  for line in result.stdout.splitlines():
+    assert re.fullmatch(r"image 0 person \d+: score \S+ box \[.*\]", line), line
+
+
+def _docs_loader():
+  """docs/export.md's loader script (the ```python block after `<!-- loader: run_exported.py -->`,
+  as tests/test_export.py takes it)."""
+  m = re.search(r"<!-- loader: run_exported.py -->\s*```python\n(.*?)```",
+                page_text("docs/export.md"), re.S)
+  assert m, "docs/export.md lost its loader script"
+  return m.group(1)
 
 
 def check_jax_extra(scenario, cmd):
@@ -708,6 +928,19 @@ def check_pytest(scenario, cmd):
   import xdist  # pylint: disable=g-import-not-at-top,unused-import  (-n needs pytest-xdist)
 
 
+def check_installed_command(scenario, cmd):
+  # The installed package's commands run end to end in tests/test_installed.py (a non-editable
+  # install in a new venv, outside the checkout); here: the checkout's root script runs the same
+  # module, the test runs it, and the command's flags are the module's.
+  del scenario
+  name = cmd.program.rsplit(".", 1)[1]
+  assert f'cli.run_tool("mpn_jax.tools.{name}", "{name}.py")' in (REPO / f"{name}.py").read_text()
+  assert f'"mpn_jax.tools.{name}"' in (REPO / "tests" / "test_installed.py").read_text()
+  module = (REPO / "mpn_jax" / "tools" / f"{name}.py").read_text()
+  for flag in cmd.flags:
+    assert f'"{flag[2:].split(".")[0]}"' in module, (flag, name)
+
+
 # (program regex, check, how it runs) -- first match wins. 'runs': the adapted command runs;
 # 'static': checked without running it (see its check).
 RULES = (
@@ -715,12 +948,16 @@ RULES = (
     (r"python evaluate\.py", check_evaluate, "runs"),
     (r"python -m mpn_jax\.predict", check_predict, "runs"),
     (r"python predict\.py", check_predict_model, "runs"),
+    (r"python export\.py", check_export, "runs"),
+    (r"python run_exported\.py", check_run_exported, "runs"),
     (r"python -m mpn_jax\.weights", check_weights, "runs"),
     (r"python -m mpn_jax\.benchmark", check_benchmark, "runs"),
     (r"python scripts/show_targets\.py", check_show_targets, "runs"),
     (r"python -m mpn_jax\.data\.datasets", check_datasets, "runs"),
     (r"tensorboard", check_tensorboard, "runs"),
     (r"python -m mpn_jax\.quickstart", check_quickstart, "flags"),
+    (r"python -m mpn_jax\.tools\.(train|evaluate|predict|export)", check_installed_command,
+     "static"),
     (r"python3 -m venv", check_venv, "static"),
     (r"\.", check_activate, "static"),
     (r"pip install", lambda scenario, cmd: (check_jax_extra if "-U" in cmd.argv
@@ -740,7 +977,8 @@ def _case_id(cmd):
   lines = "+".join(f"{os.path.basename(c.doc)}:L{c.line}" for c in COMMANDS if c.text == cmd.text)
   flags = " ".join(t for t in cmd.argv if t.startswith("--config=") or t.startswith("--source=")
                    or t.startswith("--config.eval.mode=") or t.startswith("--name=")
-                   or t == "--quick")
+                   or t.startswith("--format=") or t == "--quick"
+                   or (cmd.program == "python predict.py" and t.startswith("--input=")))
   return f"{lines}-{cmd.program}{(' ' + flags) if flags else ''}".replace(" ", "_")
 
 
@@ -758,8 +996,9 @@ def _params(cmds):
 def test_readme_parses_into_commands():
   programs = {c.program for c in COMMANDS}
   # The README's own blocks: if parsing broke, these would be missing.
-  assert {"python train.py", "python evaluate.py", "python predict.py", "python -m mpn_jax.weights", "python -m mpn_jax.quickstart",
-          "pytest", "python -m mpn_jax.benchmark", "pip install"} <= programs, programs
+  assert {"python train.py", "python evaluate.py", "python predict.py", "python -m mpn_jax.weights",
+          "python -m mpn_jax.quickstart", "pytest", "python -m mpn_jax.benchmark", "pip install",
+          "python export.py", "python run_exported.py"} <= programs, programs
   assert {c.doc for c in COMMANDS} == set(DOC_PAGES), {c.doc for c in COMMANDS}
   readme = [c.text for c in COMMANDS if c.doc == "README.md"]
   # The README keeps the quickstart, its figure, and the model-folder commands.
@@ -818,6 +1057,15 @@ PROSE_RUNS = (
     ("python -m mpn_jax.benchmark --model_size=tiny --image_size=64 --peak_sizes=256 "
      "--parts=peak,forward --dtypes=float32,bfloat16 --batch_sizes=1 --repeats=1 "
      "--output=/tmp/prose_b.json"),
+    # docs/predict.md's options, on the video: 5 of its 12 frames, in batches of 2.
+    ("python predict.py --model=runs/quickstart --input=clip.mp4 --output=out/prose "
+     "--min_score=0 --min_keypoint_score=0.2 --draw=keypoints,skeleton --batch_size=2 "
+     "--max_frames=5"),
+    # docs/export.md's StableHLO options, and the ONNX export's fixed batch size (needs the extra).
+    ("python export.py --model=runs/quickstart --format=stablehlo --assign_method=greedy "
+     "--platforms=cpu --output=exported/prose_stablehlo"),
+    ("python export.py --model=runs/quickstart --format=onnx --batch_size=2 "
+     "--output=exported/prose_onnx"),
 )
 # Parsed (not run: they need several hosts or are the defaults run above), by the same
 # config_flags machinery as train.py / evaluate.py, and checked to land in the config.

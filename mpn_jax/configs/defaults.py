@@ -105,8 +105,8 @@ def input_config():
                                # see augment.center for person-centred training crops)
       crop_size=0,             # C: train on the central C x C window of the augmented S x S
                                # canvas (0: all of it); evaluation always sees S x S
-      batch_size=32,           # global train batch (split over processes and devices)
-      eval_batch_size=0,       # global eval batch; 0: same as batch_size
+      batch_size=32,           # global train (and validation-loss) batch, split over processes
+                               # and devices; evaluate.py's images: config.eval.batch_size
       heatmap_sigma=2.0,       # Gaussian sigma in stride-4 heatmap cells (= 8 input pixels)
       max_boxes=100,           # M: person/crowd boxes per image (more are dropped)
       max_people=32,           # P: people with keypoints per image in 'keypoints'
@@ -236,13 +236,12 @@ def inference_config():
   c.pre_nms_top_k = 1000          # anchors decoded per image and TTA variant before NMS
   c.max_people = 20               # N: COCO keypoint AP counts at most 20 people per image
   # PRN and assignment.
-  c.box_widen = BOX_WIDEN
+  # (The PRN input's box widening and 'peaks' sigma are the PRN run's data.widen / input_sigma.)
   c.prn_input = "peaks"           # 'peaks' (as in PRN training) | 'heatmaps' (bilinear crops)
-  c.prn_sigma = 1.0               # Gaussian sigma of 'peaks' inputs: the PRN's data.input_sigma
-  c.assign_method = "greedy"      # one of mpn_jax.assignment.METHODS
+  c.assign_method = "greedy"      # one of mpn_jax.inference.assignment.METHODS
   c.assign_window = 1             # odd window (grid cells) of PRN probability around a candidate
   c.candidate_scores = "prn"      # 'prn' | 'center' (PRN-free nearest-centre baseline)
-  c.instance_score = "box"        # one of mpn_jax.assignment.SCORE_MODES
+  c.instance_score = "box"        # one of mpn_jax.inference.assignment.SCORE_MODES
   c.peak_score_power = 0.0        # candidate score x peak value ** this (0: the PRN's alone)
   # Test-time augmentation.
   c.flip = False                  # also run on the mirrored image and average
@@ -258,10 +257,11 @@ def eval_config(mode="pipeline"):
   c.mode = mode                  # 'pipeline' | 'detector' | 'prn_gt'
   c.assign = "prn"               # prn_gt: 'prn' (needs the PRN checkpoint) | 'center' | 'oracle'
   c.method = ""                  # assignment method ('' = config.inference.assign_method, greedy)
-  c.score_mode = "keypoints"     # prn_gt instance score: one of mpn_jax.assignment.SCORE_MODES
+  c.score_mode = "keypoints"     # prn_gt instance score: one of mpn_jax.inference.assignment.SCORE_MODES
   c.ann_file = ""                # COCO annotation file ('' = the config's validation split)
   c.image_dir = ""               # images of ann_file ('' = TFDS eval split of the branches config)
-  c.split = "validation"         # TFDS split when image_dir is ''
+  c.split = "validation"         # TFDS split when image_dir is '' (also the branches training's
+                                 # validation loss)
   c.output = ""                  # stats JSON ('' = workdir/eval/<mode>_stats.json)
   c.results_file = ""            # COCO results JSON ('' = workdir/eval/<mode>_results.json)
   c.max_images = 0               # 0 = every image
@@ -269,6 +269,4 @@ def eval_config(mode="pipeline"):
   c.pictures = 8                 # draw the first N images
   c.pictures_dir = ""            # '' = workdir/eval/pictures
   c.picture_min_score = 0.1      # draw people scoring at least this
-  c.branches_workdir = ""        # pipeline: workdir of the branches stage
-  c.branches_config = "configs/branches.py"  # pipeline: its config file[:preset]
   return c

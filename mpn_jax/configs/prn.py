@@ -57,7 +57,7 @@ def get_config(arg=None):
 
   config.model = defaults.prn_config()
   config.inference = defaults.inference_config()
-  config.eval = defaults.eval_config("pipeline")  # python evaluate.py (see mpn_jax/evaluate.py)
+  config.eval = defaults.eval_config("pipeline")  # python evaluate.py (mpn_jax/evaluation/evaluators.py)
 
   config.train = defaults.train_config(
       learning_rate=1e-3,
@@ -68,7 +68,7 @@ def get_config(arg=None):
       eval_every_steps=10_000,
       eval_batches=0)                      # validation-loss batches (0: the whole val_file)
   config.train.eval_batch_size = 256
-  config.train.prn_gt_ap = False           # also the PRN-on-ground-truth AP (mpn_jax.prn_protocol)
+  config.train.prn_gt_ap = False           # also the PRN-on-ground-truth AP (mpn_jax.evaluation.prn_protocol)
   # best_metric: e.g. 'prn_gt_AP' (with best_mode 'max') when prn_gt_ap is on.
 
   config.init_from = ""                    # an Orbax checkpoint / workdir to start from
@@ -128,7 +128,7 @@ def _coco(config):
 
 
 def _coco_small(config):
-  # Tuned on ../shared/data/coco/annotations/*_prn_{train,val}.json with scripts/prn_experiment.py.
+  # Tuned on ../shared/data/coco/annotations/*_prn_{train,val}.json (docs/experiments.md).
   _recipe(config)
   _shared_prn_files(config)
   config.data.batch_size = 32

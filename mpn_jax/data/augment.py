@@ -38,35 +38,14 @@ keypoints stay inside it.
 
 import math
 
-import ml_collections
 import numpy as np
-import tensorflow as tf
+from mpn_jax import cli  # pylint: disable=g-bad-import-order
+cli.import_tensorflow_quietly()  # before TensorFlow first loads: its native start-up notices off
+import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from mpn_jax import coco
 from mpn_jax import errors
-
-
-def augment_config():
-  """Default augmentation ranges (config.input.augment). Zero/1.0 ranges switch a part off."""
-  return ml_collections.ConfigDict(dict(
-      center="letterbox",  # "letterbox": the whole image, longest side S, zoomed about its centre;
-                           # "person": centred on one annotated person scaled to person_height
-      person_height=0.6,  # center="person": the person's box height as a fraction of S, before
-                          # the random scale (OpenPose's target_dist); 0: the letterbox scale
-      max_zoom=4.0,       # center="person": cap of that zoom relative to the letterbox scale
-      scale_min=0.75,     # random zoom factor, uniform in [scale_min, scale_max], times the
-      scale_max=1.25,     # letterbox (or person) scale
-      rotation=40.0,      # degrees, uniform in [-rotation, rotation] (the paper's +-40)
-      translate=0.1,      # shift as a fraction of S, uniform in [-translate, translate] per axis
-      flip=0.5,           # probability of a horizontal flip (left/right keypoints swapped)
-      color_jitter=ml_collections.ConfigDict(dict(
-          brightness=0.2,   # max additive delta on the 0..1 scale
-          contrast=0.2,     # factor uniform in [1 - c, 1 + c]
-          saturation=0.2,   # factor uniform in [1 - s, 1 + s]
-          hue=0.02,         # max hue shift (fraction of the colour wheel)
-      )),
-      min_box_size=2.0,   # boxes narrower/lower than this (input pixels) after clipping are dropped
-  ))
+from mpn_jax.configs import defaults
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -234,7 +213,7 @@ def sample_params(seed, aug, people=None):
 
   Args:
     seed: [2] int32/int64 stateless seed.
-    aug: a ConfigDict like `augment_config()`.
+    aug: a ConfigDict like `defaults.augment_config()`.
     people: the example's 'people' dict (needed when aug.center == "person"; ignored otherwise).
   Returns:
     dict(scale, angle, translate [2], flip bool) of float32 tensors; with center="person" also
@@ -458,7 +437,7 @@ def coco_boxes_to_xyxy(bbox_xywh):
 
 
 def apply_affine(example, matrix, flip, out_hw, min_box_size=2.0):
-  """Warps a decoded example (docs/CONTRACTS.md "data" features) with one matrix.
+  """Warps a decoded example (docs/design.md "data" features) with one matrix.
 
   Args:
     example: dict with 'image' [H, W, C] (uint8 or float), 'person_mask' and 'ignore_mask'
@@ -502,13 +481,14 @@ def augment_example(example, size, params=None, color_seed=None, aug=None, crop=
       for a person-centred crop person, box, person_height, max_zoom: see `params_matrix`); None
       for the plain eval letterbox.
     color_seed: [2] stateless seed for the colour jitter; None: no jitter.
-    aug: augmentation ConfigDict (colour jitter, min_box_size); default `augment_config()`.
+    aug: augmentation ConfigDict (colour jitter, min_box_size); default
+      `defaults.augment_config()`.
   Returns:
     `apply_affine`'s dict plus 'matrix' [3, 3]; 'image' [S, S, 3] float32 is ImageNet-normalised
     (`coco.normalize_image`) before the warp, so the padding is 0 after normalisation as in
     `preprocess.letterbox`.
   """
-  aug = aug or augment_config()
+  aug = aug or defaults.augment_config()
   shape = tf.shape(example["image"])
   params = params or dict(scale=1.0, angle=0.0, translate=(0.0, 0.0), flip=False)
   matrix = params_matrix(shape[0], shape[1], size, params)

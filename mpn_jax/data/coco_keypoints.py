@@ -17,7 +17,7 @@ and each annotation file's path and sha256): `datasets.load_builder` refuses rec
 another coco_dir or from an annotation file that has changed since (`source_mismatches`).
 
 Every image of the annotation file becomes an example, also images without people (negatives for the
-detector). Features (see docs/CONTRACTS.md "data"): 'image' uint8 [H, W, 3] jpeg, 'image_id' int64,
+detector). Features (see docs/design.md "data"): 'image' uint8 [H, W, 3] jpeg, 'image_id' int64,
 'file_name' text, 'people' Sequence of {'bbox' float32 [4] COCO xywh, 'keypoints' float32 [17, 3]
 (x, y, v), 'num_keypoints' int32, 'iscrowd' bool, 'area' float32, 'id' int64}, 'person_mask' uint8
 [H, W, 1] png (union of non-crowd people) and 'ignore_mask' uint8 [H, W, 1] png (crowd regions and
@@ -43,7 +43,10 @@ from absl import logging
 from etils import epath
 import numpy as np
 from PIL import Image
-import tensorflow_datasets as tfds
+from pycocotools import mask as mask_utils
+from mpn_jax import cli  # pylint: disable=g-bad-import-order
+cli.import_tensorflow_quietly()  # before TensorFlow first loads: its native start-up notices off
+import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from mpn_jax import coco
 from mpn_jax import errors
@@ -80,7 +83,7 @@ class UnreadableImageWarning(UserWarning):
 
 
 def example_features(image_format="jpeg"):
-  """The feature dict shared by `coco_keypoints` and `mpn_synthetic` (docs/CONTRACTS.md "data")."""
+  """The feature dict shared by `coco_keypoints` and `mpn_synthetic` (docs/design.md "data")."""
   return tfds.features.FeaturesDict({
       "image": tfds.features.Image(shape=(None, None, 3), encoding_format=image_format),
       "image_id": np.int64,
@@ -201,7 +204,6 @@ def segmentation_mask(ann, height, width):
   An empty segmentation falls back to the filled bounding box, so that a person never vanishes from
   the masks.
   """
-  from pycocotools import mask as mask_utils  # pylint: disable=g-import-not-at-top
   segm = ann["segmentation"]
   if isinstance(segm, list) and not segm:
     x, y, w, h = ann["bbox"]

@@ -22,6 +22,8 @@ line, `mpn_jax.data.datasets: error: ...`, and exit with status 2.
 """
 
 import argparse
+import contextlib
+import logging
 import os
 import pathlib
 
@@ -49,6 +51,25 @@ def canonical_split(split):
   return base
 
 
+class _NoCustomConfigNotice(logging.Filter):
+  """Drops TFDS's "Using custom data configuration" warning: both builders take their config from
+  config.dataset by design (one per annotation-file pair / synthetic size), so it is no warning."""
+
+  def filter(self, record):
+    return not str(record.msg).startswith("Using custom data configuration")
+
+
+@contextlib.contextmanager
+def _custom_config_quiet():
+  logger = logging.getLogger("absl")  # TFDS logs through absl.logging
+  notice = _NoCustomConfigNotice()
+  logger.addFilter(notice)
+  try:
+    yield
+  finally:
+    logger.removeFilter(notice)
+
+
 def _config_arg(builder_cls, config):
   """A predefined config by name (TFDS refuses an equal custom instance under the same name)."""
   return config.name if config.name in {c.name for c in builder_cls.BUILDER_CONFIGS} else config
@@ -70,9 +91,10 @@ def make_builder(cfg):
     config = coco_keypoints.make_config(
         _get(cfg, "train_ann", coco_keypoints.OFFICIAL_ANNS["train"]),
         _get(cfg, "val_ann", coco_keypoints.OFFICIAL_ANNS["validation"]))
-    return coco_keypoints.CocoKeypoints(
-        data_dir=data_dir, config=_config_arg(coco_keypoints.CocoKeypoints, config),
-        coco_dir=coco_dir)
+    with _custom_config_quiet():
+      return coco_keypoints.CocoKeypoints(
+          data_dir=data_dir, config=_config_arg(coco_keypoints.CocoKeypoints, config),
+          coco_dir=coco_dir)
   if name == "mpn_synthetic":
     defaults = synthetic.SyntheticConfig(name="defaults")
     config = synthetic.make_config(
@@ -80,8 +102,9 @@ def make_builder(cfg):
         num_train=int(_get(cfg, "num_train", defaults.num_train)),
         num_val=int(_get(cfg, "num_val", defaults.num_val)),
         seed=int(_get(cfg, "seed", defaults.seed)))
-    return synthetic.MpnSynthetic(data_dir=data_dir,
-                                  config=_config_arg(synthetic.MpnSynthetic, config))
+    with _custom_config_quiet():
+      return synthetic.MpnSynthetic(data_dir=data_dir,
+                                    config=_config_arg(synthetic.MpnSynthetic, config))
   raise errors.ConfigError(f"unknown dataset.name {name!r}: use one of {NAMES}")
 
 

@@ -9,25 +9,31 @@ Eval: the plain letterbox (`preprocess.letterbox`'s geometry), no augmentation, 
 once, the last batch padded with `valid=False` examples (and, on several hosts, all hosts yield the
 same number of batches).
 
-Batches are host-local numpy dicts (docs/CONTRACTS.md, data); the training loop makes global arrays
+Batches are host-local numpy dicts (docs/design.md, data); the training loop makes global arrays
 with `parallel.shard_batch`.
 """
 
 import json
 import math
 import os
+import pathlib
 import re
 
 import jax
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
+from mpn_jax import cli  # pylint: disable=g-bad-import-order
+cli.import_tensorflow_quietly()  # before TensorFlow first loads: its native start-up notices off
+import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
+import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from mpn_jax import coco
 from mpn_jax import errors
 from mpn_jax import parallel
 from mpn_jax.configs.defaults import input_config  # noqa: F401  (pipeline.input_config)
 from mpn_jax.data import augment
+from mpn_jax.data import coco_keypoints
+from mpn_jax.data import datasets
+from mpn_jax.data import preprocess
 from mpn_jax.data import targets as targets_lib
 
 _IMAGE_KEYS = ("image", "person_mask", "ignore_mask")
@@ -51,7 +57,7 @@ def preprocess_train(example, seed, input_cfg):
   """
   crop = int(input_cfg.get("crop_size", 0)) or None
   if crop is not None:
-    augment.check_crop(crop, input_cfg.size, targets_lib.STRIDE)
+    augment.check_crop(crop, input_cfg.size, preprocess.HEATMAP_STRIDE)
   geo_seed, color_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
   aug = input_cfg.augment
   people = example["people"] if aug.get("center", "letterbox") == "person" else None
@@ -106,7 +112,7 @@ def train_batches(examples, input_cfg, batch_size, seed, process_index=0, decode
   at 0, reading at most one epoch of (still encoded) records to get there.
 
   Args:
-    examples: tf.data.Dataset of examples in a fixed order (CONTRACTS features; images may still be
+    examples: tf.data.Dataset of examples in a fixed order (docs/design.md features; images may still be
       encoded if `decode_fn` decodes them).
     input_cfg: config.input.
     batch_size: host-local batch size.
@@ -221,7 +227,7 @@ def _num_batches_all_hosts(builder, split, batch_size):
 
 
 def make_train_iterator(config, mesh=None, start_step=0):
-  """Endless iterator of host-local training batches (docs/CONTRACTS.md, data).
+  """Endless iterator of host-local training batches (docs/design.md, data).
 
   Args:
     config: the branches config (uses config.dataset, config.input, config.seed).
@@ -232,7 +238,6 @@ def make_train_iterator(config, mesh=None, start_step=0):
     [b, S, S, 3] f32, 'heatmaps' [b, S/4, S/4, 17] f32, 'mask' / 'weights' [b, S/4, S/4, 1] f32,
     'boxes' [b, M, 4] f32, 'box_labels' [b, M] i32, 'keypoints' [b, P, 17, 3] f32.
   """
-  from mpn_jax.data import datasets  # pylint: disable=g-import-not-at-top
   local = parallel.local_batch_size(config.input.batch_size, mesh)
   builder = datasets.load_builder(config.dataset)
   split = tfds.split_for_jax_process(_tfds_split(config.dataset.get("train_split", "train")))
@@ -302,19 +307,18 @@ def kept_examples(builder, split, examples, keep_empty):
   return examples, kept
 
 
-def make_eval_iterator(config, split=None):
-  """Iterator over one pass of `split` (default config.dataset.eval_split), letterboxed.
+def make_eval_iterator(config, split, batch_size):
+  """Iterator over one pass of the TFDS `split` of config.dataset, letterboxed (config.input.size),
+  in global batches of `batch_size` images.
 
   Returns:
     iterator of dicts 'image' [b, S, S, 3] f32, 'image_id' [b] i64, 'scale' [b] f32 (original =
     input / scale), 'image_size' [b, 2] i32 (original H, W), 'valid' [b] bool (False on padding),
-    b = eval batch size // process_count.
+    b = batch_size // process_count.
   """
-  from mpn_jax.data import datasets  # pylint: disable=g-import-not-at-top
-  global_b = config.input.get("eval_batch_size", 0) or config.input.batch_size
-  local = parallel.local_batch_size(global_b)
+  local = parallel.local_batch_size(batch_size)
   builder = datasets.load_builder(config.dataset)
-  split = _tfds_split(split or config.dataset.get("eval_split", "validation"))
+  split = _tfds_split(split)
   decoders, decode = _skip_decoding(builder)
   examples = builder.as_dataset(split=tfds.split_for_jax_process(split), shuffle_files=False,
                                 decoders=decoders)
@@ -332,11 +336,8 @@ def example_from_coco(image_record, annotations, image_dir):
   Args:
     image_record: the 'images' entry. annotations: its person annotations. image_dir: the folder.
   Returns:
-    dict of numpy arrays (see docs/CONTRACTS.md, data), images decoded.
+    dict of numpy arrays (see docs/design.md, data), images decoded.
   """
-  import pathlib  # pylint: disable=g-import-not-at-top
-  from mpn_jax.data import coco_keypoints  # pylint: disable=g-import-not-at-top
-  from mpn_jax.data import preprocess  # pylint: disable=g-import-not-at-top
   h, w = image_record["height"], image_record["width"]
   image = preprocess.load_image(pathlib.Path(image_dir) / image_record["file_name"])
   person, ignore = coco_keypoints.people_masks(annotations, h, w)

@@ -11,15 +11,9 @@ from PIL import Image
 
 from mpn_jax import coco
 
-
-def image_to_heatmap(xy, stride):
-  """Input-image coordinates [..., 2] -> continuous heatmap coordinates (cell j centred at j + 0.5)."""
-  return xy / stride
-
-
-def heatmap_to_image(xy, stride):
-  """Continuous heatmap coordinates [..., 2] (cell centre j + 0.5) -> input-image coordinates."""
-  return xy * stride
+# Input pixels per cell of the keypoint heatmaps and person mask (the keypoint subnet's output
+# stride): the one definition, for the training targets and for inference.
+HEATMAP_STRIDE = 4
 
 
 def letterbox_scale(height, width, size):

@@ -20,10 +20,12 @@ slice of the global batch, and the slice does not depend on how many processes t
 import dataclasses
 import os
 
+import jax
 import numpy as np
 
 from mpn_jax import coco
 from mpn_jax import errors
+from mpn_jax import parallel
 from mpn_jax import prn_grid
 from mpn_jax.configs.defaults import prn_data_config  # noqa: F401  (prn_samples.prn_data_config)
 from mpn_jax.data import annotations
@@ -277,8 +279,6 @@ def make_prn_iterator(config, mesh=None, start_step=0):
   Yields dicts: 'inputs' [b, 56, 36, 17], 'targets' [b, 56, 36, 17], 'target_valid' [b, 17] float32,
   b = global batch / process count.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  from mpn_jax import parallel  # pylint: disable=g-import-not-at-top
   dcfg = config.data
   global_bs = int(dcfg.batch_size)
   parallel.local_batch_size(global_bs, mesh)  # checks divisibility over devices

@@ -17,7 +17,7 @@ later-drawn person, or the far ear behind the head), v=0 with x=y=0 when
 unlabelled (outside the image, the face of a figure seen from behind). Some figures are unlabelled
 (num_keypoints=0, so they land in the ignore mask) and some images hold a crowd region (iscrowd=1) of
 small figures. Masks, boxes and areas come from the pixels each figure actually covers.
-Features are those of `coco_keypoints` (docs/CONTRACTS.md "data"); the COCO-format annotation file of
+Features are those of `coco_keypoints` (docs/design.md "data"); the COCO-format annotation file of
 each split is written next to the records as `annotations_{split}.json`.
 Everything is a deterministic function of (seed, split, image index).
 """
@@ -29,7 +29,10 @@ import os
 
 import numpy as np
 from PIL import Image, ImageDraw
-import tensorflow_datasets as tfds
+from pycocotools import mask as mask_utils
+from mpn_jax import cli  # pylint: disable=g-bad-import-order
+cli.import_tensorflow_quietly()  # before TensorFlow first loads: its native start-up notices off
+import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from mpn_jax import boxes as box_lib
 from mpn_jax import coco
@@ -407,7 +410,6 @@ def _place(rng, painter, size, height, person_id, style=None, taken=None):
 
 
 def _rle(mask):
-  from pycocotools import mask as mask_utils  # pylint: disable=g-import-not-at-top
   rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
   return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
 

@@ -7,14 +7,14 @@ the keypoint is at a cell centre, and at worst (a cell corner) exp(-1 / (4 sigma
 sigma = 1, 0.94 for sigma = 2. The sub-cell position survives in the neighbouring values.
 """
 
-import tensorflow as tf
+from mpn_jax import cli  # pylint: disable=g-bad-import-order
+cli.import_tensorflow_quietly()  # before TensorFlow first loads: its native start-up notices off
+import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from mpn_jax import coco
+from mpn_jax.data import preprocess
 
-STRIDE = 4
-
-
-def gaussian_heatmaps(keypoints, out_hw, sigma, stride=STRIDE):
+def gaussian_heatmaps(keypoints, out_hw, sigma, stride=preprocess.HEATMAP_STRIDE):
   """One Gaussian per labelled keypoint, max over people.
 
   Args:
@@ -47,12 +47,12 @@ def gaussian_heatmaps(keypoints, out_hw, sigma, stride=STRIDE):
   return tf.transpose(maps, [1, 2, 0])
 
 
-def downsample_mean(mask, stride=STRIDE):
+def downsample_mean(mask, stride=preprocess.HEATMAP_STRIDE):
   """[H, W, C] -> [H/s, W/s, C] fraction of each cell covered (average pooling)."""
   return tf.nn.avg_pool2d(tf.cast(mask, tf.float32)[None], stride, stride, "VALID")[0]
 
 
-def loss_weights(ignore_mask, stride=STRIDE):
+def loss_weights(ignore_mask, stride=preprocess.HEATMAP_STRIDE):
   """1 - (any ignored pixel in the cell): [H, W, 1] 0/1 -> [H/s, W/s, 1] float32 in {0, 1}.
 
   A cell touching a crowd region or an unlabelled person is left out of the loss altogether:
@@ -99,8 +99,8 @@ def keypoint_targets(keypoints, iscrowd, max_people):
   return pad_to(kept, max_people)
 
 
-def make_targets(augmented, sigma, max_boxes, max_people, stride=STRIDE):
-  """All training targets of one augmented S x S example (see docs/CONTRACTS.md, pipeline).
+def make_targets(augmented, sigma, max_boxes, max_people, stride=preprocess.HEATMAP_STRIDE):
+  """All training targets of one augmented S x S example (see docs/design.md, data).
 
   Args:
     augmented: dict from `augment.augment_example` ('image' [S, S, 3] normalised, 'person_mask',

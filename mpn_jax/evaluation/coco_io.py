@@ -1,6 +1,7 @@
 """COCO files: ground truth in, results out, pycocotools COCOeval, statistics tables and JSON.
 
-COCO result dicts are built here only (`keypoint_results`, `box_results`). The statistics are
+COCO result dicts are built in `mpn_jax.inference.coco_results` only (`keypoint_results`,
+`box_results`, re-exported here, so that predict.py writes the same records). The statistics are
 always reported under STAT_NAMES / BBOX_STAT_NAMES, in COCOeval's order.
 """
 
@@ -11,10 +12,13 @@ import json
 import os
 
 import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from mpn_jax import coco as coco_lib
 from mpn_jax import errors
 from mpn_jax import files
+from mpn_jax.inference.coco_results import box_results, keypoint_results  # noqa: F401  (re-exported)
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APM", "APL", "AR", "AR50", "AR75", "ARM", "ARL")
 # COCOeval('bbox') has 12 statistics (small objects too); keypoints has the 10 above.
@@ -32,67 +36,6 @@ def xywh_to_xyxy(boxes):
   """COCO [..., 4] (x, y, w, h) -> [..., 4] (x1, y1, x2, y2), float32 numpy."""
   b = np.asarray(boxes, np.float32)
   return np.concatenate([b[..., :2], b[..., :2] + b[..., 2:]], axis=-1)
-
-
-def _per_person_ids(image_ids, n):
-  ids = np.asarray(image_ids).reshape(-1)
-  return np.full(n, int(ids[0]) if n else 0, np.int64) if ids.size == 1 else ids
-
-
-def _xywh(box):
-  """xyxy -> COCO [x, y, w, h] floats, computed in float64."""
-  x1, y1, x2, y2 = (float(v) for v in box)
-  return [x1, y1, x2 - x1, y2 - y1]
-
-
-def _rounded(values, decimals):
-  return [float(v) if decimals is None else round(float(v), decimals) for v in values]
-
-
-def keypoint_results(image_ids, keypoints, scores, boxes=None, visibility="score", decimals=None):
-  """People as COCO keypoint results: the one place they are encoded.
-
-  Args:
-    image_ids: the COCO image id of every person ([N] ints), or one id for all of them.
-    keypoints: [N, 17, 3] float (x, y, keypoint score) in ORIGINAL image pixels.
-    scores: [N] float person scores (COCOeval ranks detections by them).
-    boxes: optional [N, 4] xyxy original pixels, stored as COCO 'bbox' [x, y, w, h] (COCOeval
-      recomputes the keypoint box itself; the field helps people reading the file).
-    visibility: 'score' writes each keypoint's score as v, 'one' writes 1 (COCOeval ignores v of
-      detections; the choice only matters for other consumers).
-    decimals: round coordinates to this many decimals (None: as they are).
-  Returns:
-    list of N dicts {image_id, category_id, keypoints: [51 floats], score[, bbox]}.
-  """
-  if visibility not in ("score", "one"):
-    raise errors.ConfigError(f"keypoint visibility {visibility!r}: use 'score' or 'one' "
-                             "(config field inference.keypoint_visibility)")
-  keypoints = np.asarray(keypoints, np.float64).reshape(-1, coco_lib.NUM_KEYPOINTS, 3).copy()
-  scores = np.asarray(scores, np.float64).reshape(-1)
-  if len(scores) != len(keypoints):
-    raise ValueError(f"keypoint_results: {len(keypoints)} people but {len(scores)} scores")
-  if visibility == "one":
-    keypoints[..., 2] = 1.0
-  ids = _per_person_ids(image_ids, len(keypoints))
-  out = []
-  for i in range(len(keypoints)):
-    r = {"image_id": int(ids[i]), "category_id": coco_lib.PERSON_CATEGORY_ID,
-         "keypoints": _rounded(keypoints[i].reshape(-1), decimals), "score": float(scores[i])}
-    if boxes is not None:
-      r["bbox"] = _rounded(_xywh(boxes[i]), decimals)
-    out.append(r)
-  return out
-
-
-def box_results(image_ids, boxes, scores, decimals=None):
-  """Person boxes [N, 4] xyxy (original pixels) with scores [N] as COCO 'bbox' results
-  {image_id, category_id, bbox: [x, y, w, h], score}; image_ids: [N] ints or one id for all."""
-  boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-  scores = np.asarray(scores, np.float64).reshape(-1)
-  ids = _per_person_ids(image_ids, len(boxes))
-  return [{"image_id": int(ids[i]), "category_id": coco_lib.PERSON_CATEGORY_ID,
-           "bbox": _rounded(_xywh(boxes[i]), decimals), "score": float(scores[i])}
-          for i in range(len(boxes))]
 
 
 def batch_rows(valid):
@@ -179,7 +122,6 @@ def check_writable_file(path, flag):
 
 def load_coco(ann):
   """A pycocotools COCO from a path or an already-loaded dict, quietly; clear error if missing."""
-  from pycocotools.coco import COCO  # pylint: disable=g-import-not-at-top
   if isinstance(ann, COCO):
     return ann
   if isinstance(ann, (str, os.PathLike)):
@@ -235,7 +177,6 @@ def run_coco_eval(gt, results, iou_type="keypoints", image_ids=None, verbose=Fal
   Raises:
     errors.DataError when there is nothing to score (`check_evaluable`).
   """
-  from pycocotools.cocoeval import COCOeval  # pylint: disable=g-import-not-at-top
   names = STAT_NAMES if iou_type == "keypoints" else BBOX_STAT_NAMES
   coco_gt = load_coco(gt)
   check_evaluable(coco_gt, image_ids, iou_type, gt if isinstance(gt, (str, os.PathLike)) else "")

@@ -36,14 +36,6 @@ from mpn_jax.inference import pipeline
 from mpn_jax.inference import predictor as predictor_lib
 
 MODES = ("pipeline", "detector", "prn_gt")
-# The eval fields that named the branches run before a model path did.
-_OBSOLETE_FIELDS = ("branches_workdir", "branches_config")
-
-
-def eval_config(mode="pipeline"):
-  """The `config.eval` fields of `python evaluate.py` (defaults.eval_config less the obsolete)."""
-  c = defaults.eval_config(mode)
-  return ml_collections.ConfigDict({k: v for k, v in c.items() if k not in _OBSOLETE_FIELDS})
 
 
 class Evaluator:
@@ -91,10 +83,11 @@ class LossEvaluator(Evaluator):
 
 
 def eval_input_config(config):
-  """The branches training pipeline on the eval split with every augmentation switched off."""
+  """The branches training pipeline on the eval split (config.eval.split) with every augmentation
+  switched off."""
   cfg = config.copy_and_resolve_references()
   with cfg.unlocked():
-    cfg.dataset.train_split = config.dataset.eval_split
+    cfg.dataset.train_split = config.eval.split
     aug = cfg.input.augment
     if "center" in aug:
       aug.center = "letterbox"  # whole images, as evaluated
@@ -103,7 +96,6 @@ def eval_input_config(config):
     for k in aug.color_jitter:
       aug.color_jitter[k] = 0.0
     cfg.input.shuffle_buffer = 0
-    cfg.input.batch_size = config.input.get("eval_batch_size", 0) or config.input.batch_size
   return cfg
 
 
@@ -155,19 +147,17 @@ class PrnGtEvaluator(Evaluator):
     """From a PRN run's config (None: no PRN, defaults): its model, data.widen / input_sigma and
     inference.assign_*; eval_fields (config.eval) give assign, method and score_mode."""
     config = config if config is not None else ml_collections.ConfigDict()
-    ec = eval_fields if eval_fields is not None else config.get("eval") or eval_config()
-    icfg = pipeline.inference_config()
+    ec = eval_fields if eval_fields is not None else config.get("eval") or defaults.eval_config()
+    icfg = defaults.inference_config()
     for block in (config.get("inference"), inference):
       for k in icfg:
         if block is not None and k in block:
           icfg[k] = block[k]
-    data = config.get("data") or {}
     model = models.build_prn(config.model) if "model" in config else None
     return cls(ann_file, model, assign=ec.get("assign", "prn"),
                method=ec.get("method") or icfg.assign_method, window=icfg.assign_window,
                score_mode=ec.get("score_mode", "keypoints"),
-               widen=data.get("widen", prn_grid.DEFAULT_WIDEN),
-               input_sigma=data.get("input_sigma", 1.0))
+               **predictor_lib.prn_input(config))
 
   def run(self, model):
     apply = None
@@ -228,10 +218,8 @@ def image_source(ec, branches_config, image_size, batch_size):
     raise errors.ConfigError(f"config.eval.ann_file={ec.ann_file} needs config.eval.image_dir (the "
                              "folder of its images); leave both empty to evaluate the TFDS split "
                              "config.eval.split")
-  cfg = ml_collections.ConfigDict(branches_config.to_dict())
-  cfg.input.eval_batch_size = batch_size
-  return (datasets.annotation_file(cfg.dataset, ec.split),
-          data_pipeline.make_eval_iterator(cfg, ec.split), skipped)
+  return (datasets.annotation_file(branches_config.dataset, ec.split),
+          data_pipeline.make_eval_iterator(branches_config, ec.split, batch_size), skipped)
 
 
 def _picture(batch, i, keypoints, scores, boxes):
@@ -283,8 +271,7 @@ def _report_images(num_images, skipped):
     msg += f"; {num_skipped} unreadable image(s) skipped (not evaluated)"
     if skipped.paths:
       msg += f", e.g. {skipped.paths[0]}"
-  print(msg)
-  logging.info(msg)
+  print(msg)  # not logged too: each message once
 
 
 class _ImageEvaluator(Evaluator):
@@ -392,7 +379,7 @@ class DetectorEvaluator(_ImageEvaluator):
 
 def _eval_fields(config):
   """config's eval fields over the defaults, so that a partial config works."""
-  ec = eval_config()
+  ec = defaults.eval_config()
   given = config or {}
   for k in ec:
     if k in given:
@@ -419,7 +406,7 @@ def evaluate(model, config=None, inference=None):
   Args:
     model: str, a model folder (MODEL/branches, MODEL/prn) or, for the stage-level modes, the
       stage's own workdir ('detector': branches, 'prn_gt': prn).
-    config: the eval fields (`eval_config()`; missing fields take their defaults).
+    config: the eval fields (`defaults.eval_config()`; missing fields take their defaults).
     inference: dict of inference fields overriding those saved with the runs.
   Returns:
     dict name -> float; also written as JSON to config.output (default MODEL/eval/<mode>_stats.json)
@@ -457,7 +444,6 @@ def evaluate(model, config=None, inference=None):
     coco_io.write_json(results_file, evaluator.results)
     coco_io.write_json(output, stats)
   logging.info("%d COCO results written to %s", len(evaluator.results), results_file)
-  logging.info("evaluation (%s) took %.1f s; statistics written to %s", ec.mode,
-               time.time() - start, output)
+  logging.info("evaluation (%s) took %.1f s", ec.mode, time.time() - start)
   print(f"statistics written to {output}")
   return stats

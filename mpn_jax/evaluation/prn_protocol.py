@@ -4,7 +4,7 @@ As the official PRN code runs it, over the images that have people with keypoint
   * every labelled keypoint of the image is a candidate peak (score 1) of its type;
   * every person annotation's box (crowd and keypoint-less ones included) is a person to fill;
   * each box's PRN input is built as in training (the candidates inside its 21%-widened box drawn as
-    Gaussians, `prn_samples.render_inputs`), the PRN scores the candidates and `mpn_jax.assignment`
+    Gaussians, `prn_samples.render_inputs`), the PRN scores the candidates and `mpn_jax.inference.assignment`
     assigns them; the instance score comes from the assigned keypoints;
   * results -> COCO keypoint results -> `coco_io.run_coco_eval` over those images.
 Needs no images. Non-learned references: assign='center' (per box and type, the candidate inside

@@ -18,6 +18,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 
 from mpn_jax import prn_grid
 
@@ -127,7 +128,6 @@ def _global_greedy_one(masked):
 def _hungarian_host(scores, valid, log=False):
   """numpy [N, K, C] scores, valid -> [N, K] int32; one-to-one per type, maximal total score (of
   log scores when `log`)."""
-  from scipy.optimize import linear_sum_assignment  # pylint: disable=g-import-not-at-top
   scores, valid = np.asarray(scores, np.float64), np.asarray(valid, bool)
   n, k, _ = scores.shape
   idx = np.full((n, k), -1, np.int32)

@@ -1,35 +1,52 @@
 r"""Images on disk in, pictures and predictions.json out: the library call behind `python predict.py`.
 
-  python predict.py --model=MODEL --input=FOLDER_OR_IMAGE --output=OUT_DIR
+  python predict.py --model=MODEL --input=FOLDER_OR_IMAGE_OR_GLOB --output=OUT_DIR
 
-writes OUT_DIR/<image stem>.png (skeletons, keypoints, boxes, scores; <file name>.png where two
-inputs share a stem) and OUT_DIR/predictions.json (per image file name: its people's keypoints
-[17 x (x, y, score)], box [x1, y1, x2, y2] and score, in image pixels). OUT_DIR must not be, or lie
-inside, the input folder, and no written file may land on an input: the inputs are never
-overwritten. (Videos and cameras would get their own module beside this one.)
+writes OUT_DIR/<image stem>.png (the people drawn on the image's own pixels; <file name>.png where
+two inputs share a stem) and OUT_DIR/predictions.json, a COCO keypoint results list (one record
+per person: image_id, file_name, category_id 1, keypoints [x, y, score] * 17 flat, score, bbox
+[x, y, w, h], in image pixels; `coco_results.keypoint_results`). OUT_DIR must not be, or lie
+inside, a folder of the inputs, and no written file may land on an input: the inputs are never
+overwritten. Videos and webcams: `mpn_jax.inference.video`.
 """
 
+import glob
 import json
 import os
 
 import jax
-import numpy as np
 
 from mpn_jax import errors
 from mpn_jax import files
 from mpn_jax import visualize
+from mpn_jax.inference import coco_results
 from mpn_jax.inference import predictor as predictor_lib
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
+def is_glob(pattern):
+  """True for a --input that is a glob pattern (holds *, ? or [) rather than an existing path."""
+  return glob.has_magic(pattern) and not os.path.exists(pattern)
+
+
 def list_images(folder):
   """Sorted paths (str) of the image files of a folder: the entries whose name ends in one of
-  IMAGE_EXTENSIONS (any case), sub-folders left out; a single image file: [folder].
+  IMAGE_EXTENSIONS (any case), sub-folders left out; a single image file: [folder]; a glob
+  pattern (`is_glob`; ** matches sub-folders): its matching image files, sorted.
 
   Raises:
-    errors.MissingFileError: `folder` is neither a folder nor an image file, or holds no image.
+    errors.MissingFileError: `folder` is neither a folder nor an image file, or holds no image;
+      a glob matches no image file.
   """
+  if is_glob(folder):
+    paths = sorted(p for p in glob.glob(os.path.expanduser(folder), recursive=True)
+                   if p.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(p))
+    if not paths:
+      raise errors.MissingFileError(
+          f"--input={folder} matches no image file ({', '.join(IMAGE_EXTENSIONS)}); quote the "
+          "pattern so that the shell leaves it to predict.py")
+    return paths
   if os.path.isfile(folder) and folder.lower().endswith(IMAGE_EXTENSIONS):
     return [folder]
   if not os.path.isdir(folder):
@@ -124,9 +141,32 @@ def check_output(images, output, names):
           "that holds none of the input images")
 
 
-def predict_images(model, input_path, output, min_score=0.1, inference=None, batch_size=8):
-  """Runs the model on every image of a folder (or on one image file), writes a picture per
-  readable image (`output_names`) and PREDICTIONS_FILE into `output`.
+def image_ids(paths):
+  """The COCO image_id of each input: int(stem) when every stem is a distinct number (COCO's
+  000000397133.jpg -> 397133, so that the results can be scored against COCO annotations), else
+  the position in `paths` (0, 1, ...). Returns a list of int aligned with paths."""
+  stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+  if all(s.isdigit() for s in stems) and len({int(s) for s in stems}) == len(stems):
+    return [int(s) for s in stems]
+  return list(range(len(paths)))
+
+
+def people_records(image_id, people, file_name=None, extra=None):
+  """COCO keypoint results (`coco_results.keypoint_results`, coordinates to 3 decimals) of one
+  image's people (a `predictor.people` dict), each with 'file_name' (when given) and `extra`."""
+  records = coco_results.keypoint_results(image_id, people["keypoints"], people["scores"],
+                                          boxes=people["boxes"], decimals=3)
+  for r in records:
+    if file_name is not None:
+      r["file_name"] = file_name
+    r.update(extra or {})
+  return records
+
+
+def predict_images(model, input_path, output, min_score=0.1, inference=None, batch_size=8,
+                   parts=visualize.PARTS, min_keypoint_score=0.0):
+  """Runs the model on every image of a folder, of a glob pattern or on one image file, writes a
+  picture per readable image (`output_names`) and PREDICTIONS_FILE into `output`.
 
   No input is replaced: `check_output` refuses an `output` inside the input folder before any
   checkpoint is loaded, and each file is written whole (`files.replace_atomically`). Unreadable
@@ -134,24 +174,36 @@ def predict_images(model, input_path, output, min_score=0.1, inference=None, bat
 
   Args:
     model: str, the model path (`Predictor.load`).
-    input_path: str, a folder of images or one image file.
+    input_path: str, a folder of images, one image file or a glob pattern (`list_images`).
     output: str, the folder for the pictures (created at the first write).
-    min_score: draw people with at least this score (predictions.json holds every person).
+    min_score: draw and write people with at least this score.
     inference: dict of inference fields overriding the runs' (`predictor.inference_settings`).
     batch_size: images per step.
+    parts: what to draw (`visualize.PARTS`).
+    min_keypoint_score: draw keypoints (and limbs) with a score above this.
   Returns:
     (number of pictures written by this process (int), list of its unreadable image paths (str)).
   Raises:
     errors.MissingFileError: `input_path` is no folder nor image file, or holds no image file.
-    errors.ConfigError: `output` would replace an input (see `check_output`).
+    errors.ConfigError: `output` would replace an input (see `check_output`), or a glob matches
+      two files of one name in different folders.
     errors.DataError: no image could be read.
   """
   paths = list_images(input_path)
-  names = output_names(paths)
-  check_output(input_path, output, names)
+  try:
+    names = output_names(paths)
+  except ValueError as e:  # a glob over several folders
+    raise errors.ConfigError(f"--input={input_path}: {e}; their pictures would share a name: "
+                             "narrow the pattern or run once per folder") from e
+  if is_glob(input_path):  # each folder of the matches is an input folder
+    for folder in sorted({os.path.dirname(p) or "." for p in paths}):
+      check_output(folder, output, names)
+  else:
+    check_output(input_path, output, names)
+  ids = dict(zip(paths, image_ids(paths)))
   predictor = predictor_lib.Predictor.load(model, inference=inference, batch_size=batch_size)
   skipped = predictor_lib.Skipped()
-  predictions, written, readable = {}, 0, 0
+  predictions, written, readable = [], 0, 0
   for batch in predictor_lib.image_batches(list(enumerate(paths)), predictor.image_size,
                                            predictor.batch_size, skipped,
                                            keep_originals=len(paths)):
@@ -161,17 +213,13 @@ def predict_images(model, input_path, output, min_score=0.1, inference=None, bat
     for i, path in enumerate(batch["path"]):
       if not batch["valid"][i]:
         continue
-      people = predictor_lib.people(out, offset + i)
-      drawn = people["scores"] >= min_score
-      picture = visualize.draw_people(batch["originals"][i], keypoints=people["keypoints"][drawn],
-                                      boxes=people["boxes"][drawn], scores=people["scores"][drawn],
-                                      threshold=0.0)
+      people = predictor_lib.people(out, offset + i, min_score)
+      picture = visualize.draw_people(batch["originals"][i], keypoints=people["keypoints"],
+                                      boxes=people["boxes"], scores=people["scores"],
+                                      threshold=min_keypoint_score, parts=parts)
       visualize.save_png(picture, os.path.join(output, names[path]))
       written += 1  # counted once the file is in place
-      predictions[os.path.basename(path)] = [
-          {"keypoints": np.round(k, 3).tolist(), "box": np.round(x, 3).tolist(),
-           "score": float(s)}
-          for k, s, x in zip(people["keypoints"], people["scores"], people["boxes"])]
+      predictions += people_records(ids[path], people, file_name=os.path.basename(path))
   if not readable:
     example = (skipped.paths or paths)[0]
     raise errors.DataError(

@@ -10,8 +10,9 @@ Pipeline for a batch of letterboxed images [B, S, S, 3]:
   2. `postprocess.find_peaks`: per keypoint type up to `peaks_per_keypoint` local maxima (3x3)
      above `heatmap_threshold`, with sub-pixel refinement;
   3. detections: score threshold, clip to the input, greedy NMS, up to `max_people` boxes;
-  4. PRN input per box widened by `box_widen`: either the detected peaks rasterised on the 56x36 grid
-     exactly like the PRN's training samples ('peaks', `postprocess.rasterize_peaks`) or
+  4. PRN input per box widened by the PRN's data.widen: either the detected peaks rasterised on
+     the 56x36 grid exactly like the PRN's training samples ('peaks', `postprocess.rasterize_peaks`,
+     sigma data.input_sigma) or
      the heatmaps sampled bilinearly at the grid cell centres ('heatmaps',
      `postprocess.crop_heatmaps`);
   5. `assignment` scores every peak for every box from the PRN probabilities and assigns;
@@ -29,7 +30,8 @@ from mpn_jax import coco
 from mpn_jax import errors
 from mpn_jax import models
 from mpn_jax import prn_grid
-from mpn_jax.configs.defaults import inference_config  # noqa: F401  (the defaults' home)
+from mpn_jax.configs import defaults
+from mpn_jax.data import preprocess
 from mpn_jax.inference import assignment
 from mpn_jax.inference import postprocess
 from mpn_jax.inference import tta
@@ -56,8 +58,15 @@ def _check_config(config):
     raise errors.ConfigError(f"inference.scales={tuple(config.scales)!r}: give one or more positive scales")
 
 
+# The PRN input drawing of make_predict_fn & co. when no PRN config gives it: the defaults of a PRN
+# run's data.input_sigma and data.widen.
+DEFAULT_INPUT_SIGMA = defaults.prn_data_config().input_sigma
+DEFAULT_WIDEN = defaults.prn_data_config().widen
+
+
 def predict_people(heatmaps, cand_boxes, cand_scores, scales, prn_apply, config, image_size,
-                   stride=postprocess.HEATMAP_STRIDE):
+                   stride=preprocess.HEATMAP_STRIDE, *, input_sigma=DEFAULT_INPUT_SIGMA,
+                   widen=DEFAULT_WIDEN):
   """Merged network outputs -> people, in original image pixels.
 
   Args:
@@ -65,10 +74,12 @@ def predict_people(heatmaps, cand_boxes, cand_scores, scales, prn_apply, config,
     cand_boxes: [B, P, 4] float32 box candidates, input pixels; cand_scores: [B, P] float32.
     scales: [B] float32 letterbox scales (input = original * scale).
     prn_apply: [M, 56, 36, 17] PRN inputs -> [M, 56, 36, 17] PRN probabilities.
-    config: `inference_config()`.
+    config: `defaults.inference_config()`.
     image_size: static (H, W) of the network input.
     stride: input pixels per heatmap cell, a float or (x, y) pair (`tta.merge_grid`'s for TTA
       outputs).
+    input_sigma, widen: the PRN's input drawing, as it was trained: its config's data.input_sigma
+      (Gaussian sigma of 'peaks' inputs, grid cells) and data.widen (box widening on each side).
   Returns:
     dict of 'keypoints' [B, N, 17, 3] (x, y, score) original pixels, 'scores' [B, N] person scores,
     'boxes' [B, N, 4] original pixels, 'box_scores' [B, N], 'valid' [B, N] bool; invalid slots zero.
@@ -83,11 +94,11 @@ def predict_people(heatmaps, cand_boxes, cand_scores, scales, prn_apply, config,
       cand_boxes, cand_scores, config.score_threshold, config.iou_threshold, config.max_people,
       image_size)
   n = people.shape[1]
-  wide = prn_grid.widen_boxes(people, config.box_widen, xp=jnp)  # [B, N, 4]
+  wide = prn_grid.widen_boxes(people, widen, xp=jnp)  # [B, N, 4]
 
   if config.prn_input == "peaks":
     inputs = jax.vmap(postprocess.rasterize_peaks, in_axes=(0, 0, 0, None))(
-        cand_xy, cand_ok, wide, config.prn_sigma)
+        cand_xy, cand_ok, wide, input_sigma)
   else:
     # Raw heatmap outputs are clipped to [0, 1], the range of the PRN's training inputs.
     inputs = jnp.clip(
@@ -128,27 +139,32 @@ def predict_people(heatmaps, cand_boxes, cand_scores, scales, prn_apply, config,
   }
 
 
-def predict_from_outputs(outputs, scales, prn_apply, config):
+def predict_from_outputs(outputs, scales, prn_apply, config, *, input_sigma=DEFAULT_INPUT_SIGMA,
+                         widen=DEFAULT_WIDEN):
   """`predict_people` for one set of network outputs (no TTA); for tests and precomputed outputs.
 
   outputs: dict with 'keypoints' [B, H/4, W/4, >=17], 'cls_logits' [B, A, 1], 'box_deltas' [B, A, 4]
   of an H x W input (H, W = 4 x the heatmap size).
   """
   hm = outputs["keypoints"]
-  stride = postprocess.HEATMAP_STRIDE
+  stride = preprocess.HEATMAP_STRIDE
   image_size = (hm.shape[1] * stride, hm.shape[2] * stride)
   anchors = box_lib.generate_anchors(image_size)
   cand_boxes, cand_scores = postprocess.box_candidates(
       outputs["cls_logits"], outputs["box_deltas"], anchors, config.pre_nms_top_k)
-  return predict_people(hm, cand_boxes, cand_scores, scales, prn_apply, config, image_size)
+  return predict_people(hm, cand_boxes, cand_scores, scales, prn_apply, config, image_size,
+                        input_sigma=input_sigma, widen=widen)
 
 
-def make_predict_fn(model, prn_model, config):
+def make_predict_fn(model, prn_model, config, *, input_sigma=DEFAULT_INPUT_SIGMA,
+                    widen=DEFAULT_WIDEN):
   """The jitted image-to-people function.
 
   Args:
     model: a MultiPoseNet (flax Linen); prn_model: a PoseResidualNet.
-    config: `inference_config()` (read at trace time: its values are static).
+    config: `defaults.inference_config()` (read at trace time: its values are static).
+    input_sigma, widen: the PRN config's data.input_sigma and data.widen (`predict_people`;
+      `predictor.prn_input` reads them from a PRN run's config).
   Returns:
     predict(variables, prn_variables, images [B, S, S, 3], scales [B]) -> `predict_people` dict.
     variables / prn_variables are flax variable dicts ({'params': ..., 'batch_stats': ...}).
@@ -162,7 +178,7 @@ def make_predict_fn(model, prn_model, config):
     heat, cand_boxes, cand_scores = tta.merge_outputs(apply_fn, images, config)
     _, stride = tta.merge_grid(images.shape[1:3], config)
     return predict_people(heat, cand_boxes, cand_scores, scales, prn_apply, config,
-                          images.shape[1:3], stride)
+                          images.shape[1:3], stride, input_sigma=input_sigma, widen=widen)
 
   return predict
 

@@ -15,8 +15,7 @@ import jax.numpy as jnp
 
 from mpn_jax import boxes as box_lib
 from mpn_jax import prn_grid
-
-HEATMAP_STRIDE = 4
+from mpn_jax.data import preprocess
 REFINE_MODES = ("quadratic", "quarter", "none")
 
 
@@ -39,7 +38,7 @@ def _refine_offset(left, center, right, has_both, mode):
   return jnp.where(has_both, off, 0.0)
 
 
-def find_peaks(heatmaps, threshold, top_k, stride=HEATMAP_STRIDE, refine="quadratic"):
+def find_peaks(heatmaps, threshold, top_k, stride=preprocess.HEATMAP_STRIDE, refine="quadratic"):
   """Local maxima of keypoint heatmaps, per keypoint type, in input-image pixels.
 
   A peak is a cell equal to the maximum of its 3x3 neighbourhood and > threshold (of equal
@@ -177,7 +176,7 @@ def bilinear_sample(image, xy):
   return jnp.where(inside[..., None], top * (1.0 - fy) + bottom * fy, 0.0)
 
 
-def crop_heatmaps(heatmaps, boxes, stride=HEATMAP_STRIDE):
+def crop_heatmaps(heatmaps, boxes, stride=preprocess.HEATMAP_STRIDE):
   """Crop-and-resize of heatmaps to the PRN grid (vmap over the batch).
 
   Args:

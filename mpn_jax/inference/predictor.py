@@ -16,7 +16,6 @@ outputs of the whole global batch.
 import dataclasses
 import sys
 
-from absl import logging
 import jax
 from jax.experimental import multihost_utils
 import ml_collections
@@ -26,6 +25,7 @@ from mpn_jax import checkpoints
 from mpn_jax import errors
 from mpn_jax import models
 from mpn_jax import parallel
+from mpn_jax.configs import defaults
 from mpn_jax.data import preprocess
 from mpn_jax.inference import pipeline
 
@@ -41,27 +41,23 @@ def _overlay(base, other):
 
 def inference_settings(prn_config, branches_config=None, overrides=None):
   """The inference config: defaults < branches run's `inference` < PRN run's `inference` <
-  `overrides` (a dict of `pipeline.inference_config()` fields).
-
-  Without a prn_config.inference, the PRN input is drawn like the PRN's training samples
-  (prn_config.data.input_sigma / widen).
-  """
-  icfg = pipeline.inference_config()
+  `overrides` (a dict of `defaults.inference_config()` fields). Fields a saved config has that the
+  defaults lack (e.g. the former inference.prn_sigma / box_widen of older checkpoints) are ignored:
+  how the PRN input is drawn comes from the PRN run's data fields (`prn_input`)."""
+  icfg = defaults.inference_config()
   _overlay(icfg, branches_config.get("inference") if branches_config is not None else None)
-  data = prn_config.get("data")
-  if prn_config.get("inference") is not None:
-    _overlay(icfg, prn_config.inference)
-    _overlay(icfg, overrides)
-    for field, train_field in (("prn_sigma", "input_sigma"), ("box_widen", "widen")):
-      if data is not None and train_field in data and data[train_field] != icfg[field]:
-        logging.warning("inference.%s=%s differs from data.%s=%s the PRN was trained with",
-                        field, icfg[field], train_field, data[train_field])
-  else:
-    if data is not None:
-      icfg.prn_sigma = float(data.get("input_sigma", icfg.prn_sigma))
-      icfg.box_widen = float(data.get("widen", icfg.box_widen))
-    _overlay(icfg, overrides)
+  _overlay(icfg, prn_config.get("inference") if prn_config is not None else None)
+  _overlay(icfg, overrides)
   return icfg
+
+
+def prn_input(prn_config):
+  """{'input_sigma', 'widen'}: how the PRN's inputs were drawn in its training (its config's
+  data.input_sigma and data.widen; the defaults where absent): `pipeline.make_predict_fn`'s
+  keyword arguments."""
+  data = (prn_config.get("data") if prn_config is not None else None) or {}
+  return {"input_sigma": float(data.get("input_sigma", pipeline.DEFAULT_INPUT_SIGMA)),
+          "widen": float(data.get("widen", pipeline.DEFAULT_WIDEN))}
 
 
 def restore(model, stage, which=None):
@@ -99,7 +95,8 @@ class Predictor:
     self.batch_size = round_batch(batch_size)
     self.mesh = parallel.create_mesh()
     predict = pipeline.make_predict_fn(models.build_multiposenet(self.branches_config.model),
-                                       models.build_prn(self.prn_config.model), self.inference)
+                                       models.build_prn(self.prn_config.model), self.inference,
+                                       **prn_input(self.prn_config))
     branch_vars, prn_vars = parallel.replicate((branches_variables, prn_variables), self.mesh)
     self.fn = lambda images, scales: predict(branch_vars, prn_vars, images, scales)
 

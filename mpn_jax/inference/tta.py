@@ -13,9 +13,8 @@ import numpy as np
 from mpn_jax import boxes as box_lib
 from mpn_jax import coco
 from mpn_jax import errors
+from mpn_jax.data import preprocess
 from mpn_jax.inference import postprocess
-
-HEATMAP_STRIDE = postprocess.HEATMAP_STRIDE
 _SCALE_MULTIPLE = 32
 
 
@@ -45,15 +44,15 @@ def merge_grid(image_size, config):
 
   Args:
     image_size: static (H, W) of the base network input.
-    config: `inference_config()`.
+    config: `defaults.inference_config()`.
   Returns:
     ((h, w) cells, (stride_x, stride_y) base input pixels per cell), Python ints and floats.
   """
   h, w = image_size
   s = max(1.0, max(config.scales))
   sh, sw = _scaled_size(h, s), _scaled_size(w, s)
-  cells = (-(-sh // HEATMAP_STRIDE), -(-sw // HEATMAP_STRIDE))
-  return cells, (HEATMAP_STRIDE * w / sw, HEATMAP_STRIDE * h / sh)  # (4.0, 4.0) at scale 1
+  cells = (-(-sh // preprocess.HEATMAP_STRIDE), -(-sw // preprocess.HEATMAP_STRIDE))
+  return cells, (preprocess.HEATMAP_STRIDE * w / sw, preprocess.HEATMAP_STRIDE * h / sh)  # (4.0, 4.0) at scale 1
 
 
 def merge_outputs(apply_fn, images, config):
@@ -69,15 +68,15 @@ def merge_outputs(apply_fn, images, config):
     apply_fn: images [B, H', W', 3] -> MultiPoseNet output dict ('keypoints', 'cls_logits',
       'box_deltas').
     images: [B, H, W, 3] float32 letterboxed, normalised.
-    config: `inference_config()`.
+    config: `defaults.inference_config()`.
   Returns:
     heatmaps [B, h, w, C] float32 (mean over variants) on `merge_grid((H, W), config)`
     ([B, ceil(H/4), ceil(W/4), C] at scale <= 1), box candidates [B, V*P, 4] float32 in base input
     pixels and their scores [B, V*P].
   """
   b, h, w, _ = images.shape
-  if config.flip and w % HEATMAP_STRIDE:
-    raise errors.ConfigError(f"inference.flip needs an input width that is a multiple of {HEATMAP_STRIDE} "
+  if config.flip and w % preprocess.HEATMAP_STRIDE:
+    raise errors.ConfigError(f"inference.flip needs an input width that is a multiple of {preprocess.HEATMAP_STRIDE} "
                              f"(got {w}): set input.size accordingly or turn flip off")
   grid, _ = merge_grid((h, w), config)
   heat, cand_boxes, cand_scores = [], [], []

@@ -81,7 +81,7 @@ class RetinaHead(nn.Module):
 
   Each subnet: `num_convs` x (3x3 conv `channels` + ReLU), then a 3x3 conv to A*K class logits
   (bias -log((1 - prior) / prior)) or A*4 box deltas. Levels are concatenated in the anchor order of
-  CONTRACTS.md: level by level, each flattened [h, w, A] row-major.
+  docs/design.md: level by level, each flattened [h, w, A] row-major.
 
   Returns (cls_logits [B, sum_l h_l w_l A, K], box_deltas [B, sum_l h_l w_l A, 4]).
   """

@@ -35,7 +35,7 @@ class PoseResidualNet(nn.Module):
       None (default) = the paper's ReLU when input_scale is 1, a linear output otherwise: with a
       scaled input the residual already puts a peak on every candidate, and an output that can
       only add to it learns by pushing the wrong candidates' cells below 0, where the ReLU stops
-      their gradient. Measured on COCO prn_val (scripts/prn_experiment.py, x8, 256 hidden, 600
+      their gradient. Measured on COCO prn_val (docs/experiments.md, x8, 256 hidden, 600
       steps): with the ReLU the training loss only goes 4.77 -> 4.64, linear -> 4.49 and +0.06 AP.
   """
   hidden_sizes: Sequence[int] = (1024,)

@@ -32,7 +32,7 @@ def _apply(model, params, batch_stats, x, rng, train):
 def branches_loss_fn(model, anchors, loss_cfg, trainable="all"):
   """Keypoint-subnet L2 (final + intermediate) plus RetinaNet focal + smooth-L1 loss.
 
-  Batch keys (see docs/CONTRACTS.md): image [B,S,S,3], heatmaps [B,S/4,S/4,17], mask
+  Batch keys (see docs/design.md, data): image [B,S,S,3], heatmaps [B,S/4,S/4,17], mask
   [B,S/4,S/4,1], weights [B,S/4,S/4,1], boxes [B,M,4], box_labels [B,M] int32.
   `anchors`: [A, 4] of the S x S input, or None to generate them for each batch's (static) image
   size, so that training crops and full-size validation batches share one loss.

@@ -19,6 +19,7 @@ import sys
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 from mpn_jax import errors
@@ -63,7 +64,8 @@ class WorkdirLock:
 
   def _acquire(self):
     """True when this process now holds the lock; (False, holder dict) otherwise."""
-    import fcntl  # pylint: disable=g-import-not-at-top  (POSIX only)
+    # Here, not at the top: fcntl is POSIX only, and the rest of the module works without it.
+    import fcntl  # pylint: disable=g-import-not-at-top
     try:
       fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
@@ -85,7 +87,6 @@ class WorkdirLock:
   def __enter__(self):
     ok, holder = (self._acquire() if jax.process_index() == 0 else (True, {}))
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       ok = bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
     if not ok:
       who = (f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')} "
