@@ -2,7 +2,8 @@ r"""Speed and memory of inference and training, against the machine's own matmul
 
   python -m mpn_jax.benchmark --output=/tmp/bench.json            # ResNet-50, 480x480, float32
   python -m mpn_jax.benchmark --quick --output=/tmp/quick.json    # tiny model, seconds
-  python -m mpn_jax.benchmark --dtypes=float32,bfloat16 --parts=peak,forward,pipeline
+  python -m mpn_jax.benchmark --precision=fp32,bf16 --parts=peak,forward,pipeline
+  python -m mpn_jax.benchmark --runtime=openvino --precision=bf16 --parts=peak,forward,pipeline,prn
 
 What is timed, every part after compilation and `--warmup` calls, `--repeats` times:
   peak            a large dense square matmul (the best of `--peak_sizes`) in the same dtype on
@@ -15,7 +16,13 @@ What is timed, every part after compilation and `--warmup` calls, `--repeats` ti
                   optimizer and model of configs/branches.py), --train_batch images;
   train_prn       the same for stage two (configs/prn.py), --prn_train_batch people.
 
-Every part is compiled once ahead of time (`jit(...).lower(...).compile()`, so nothing retraces)
+--runtime=onnxruntime|openvino times forward, pipeline and PRN through that CPU runtime
+(`mpn_jax.inference.runtimes`: the network and the PRN converted to ONNX, the rest of the pipeline
+jitted JAX; the first call, conversion and the runtime's compilation, is the compile time; FLOPs are
+those of the same functions in JAX), under the same JSON keys; the peak and the training steps stay
+JAX.
+
+Every JAX part is compiled once ahead of time (`jit(...).lower(...).compile()`, so nothing retraces)
 and called with arguments already on the device. Training steps are the library's own
 `make_train_step` (train state donated; the JSON says whether the backend honoured the donation)
 and feed each step's new state into the next. The pipeline's executable is checked for host
@@ -34,7 +41,8 @@ else the process's maximum resident set size (`resource.getrusage`, CPU); the JS
 Defaults take about 3 minutes on a quiet 2-core CPU (compilation included).
 
 Output: a table on stdout and a JSON file. Its top level holds, for the default device and the
-first dtype (float32 unless --dtypes says otherwise): forward_images_per_s_bs{B},
+first precision (fp32 unless --precision says otherwise; 'dtype' names it as float32 / bfloat16,
+'runtime' the runtime): forward_images_per_s_bs{B},
 pipeline_images_per_s_bs{B}, forward_flops_per_image, matmul_peak_flops_per_s,
 forward_fraction_of_peak_bs{B}, pipeline_over_forward_bs{B}, prn_us_per_person,
 train_branches_images_per_s, train_prn_people_per_s, peak_memory_bytes, device; 'results' has
@@ -67,6 +75,7 @@ from mpn_jax.configs import defaults
 from mpn_jax.configs import prn as prn_config
 from mpn_jax.evaluation import coco_io
 from mpn_jax.inference import pipeline
+from mpn_jax.inference import runtimes
 from mpn_jax.training import state as state_lib
 from mpn_jax.training import steps
 
@@ -74,8 +83,12 @@ PARTS = ("peak", "forward", "pipeline", "prn", "train_branches", "train_prn")
 
 _OUTPUT = flags.DEFINE_string("output", "", "write the results as JSON to this file")
 _PARTS = flags.DEFINE_list("parts", list(PARTS), f"parts to run, any of {PARTS}")
-_DTYPES = flags.DEFINE_list(
-    "dtypes", [], "compute dtypes (float32, bfloat16); default float32 on CPU, both on GPU/TPU")
+_RUNTIME = flags.DEFINE_enum(
+    "runtime", "jax", list(runtimes.RUNTIMES), "where forward, pipeline and PRN run: jax, or on "
+    "the CPU onnxruntime / openvino (the [export] extra; the training steps are JAX's)")
+_PRECISION = flags.DEFINE_list(
+    "precision", [], "precisions, comma-separated (fp32, bf16); default fp32 on CPU, both on "
+    "GPU/TPU")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 480, "square network input side S")
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "8"], "forward / pipeline batch sizes")
 _PRN_BATCH = flags.DEFINE_integer("prn_batch", 64, "people per PRN inference call")
@@ -100,7 +113,8 @@ _QUICK = flags.DEFINE_bool(
 class Settings:
   """What to run; `settings_from_flags` fills it from the command line."""
   parts: tuple = PARTS
-  dtypes: tuple = ("float32",)
+  precisions: tuple = ("fp32",)
+  runtime: str = "jax"
   image_size: int = 480
   batch_sizes: tuple = (1, 8)
   prn_batch: int = 64
@@ -115,9 +129,11 @@ class Settings:
     bad = [p for p in self.parts if p not in PARTS]
     if bad:
       raise ValueError(f"--parts: unknown part(s) {bad}; use any of {PARTS}")
-    for d in self.dtypes:
-      if d not in ("float32", "bfloat16"):
-        raise ValueError(f"--dtypes: {d!r} is not supported; use float32 and/or bfloat16")
+    for d in self.precisions:
+      if d not in runtimes.PRECISIONS:
+        raise ValueError(f"--precision: {d!r} is not supported; use fp32 and/or bf16")
+    if self.runtime not in runtimes.RUNTIMES:
+      raise ValueError(f"--runtime={self.runtime}: use one of {', '.join(runtimes.RUNTIMES)}")
     if self.image_size < 32 or self.image_size % 32:
       raise ValueError(f"--image_size={self.image_size}: use a multiple of 32 (>= 32), the "
                        "backbone's total stride")
@@ -138,7 +154,8 @@ def _ints(flag):
 def settings_from_flags():
   """Settings of the command line (--quick replaces the sizes with a seconds-long smoke run)."""
   s = Settings(
-      parts=tuple(_PARTS.value), dtypes=tuple(_DTYPES.value) or default_dtypes(),
+      parts=tuple(_PARTS.value), precisions=tuple(_PRECISION.value) or default_precisions(),
+      runtime=_RUNTIME.value,
       image_size=_IMAGE_SIZE.value, batch_sizes=_ints(_BATCH_SIZES),
       prn_batch=_PRN_BATCH.value, train_batch=_TRAIN_BATCH.value,
       prn_train_batch=_PRN_TRAIN_BATCH.value,
@@ -150,8 +167,11 @@ def settings_from_flags():
   return s.validate()
 
 
-def default_dtypes():
-  return ("float32",) if jax.default_backend() == "cpu" else ("float32", "bfloat16")
+def default_precisions():
+  return ("fp32",) if jax.default_backend() == "cpu" else ("fp32", "bf16")
+
+
+DTYPES = {"fp32": "float32", "bf16": "bfloat16"}  # precision -> the JAX compute dtype
 
 
 # ------------------------------------------------------------------------------------------------
@@ -303,6 +323,51 @@ def prn_part(prn_model, prn_variables, batch, name="prn"):
   return compile_part(f"{name}_bs{batch}", fn, (prn_variables, x), batch, "people")
 
 
+def lowered_flops(fn, args):
+  """FLOPs of jax.jit(fn)(*args) from XLA's cost analysis of the lowered (uncompiled) function."""
+  return compiled_cost(jax.jit(fn).lower(*args))
+
+
+def host_part(name, call, units, unit_name, flops):
+  """A Part of a callable outside JAX (an ONNX runtime); its first call (ONNX conversion and the
+  runtime's compilation) counts as the compile time."""
+  t = time.perf_counter()
+  jax.block_until_ready(call())
+  return Part(name, call, units, unit_name, flops, time.perf_counter() - t,
+              info={"host_callbacks": 0, "bytes_accessed": 0.0})
+
+
+def runtime_parts(mcfg, pcfg, variables, prn_variables, settings, precision, want):
+  """forward / pipeline / prn through an ONNX runtime (`runtimes`): the network and the PRN
+  converted to ONNX, the rest of the pipeline jitted JAX. FLOPs are those of the same functions in
+  JAX (the same arithmetic)."""
+  s, rt = settings.image_size, settings.runtime
+  model, prn_model = models.build_multiposenet(mcfg), models.build_prn(pcfg)
+  net = runtimes.OnnxNetwork(model, variables, rt, precision)
+  predict = runtimes.make_predict_fn(mcfg, pcfg, variables, prn_variables,
+                                     defaults.inference_config(), (s, s), runtime=rt,
+                                     precision=precision)
+  parts = []
+  rng = np.random.default_rng(0)
+  forward = lambda v, x: model.apply(v, x, train=False)
+  for b in settings.batch_sizes:
+    images = rng.standard_normal((b, s, s, 3)).astype(np.float32)
+    flops = lowered_flops(forward, (variables, images))
+    if "forward" in want:
+      parts.append(host_part(f"forward_bs{b}", lambda x=images: net(x), b, "images", flops))
+    if "pipeline" in want:
+      scales = np.ones((b,), np.float32)
+      parts.append(host_part(f"pipeline_bs{b}", lambda x=images, sc=scales: predict(x, sc), b,
+                             "images", flops))
+  if "prn" in want:
+    n = settings.prn_batch
+    x = rng.uniform(size=(n, prn_grid.GRID_H, prn_grid.GRID_W, 17)).astype(np.float32)
+    prn = runtimes.OnnxPrn(prn_model, prn_variables, rt, precision)
+    parts.append(host_part(f"prn_bs{n}", lambda: prn(x), n, "people",
+                           lowered_flops(runtimes.prn_fn(prn_model, prn_variables), (x,))))
+  return parts
+
+
 def coco_small_prn_part(dtype, batch):
   """The PRN of configs/prn.py:coco_small (the one trained on real annotations here), if its size
   differs from the paper's."""
@@ -448,16 +513,20 @@ def load_average():
 # ------------------------------------------------------------------------------------------------
 # One dtype, everything.
 
-def benchmark_dtype(settings, dtype, log=print):
-  """Runs the selected parts in `dtype`; returns (metrics dict, parts)."""
+def benchmark_dtype(settings, precision, log=print):
+  """Runs the selected parts at `precision` ('fp32' | 'bf16'; the JAX compute dtype, or the ONNX
+  runtime's inference precision); returns (metrics dict, parts)."""
   want = set(settings.parts)
+  dtype = DTYPES[precision]
   parts = []
   if "peak" in want:
     sizes = settings.peak_sizes or ((2048,) if jax.default_backend() == "cpu" else (8192, 16384))
     log(f"[{dtype}] matmul peak: n = {', '.join(map(str, sizes))}")
     parts += peak_parts(dtype, sizes)
 
-  mcfg, pcfg = model_configs(settings.model_size, dtype)
+  onnx = settings.runtime != "jax"
+  # An ONNX runtime converts the float32 network and applies its own precision.
+  mcfg, pcfg = model_configs(settings.model_size, "float32" if onnx else dtype)
   model, prn_model = models.build_multiposenet(mcfg), models.build_prn(pcfg)
   if want & {"forward", "pipeline"}:
     log(f"[{dtype}] initialising the {settings.model_size} MultiPoseNet and PRN")
@@ -465,12 +534,18 @@ def benchmark_dtype(settings, dtype, log=print):
         _init_key())
   if want & {"forward", "pipeline", "prn"}:
     prn_variables = jax.jit(lambda r: prn_model.init(r, jnp.zeros((1, 56, 36, 17))))(_init_key(1))
-  if want & {"forward", "pipeline"}:
+  if onnx and want & {"forward", "pipeline", "prn"}:
+    log(f"[{dtype}] converting to ONNX and compiling forward / pipeline / PRN in "
+        f"{settings.runtime} at {settings.image_size}x{settings.image_size}, batch "
+        f"{settings.batch_sizes}")
+    parts += runtime_parts(mcfg, pcfg, variables if want & {"forward", "pipeline"} else None,
+                           prn_variables, settings, precision, want)
+  if not onnx and want & {"forward", "pipeline"}:
     log(f"[{dtype}] compiling forward / pipeline at {settings.image_size}x{settings.image_size}, "
         f"batch {settings.batch_sizes}")
     parts += network_parts(model, variables, prn_model, prn_variables, settings,
                            "forward" in want, "pipeline" in want)
-  if "prn" in want:
+  if not onnx and "prn" in want:
     parts.append(prn_part(prn_model, prn_variables, settings.prn_batch))
     small = coco_small_prn_part(dtype, settings.prn_batch) if settings.model_size == "full" else None
     if small is not None:
@@ -567,8 +642,11 @@ def run(settings, log=print):
   t0 = time.time()
   load_before = load_average()
   results, rows, timings = {}, [], {}
-  for dtype in settings.dtypes:
-    metrics, parts = benchmark_dtype(settings, dtype, log)
+  for precision in settings.precisions:
+    runtimes.check(settings.runtime, precision)
+  for precision in settings.precisions:
+    dtype = DTYPES[precision]
+    metrics, parts = benchmark_dtype(settings, precision, log)
     results[dtype] = metrics
     peak = metrics.get("matmul_peak_flops_per_s")
     rows += [(dtype, p, peak) for p in parts]
@@ -581,7 +659,9 @@ def run(settings, log=print):
       "device": device_description(),
       "platform": jax.default_backend(),
       "jax_version": jax.__version__,
-      "dtype": settings.dtypes[0],
+      "dtype": DTYPES[settings.precisions[0]],
+      "precision": settings.precisions[0],
+      "runtime": settings.runtime,
       "image_size": settings.image_size,
       "model_size": settings.model_size,
       "repeats": settings.repeats,
@@ -591,7 +671,7 @@ def run(settings, log=print):
       "peak_memory_source": mem_source,
       "wall_s": time.time() - t0,
   }
-  out.update(results[settings.dtypes[0]])
+  out.update(results[DTYPES[settings.precisions[0]]])
   out["results"] = results
   out["timings"] = timings
   log(format_table(rows))

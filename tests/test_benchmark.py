@@ -112,7 +112,8 @@ def test_peak_memory_counts_what_the_process_touched():
 
 @pytest.mark.parametrize("field,value,flag", [
     ("parts", ("forward", "bogus"), "--parts"),
-    ("dtypes", ("float16",), "--dtypes"),
+    ("precisions", ("fp16",), "--precision"),
+    ("runtime", "tensorrt", "--runtime"),
     ("image_size", 100, "--image_size"),
     ("batch_sizes", (0,), "--batch_sizes"),
 ])
@@ -138,7 +139,7 @@ def test_synthetic_branches_batch_feeds_the_library_loss():
 
 def test_tiny_end_to_end_run():
   settings = benchmark.Settings(
-      parts=("peak", "forward", "pipeline", "prn", "train_prn"), dtypes=("float32",),
+      parts=("peak", "forward", "pipeline", "prn", "train_prn"), precisions=("fp32",),
       image_size=64, batch_sizes=(1,), prn_batch=4, prn_train_batch=4, repeats=1, warmup=0,
       peak_sizes=(128,), model_size="tiny")
   lines = []

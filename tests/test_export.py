@@ -200,9 +200,26 @@ def test_onnx_runtime_matches_the_network(onnx_dir, network, inputs):
     _compare(got, network(x))
 
 
+def test_onnx_prn_matches_the_jax_prn(onnx_dir, model):
+  import jax  # pylint: disable=g-import-not-at-top
+  import onnxruntime as ort  # pylint: disable=g-import-not-at-top
+  from mpn_jax import models  # pylint: disable=g-import-not-at-top
+  from mpn_jax.inference import runtimes  # pylint: disable=g-import-not-at-top
+  _, prn_vars, _, pcfg, _ = common.restore_model(model)
+  x = np.random.default_rng(2).uniform(0, 1, (5, 56, 36, 17)).astype(np.float32)
+  want = np.asarray(jax.jit(runtimes.prn_fn(models.build_prn(pcfg.model), prn_vars))(x))
+  session = ort.InferenceSession(str(onnx_dir / "prn.onnx"), providers=["CPUExecutionProvider"])
+  (got,) = session.run(None, {"prn_inputs": x})
+  np.testing.assert_allclose(got, want, rtol=0, atol=NETWORK_ATOL)
+  np.testing.assert_allclose(got.reshape(5, -1, 17).sum(1), 1.0, atol=1e-5)  # softmax per type
+  manifest = json.loads((onnx_dir / "manifest.json").read_text())
+  assert manifest["prn"]["file"] == "prn.onnx"
+
+
 @pytest.mark.skipif(not HAVE_OPENVINO, reason=NO_EXTRA + " (openvino)")
 def test_openvino_matches_the_network(onnx_dir, network, inputs):
-  import openvino as ov  # pylint: disable=g-import-not-at-top
+  from mpn_jax.inference import runtimes  # pylint: disable=g-import-not-at-top
+  (ov,) = runtimes.require("openvino", what="this test")  # without OpenVINO's usage-event fork
   # f32: OpenVINO's CPU default may compute in bf16 (max abs diff 1.8e-2 measured).
   compiled = ov.Core().compile_model(str(onnx_dir / "multiposenet.onnx"), "CPU",
                                      {"INFERENCE_PRECISION_HINT": "f32"})

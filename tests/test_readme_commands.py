@@ -69,7 +69,7 @@ TINY_BACKBONE = ("1,1,1,1", "4")  # models.multiposenet_config('tiny'): stage si
 INPUT_FILES = ("photo.jpg", "clip.mp4", "inputs.npz", "outputs.npz")
 # The files of each export format (docs/export.md's table).
 EXPORT_FILES = {"stablehlo": ("pipeline.stablehlo", "params.npz", "manifest.json"),
-                "onnx": ("multiposenet.onnx", "anchors.npy", "manifest.json"),
+                "onnx": ("multiposenet.onnx", "prn.onnx", "anchors.npy", "manifest.json"),
                 "saved_model": ("saved_model.pb", "variables", "anchors.npy", "manifest.json")}
 # The `export` extra (pyproject.toml) that --format=onnx needs.
 ONNX_MODULES = ("onnx", "jax2onnx")
@@ -640,6 +640,10 @@ def check_predict_model(scenario, cmd):
   if kind == "camera":
     _check_predict_webcam(scenario, cmd)
     return
+  runtime = cmd.flags.get("--runtime") or "jax"
+  if runtime != "jax" and _runtime_missing(runtime):
+    pytest.skip(f"--runtime={runtime} needs the export extra (pip install -e \".[export]\"): "
+                f"{', '.join(_runtime_missing(runtime))} not installed")
   result = scenario.run(cmd)
   output = pathlib.Path(_run_flag(scenario, cmd, "--output"))
   if kind == "video":
@@ -715,6 +719,11 @@ def _check_predict_webcam(scenario, cmd):
   source = (REPO / "tests" / "test_video.py").read_text()
   assert "def test_a_webcam_runs_until_max_frames_or_ctrl_c" in source
   assert 'monkeypatch.setattr(video, "Camera", _FakeCamera)' in source
+
+
+def _runtime_missing(runtime):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  return [m for m in ONNX_MODULES + (runtime,) if importlib.util.find_spec(m) is None]
 
 
 def _onnx_missing():
@@ -828,6 +837,10 @@ BENCHMARK_KEYS = {  # README: the JSON keys of each part
 
 
 def check_benchmark(scenario, cmd):
+  runtime = cmd.flags.get("--runtime") or "jax"
+  if runtime != "jax" and _runtime_missing(runtime):
+    pytest.skip(f"--runtime={runtime} needs the export extra (pip install -e \".[export]\"): "
+                f"{', '.join(_runtime_missing(runtime))} not installed")
   result = scenario.run(cmd)
   out = json.loads(pathlib.Path(scenario.adapter.path(cmd.flags["--output"])).read_text())
   parts = (cmd.flags.get("--parts") or ",".join(BENCHMARK_KEYS)).split(",")
@@ -835,8 +848,11 @@ def check_benchmark(scenario, cmd):
     assert key in out, (key, sorted(out))
   if "forward" in parts:
     assert out["forward_images_per_s_bs1"] > 0 and out["forward_flops_per_image"] > 0
-  for dtype in (cmd.flags.get("--dtypes") or "float32").split(","):
-    assert f"[{dtype}] compiling" in result.stdout or "forward" not in parts, dtype
+  dtypes = {"fp32": "float32", "bf16": "bfloat16"}
+  for precision in (cmd.flags.get("--precision") or "fp32").split(","):
+    dtype = dtypes[precision]
+    assert (f"[{dtype}] compiling" in result.stdout or f"[{dtype}] converting" in result.stdout
+            or "forward" not in parts), dtype
   assert "wrote" in result.stdout
 
 
@@ -1054,8 +1070,10 @@ PROSE_RUNS = (
     ("python scripts/show_targets.py --coco_dir=../shared/data/coco --center=letterbox "
      "--output=runs/prose_targets.png"),
     # The benchmark's selection flags (--quick would override the sizes: tiny sizes given here).
+    ("python -m mpn_jax.benchmark --quick --runtime=onnxruntime --parts=forward,prn "
+     "--output=/tmp/prose_ort.json"),
     ("python -m mpn_jax.benchmark --model_size=tiny --image_size=64 --peak_sizes=256 "
-     "--parts=peak,forward --dtypes=float32,bfloat16 --batch_sizes=1 --repeats=1 "
+     "--parts=peak,forward --precision=fp32,bf16 --batch_sizes=1 --repeats=1 "
      "--output=/tmp/prose_b.json"),
     # docs/predict.md's options, on the video: 5 of its 12 frames, in batches of 2.
     ("python predict.py --model=runs/quickstart --input=clip.mp4 --output=out/prose "
@@ -1066,6 +1084,11 @@ PROSE_RUNS = (
      "--platforms=cpu --output=exported/prose_stablehlo"),
     ("python export.py --model=runs/quickstart --format=onnx --batch_size=2 "
      "--output=exported/prose_onnx"),
+    # docs/predict.md's runtimes: JAX in bfloat16, and ONNX Runtime (needs the extra).
+    ("python predict.py --model=runs/quickstart --input=clip.mp4 --output=out/prose_bf16 "
+     "--runtime=jax --precision=bf16 --max_frames=2 --draw=none"),
+    ("python predict.py --model=runs/quickstart --input=clip.mp4 --output=out/prose_ort "
+     "--runtime=onnxruntime --precision=fp32 --max_frames=2 --draw=none"),
 )
 # Parsed (not run: they need several hosts or are the defaults run above), by the same
 # config_flags machinery as train.py / evaluate.py, and checked to land in the config.
@@ -1083,6 +1106,11 @@ PROSE_PARSED = (
      ("model", "backbone", "variant"), "v1"),
     ("configs/branches.py", "--config.model.backbone.bn_epsilon=1.001e-5",
      ("model", "backbone", "bn_epsilon"), 1.001e-5),
+    # evaluate.py through a runtime (run in tests/test_runtimes.py through Predictor.load).
+    ("configs/branches.py", "--config.inference.runtime=openvino", ("inference", "runtime"),
+     "openvino"),
+    ("configs/branches.py", "--config.inference.precision=bf16", ("inference", "precision"),
+     "bf16"),
 )
 
 
@@ -1158,7 +1186,7 @@ def unexercised_flags(text, seen):
     named.setdefault(name, set()).update(values)
   missing = sorted(set(named) - set(seen))
   for name in ("--config.train.trainable", "--config.eval.mode", "--config.eval.assign",
-               "--source", "--dtypes", "--config.inference.scales", "--preset"):
+               "--source", "--precision", "--runtime", "--config.inference.scales", "--preset"):
     want = {v for v in named.get(name, ()) if v is not None}
     missing += [f"{name}={v}" for v in sorted(want - seen.get(name, set()))]
   return missing

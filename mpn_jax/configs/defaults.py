@@ -246,6 +246,9 @@ def inference_config():
   # Test-time augmentation.
   c.flip = False                  # also run on the mirrored image and average
   c.scales = (1.0,)               # input scales; heatmaps averaged on the largest scale's grid
+  # Where the network and the PRN run (mpn_jax.inference.runtimes).
+  c.runtime = "jax"               # 'jax' | 'onnxruntime' | 'openvino' (CPU serving, the [export] extra)
+  c.precision = "fp32"            # 'fp32' | 'bf16' (bf16: OpenVINO on CPUs with AMX/AVX512_BF16, or JAX)
   # COCO results.
   c.keypoint_visibility = "score"  # 'score' | 'one': the v written for each keypoint
   return c

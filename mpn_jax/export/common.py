@@ -2,7 +2,6 @@
 all at once, and the optional packages' install hint."""
 
 import contextlib
-import importlib
 import json
 import os
 import shutil
@@ -11,9 +10,10 @@ import tempfile
 from mpn_jax import coco
 from mpn_jax import errors
 from mpn_jax import files
+from mpn_jax.inference import runtimes
 
 FORMATS = ("stablehlo", "onnx", "saved_model")
-EXTRA_HINT = 'pip install -e ".[export]"'
+EXTRA_HINT = runtimes.EXTRA_HINT
 
 
 class ExportError(errors.UserError):
@@ -22,16 +22,10 @@ class ExportError(errors.UserError):
 
 def require(*modules, fmt):
   """Imports the optional packages `modules` (returned in order), or ExportError with the hint."""
-  got, missing = [], []
-  for name in modules:
-    try:
-      got.append(importlib.import_module(name))
-    except ImportError:
-      missing.append(name)
-  if missing:
-    raise ExportError(f"--format={fmt} needs {', '.join(missing)}, which is not installed: "
-                      f"{EXTRA_HINT}")
-  return got
+  try:
+    return runtimes.require(*modules, what=f"--format={fmt}")
+  except errors.ConfigError as e:
+    raise ExportError(str(e)) from None
 
 
 def check_model_path(model):

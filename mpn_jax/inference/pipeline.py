@@ -64,10 +64,90 @@ DEFAULT_INPUT_SIGMA = defaults.prn_data_config().input_sigma
 DEFAULT_WIDEN = defaults.prn_data_config().widen
 
 
+def prn_stage_inputs(heatmaps, cand_boxes, cand_scores, config, image_size,
+                     stride=preprocess.HEATMAP_STRIDE, *, input_sigma=DEFAULT_INPUT_SIGMA,
+                     widen=DEFAULT_WIDEN):
+  """Steps 2-4 of the pipeline: peaks, detections and the PRN inputs of every detected person.
+
+  Args: as `predict_people` (without scales and prn_apply).
+  Returns:
+    (inputs [B, N, 56, 36, 17] float32 PRN inputs, state): `state` is the dict `finish_people`
+    takes with the PRN probabilities of those inputs.
+  """
+  _check_config(config)
+  k = coco.NUM_KEYPOINTS
+  hm = heatmaps[..., :k].astype(jnp.float32)
+  cand_xy, cand_sc, cand_ok = postprocess.find_peaks(
+      hm, config.heatmap_threshold, config.peaks_per_keypoint, stride, config.peak_refine)
+  people, box_scores, box_ok = postprocess.select_people(
+      cand_boxes, cand_scores, config.score_threshold, config.iou_threshold, config.max_people,
+      image_size)
+  wide = prn_grid.widen_boxes(people, widen, xp=jnp)  # [B, N, 4]
+
+  if config.prn_input == "peaks":
+    inputs = jax.vmap(postprocess.rasterize_peaks, in_axes=(0, 0, 0, None))(
+        cand_xy, cand_ok, wide, input_sigma)
+  else:
+    # Raw heatmap outputs are clipped to [0, 1], the range of the PRN's training inputs.
+    inputs = jnp.clip(
+        jax.vmap(postprocess.crop_heatmaps, in_axes=(0, 0, None))(hm, wide, stride), 0.0, 1.0)
+  state = {"cand_xy": cand_xy, "cand_sc": cand_sc, "cand_ok": cand_ok, "people": people,
+           "wide": wide, "box_ok": box_ok, "box_scores": box_scores}
+  return inputs, state
+
+
+def finish_people(probs, state, scales, config):
+  """Steps 5-6 of the pipeline: assignment from the PRN probabilities, outputs in original pixels.
+
+  Args:
+    probs: [B, N, 56, 36, 17] float32 PRN probabilities of `prn_stage_inputs`' inputs.
+    state: `prn_stage_inputs`' state.
+    scales: [B] float32 letterbox scales.
+    config: `defaults.inference_config()`.
+  Returns: the `predict_people` dict.
+  """
+
+  def assign_one(probs, cand_xy, cand_sc, cand_ok, wide, box_ok, box_scores):
+    if config.get("candidate_scores", "prn") == "center":
+      s = assignment.center_scores(cand_xy, cand_ok, wide)
+    else:
+      s = assignment.candidate_scores(probs, cand_xy, cand_ok, wide, config.assign_window)
+    power = float(config.get("peak_score_power", 0.0))
+    if power:  # 'peaks' PRN inputs draw every peak alike: the heatmap's confidence breaks ties
+      s = s * jnp.power(jnp.clip(cand_sc, 1e-6, 1.0), power)[None]
+    idx, a_score = assignment.assign(s, cand_ok, box_ok, config.assign_method)
+    kps = assignment.gather_keypoints(cand_xy, cand_sc, idx)  # [N, K, 3]
+    person_score = assignment.instance_scores(kps[..., 2], a_score, box_scores,
+                                              config.instance_score)
+    return kps, idx >= 0, person_score
+
+  people, box_ok = state["people"], state["box_ok"]
+  args = (probs, state["cand_xy"], state["cand_sc"], state["cand_ok"], state["wide"], box_ok,
+          state["box_scores"])
+  if config.assign_method in ("hungarian", "hungarian_log"):  # host callback: image by image
+    kps, assigned, person_scores = jax.lax.map(lambda a: assign_one(*a), args)
+  else:
+    kps, assigned, person_scores = jax.vmap(assign_one)(*args)
+  centers = 0.5 * (people[..., :2] + people[..., 2:])  # [B, N, 2]
+  xy = jnp.where(assigned[..., None], kps[..., :2], centers[:, :, None, :])
+  kp_scores = jnp.where(assigned, kps[..., 2], 0.0)
+
+  inv = 1.0 / jnp.asarray(scales, jnp.float32)[:, None, None]  # [B, 1, 1]
+  keypoints = jnp.concatenate([xy * inv[..., None], kp_scores[..., None]], -1)
+  return {
+      "keypoints": jnp.where(box_ok[..., None, None], keypoints, 0.0),
+      "scores": jnp.where(box_ok, person_scores, 0.0),
+      "boxes": people * inv,
+      "box_scores": state["box_scores"],
+      "valid": box_ok,
+  }
+
+
 def predict_people(heatmaps, cand_boxes, cand_scores, scales, prn_apply, config, image_size,
                    stride=preprocess.HEATMAP_STRIDE, *, input_sigma=DEFAULT_INPUT_SIGMA,
                    widen=DEFAULT_WIDEN):
-  """Merged network outputs -> people, in original image pixels.
+  """Merged network outputs -> people, in original image pixels (`prn_stage_inputs`, the PRN,
+  `finish_people`).
 
   Args:
     heatmaps: [B, h, w, >=17] float32 keypoint maps (first 17 channels used).
@@ -84,59 +164,11 @@ def predict_people(heatmaps, cand_boxes, cand_scores, scales, prn_apply, config,
     dict of 'keypoints' [B, N, 17, 3] (x, y, score) original pixels, 'scores' [B, N] person scores,
     'boxes' [B, N, 4] original pixels, 'box_scores' [B, N], 'valid' [B, N] bool; invalid slots zero.
   """
-  _check_config(config)
-  k = coco.NUM_KEYPOINTS
-  hm = heatmaps[..., :k].astype(jnp.float32)
-  b = hm.shape[0]
-  cand_xy, cand_sc, cand_ok = postprocess.find_peaks(
-      hm, config.heatmap_threshold, config.peaks_per_keypoint, stride, config.peak_refine)
-  people, box_scores, box_ok = postprocess.select_people(
-      cand_boxes, cand_scores, config.score_threshold, config.iou_threshold, config.max_people,
-      image_size)
-  n = people.shape[1]
-  wide = prn_grid.widen_boxes(people, widen, xp=jnp)  # [B, N, 4]
-
-  if config.prn_input == "peaks":
-    inputs = jax.vmap(postprocess.rasterize_peaks, in_axes=(0, 0, 0, None))(
-        cand_xy, cand_ok, wide, input_sigma)
-  else:
-    # Raw heatmap outputs are clipped to [0, 1], the range of the PRN's training inputs.
-    inputs = jnp.clip(
-        jax.vmap(postprocess.crop_heatmaps, in_axes=(0, 0, None))(hm, wide, stride), 0.0, 1.0)
+  inputs, state = prn_stage_inputs(heatmaps, cand_boxes, cand_scores, config, image_size, stride,
+                                   input_sigma=input_sigma, widen=widen)
+  b, n = inputs.shape[:2]
   probs = prn_apply(inputs.reshape((b * n,) + inputs.shape[2:])).reshape(inputs.shape)
-
-  def assign_one(probs, cand_xy, cand_sc, cand_ok, wide, box_ok, box_scores):
-    if config.get("candidate_scores", "prn") == "center":
-      s = assignment.center_scores(cand_xy, cand_ok, wide)
-    else:
-      s = assignment.candidate_scores(probs, cand_xy, cand_ok, wide, config.assign_window)
-    power = float(config.get("peak_score_power", 0.0))
-    if power:  # 'peaks' PRN inputs draw every peak alike: the heatmap's confidence breaks ties
-      s = s * jnp.power(jnp.clip(cand_sc, 1e-6, 1.0), power)[None]
-    idx, a_score = assignment.assign(s, cand_ok, box_ok, config.assign_method)
-    kps = assignment.gather_keypoints(cand_xy, cand_sc, idx)  # [N, K, 3]
-    person_score = assignment.instance_scores(kps[..., 2], a_score, box_scores,
-                                              config.instance_score)
-    return kps, idx >= 0, person_score
-
-  args = (probs, cand_xy, cand_sc, cand_ok, wide, box_ok, box_scores)
-  if config.assign_method in ("hungarian", "hungarian_log"):  # host callback: image by image
-    kps, assigned, person_scores = jax.lax.map(lambda a: assign_one(*a), args)
-  else:
-    kps, assigned, person_scores = jax.vmap(assign_one)(*args)
-  centers = 0.5 * (people[..., :2] + people[..., 2:])  # [B, N, 2]
-  xy = jnp.where(assigned[..., None], kps[..., :2], centers[:, :, None, :])
-  kp_scores = jnp.where(assigned, kps[..., 2], 0.0)
-
-  inv = 1.0 / jnp.asarray(scales, jnp.float32)[:, None, None]  # [B, 1, 1]
-  keypoints = jnp.concatenate([xy * inv[..., None], kp_scores[..., None]], -1)
-  return {
-      "keypoints": jnp.where(box_ok[..., None, None], keypoints, 0.0),
-      "scores": jnp.where(box_ok, person_scores, 0.0),
-      "boxes": people * inv,
-      "box_scores": box_scores,
-      "valid": box_ok,
-  }
+  return finish_people(probs, state, scales, config)
 
 
 def predict_from_outputs(outputs, scales, prn_apply, config, *, input_sigma=DEFAULT_INPUT_SIGMA,

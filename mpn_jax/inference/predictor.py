@@ -23,11 +23,11 @@ import numpy as np
 
 from mpn_jax import checkpoints
 from mpn_jax import errors
-from mpn_jax import models
 from mpn_jax import parallel
 from mpn_jax.configs import defaults
 from mpn_jax.data import preprocess
 from mpn_jax.inference import pipeline
+from mpn_jax.inference import runtimes
 
 
 def _overlay(base, other):
@@ -86,22 +86,23 @@ class Predictor:
   def __init__(self, branches_variables, prn_variables, branches_config, prn_config,
                inference=None, batch_size=8):
     """Args: variables {'params'[, 'batch_stats']} and configs of both stages; `inference`: dict of
-    inference fields overriding the runs' (`inference_settings`); batch_size: rounded up to a
-    multiple of the device count."""
+    inference fields overriding the runs' (`inference_settings`; 'runtime' and 'precision' choose
+    where and how the network and the PRN run, `runtimes`); batch_size: rounded up to a multiple of
+    the device count."""
     self.branches_config = ml_collections.ConfigDict(branches_config)
     self.prn_config = ml_collections.ConfigDict(prn_config)
     self.inference = inference_settings(self.prn_config, self.branches_config, inference)
     self.image_size = int(self.branches_config.input.size)
     self.batch_size = round_batch(batch_size)
     self.mesh = parallel.create_mesh()
-    predict = pipeline.make_predict_fn(models.build_multiposenet(self.branches_config.model),
-                                       models.build_prn(self.prn_config.model), self.inference,
-                                       **prn_input(self.prn_config))
-    branch_vars, prn_vars = parallel.replicate((branches_variables, prn_variables), self.mesh)
-    self.fn = lambda images, scales: predict(branch_vars, prn_vars, images, scales)
+    self.fn = runtimes.make_predict_fn(
+        self.branches_config.model, self.prn_config.model, branches_variables, prn_variables,
+        self.inference, (self.image_size, self.image_size), runtime=self.inference.runtime,
+        precision=self.inference.precision, mesh=self.mesh, **prn_input(self.prn_config))
 
   @classmethod
-  def load(cls, model, inference=None, batch_size=8, branches_step=None, prn_step=None):
+  def load(cls, model, inference=None, batch_size=8, branches_step=None, prn_step=None,
+           runtime=None, precision=None):
     """Restores both stages of the model path `model` (MODEL/branches and MODEL/prn).
 
     Args:
@@ -110,7 +111,16 @@ class Predictor:
       batch_size: global images per step.
       branches_step, prn_step: 'latest', 'best' or a step number; None: branches latest, PRN best
         (`checkpoints.DEFAULT_STEP`).
+      runtime: 'jax' (default), 'onnxruntime' or 'openvino' (`runtimes`; the last two need the
+        [export] extra); precision: 'fp32' (default) or 'bf16'. Shorthands for those inference
+        fields.
     """
+    inference = dict(inference or {})
+    if runtime is not None:
+      inference["runtime"] = runtime
+    if precision is not None:
+      inference["precision"] = precision
+    runtimes.check(inference.get("runtime", "jax"), inference.get("precision", "fp32"))
     branch_vars, bcfg = restore(model, "branches", branches_step)
     prn_vars, pcfg = restore(model, "prn", prn_step)
     return cls(branch_vars, prn_vars, bcfg, pcfg, inference, batch_size)

@@ -60,6 +60,9 @@ class KeypointHead(nn.Module):
                                f"{self.output_init!r}")
     out_init = OUTPUT_INITS[self.output_init]
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    # Output layers compute in float32 whatever the compute dtype: heatmap peaks and their
+    # sub-pixel refinement read small differences between neighbouring outputs.
+    out_kw = dict(dtype=jnp.float32, param_dtype=self.param_dtype)
     size = pyramid["P2"].shape[1:3]
     upsampled, intermediate = [], []
     for l in (2, 3, 4, 5):
@@ -68,11 +71,11 @@ class KeypointHead(nn.Module):
       d = nn.relu(_conv3(self.channels, f"level{l}_conv1", **kw)(d))
       src = d if self.intermediate_on == "subnet" else p
       intermediate.append(nn.Conv(self.num_outputs, (1, 1), kernel_init=out_init,
-                                  name=f"level{l}_out", **kw)(src))
+                                  name=f"level{l}_out", **out_kw)(src))
       upsampled.append(d if l == 2 else fpn.upsample(d, 2**(l - 2), size, self.upsample))
     x = jnp.concatenate(upsampled, axis=-1)
     x = nn.relu(_conv3(self.fused_channels, "fuse", **kw)(x))
-    x = nn.Conv(self.num_outputs, (1, 1), kernel_init=out_init, name="out", **kw)(x)
+    x = nn.Conv(self.num_outputs, (1, 1), kernel_init=out_init, name="out", **out_kw)(x)
     return x, intermediate
 
 
@@ -101,9 +104,10 @@ class RetinaHead(nn.Module):
     cls_convs = [_conv3(self.channels, f"cls_conv{i}", **kw) for i in range(self.num_convs)]
     box_convs = [_conv3(self.channels, f"box_conv{i}", **kw) for i in range(self.num_convs)]
     prior_bias = -math.log((1.0 - self.prior_prob) / self.prior_prob)
+    out_kw = dict(kw, dtype=jnp.float32)  # output layers in float32, as the keypoint head's
     cls_out = _conv3(self.num_anchors * self.num_classes, "cls_out",
-                     bias_init=nn.initializers.constant(prior_bias), **kw)
-    box_out = _conv3(self.num_anchors * 4, "box_out", **kw)
+                     bias_init=nn.initializers.constant(prior_bias), **out_kw)
+    box_out = _conv3(self.num_anchors * 4, "box_out", **out_kw)
     all_cls, all_box = [], []
     for l in self.levels:
       p = pyramid[f"P{l}"]

@@ -16,6 +16,8 @@ OUT_DIR must not be, or lie inside, the input folder, and no output may replace 
 folder holds branches/ and prn/ (what `python -m mpn_jax.quickstart --workdir=DIR` leaves in DIR);
 it is rebuilt from the configs saved in its checkpoints. Errors the user can fix are one line
 `predict.py: error: ...`, exit status 2. More: docs/predict.md.
+--runtime=onnxruntime|openvino runs the network and the PRN in that CPU runtime (converted to ONNX
+at start-up) and --precision=bf16 in bfloat16 where the CPU has it (docs/predict.md).
 Installed (no checkout): `python -m mpn_jax.tools.predict` with the same flags.
 """
 
@@ -25,6 +27,8 @@ from absl import flags
 from mpn_jax import cli
 
 PARTS = ("boxes", "keypoints", "skeleton", "scores")  # = mpn_jax.visualize.PARTS
+RUNTIMES = ("jax", "onnxruntime", "openvino")  # = mpn_jax.inference.runtimes.RUNTIMES
+PRECISIONS = ("fp32", "bf16")  # = mpn_jax.inference.runtimes.PRECISIONS
 
 _MODEL = flags.DEFINE_string("model", None, "Model folder (holding branches/ and prn/).")
 _INPUT = flags.DEFINE_string("input", None, "A folder of images, an image file, a quoted glob "
@@ -41,6 +45,11 @@ _DRAW = flags.DEFINE_list("draw", list(PARTS), "What to draw, comma-separated, f
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Images or video frames per step.")
 _MAX_FRAMES = flags.DEFINE_integer("max_frames", 0, "Video and webcam: stop after this many "
                                    "frames (0: the whole video; a webcam runs until Ctrl-C).")
+_RUNTIME = flags.DEFINE_enum("runtime", "jax", RUNTIMES, "Where the network and the PRN run: jax "
+                             "(any device JAX has), or on the CPU onnxruntime / openvino (the "
+                             "[export] extra; the rest of the pipeline stays JAX).")
+_PRECISION = flags.DEFINE_enum("precision", "fp32", PRECISIONS, "fp32, or bf16 (openvino on CPUs "
+                               "with AMX or AVX512_BF16; jax on GPUs and TPUs).")
 flags.mark_flags_as_required(["model", "input", "output"])
 flags.register_validator(
     "draw", lambda v: v == ["none"] or set(v) <= {*PARTS, "all"},
@@ -58,6 +67,7 @@ def main(argv):
   parts = () if _DRAW.value == ["none"] else visualize.parse_parts(",".join(_DRAW.value))
   video.predict_source(_MODEL.value, _INPUT.value, _OUTPUT.value, min_score=_MIN_SCORE.value,
                        batch_size=_BATCH_SIZE.value, parts=parts,
+                       inference={"runtime": _RUNTIME.value, "precision": _PRECISION.value},
                        min_keypoint_score=_MIN_KEYPOINT_SCORE.value, max_frames=_MAX_FRAMES.value)
 
 
