@@ -170,5 +170,9 @@ def test_predict_cli_through_onnxruntime(model, images, reference, tmp_path):
 
 
 def test_predict_flags_offer_every_runtime_and_precision():
-  from mpn_jax.tools import predict  # pylint: disable=g-import-not-at-top
-  assert predict.RUNTIMES == runtimes.RUNTIMES and predict.PRECISIONS == runtimes.PRECISIONS
+  # In a fresh process: predict.py's absl flags would clash with other tools' in this one.
+  code = ("from mpn_jax.tools import predict; from mpn_jax.inference import runtimes; "
+          "assert predict.RUNTIMES == runtimes.RUNTIMES, predict.RUNTIMES; "
+          "assert predict.PRECISIONS == runtimes.PRECISIONS, predict.PRECISIONS")
+  subprocess.run([sys.executable, "-c", code], check=True, timeout=300,
+                 env=dict(os.environ, JAX_PLATFORMS="cpu"))

@@ -13,6 +13,8 @@ import json
 import math
 import os
 
+import numpy as np
+
 from mpn_jax import coco
 from mpn_jax import errors
 
@@ -152,3 +154,25 @@ def read_json(path, fields=("annotations",)):
       raise AnnotationError(f"{path}: not a COCO annotation file: the top-level field '{field}' "
                             f"must be a list, {got}")
   return data
+
+
+def people_arrays(anns):
+  """One image's person annotations (COCO dicts) as arrays.
+
+  Returns:
+    dict with 'boxes' [M, 4] float32 (x1, y1, x2, y2), 'keypoints' [M, 17, 3] float32 (x, y, v; all
+    zero where an annotation has none), 'iscrowd' [M] bool, 'num_keypoints' [M] int32 (the
+    annotation's own, else its count of labelled keypoints), 'ann_ids' [M] int64 (-1 where absent);
+    original pixels, COCO's own values.
+  """
+  k = coco.NUM_KEYPOINTS
+  kps = np.array([a.get("keypoints") or [0] * (3 * k) for a in anns], np.float32).reshape(-1, k, 3)
+  xywh = np.array([a["bbox"] for a in anns], np.float32).reshape(-1, 4)
+  return {
+      "boxes": np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1),
+      "keypoints": kps,
+      "iscrowd": np.array([bool(a.get("iscrowd", 0)) for a in anns], bool),
+      "num_keypoints": np.array([int(a.get("num_keypoints", (kps[i, :, 2] > 0).sum()))
+                                 for i, a in enumerate(anns)], np.int32),
+      "ann_ids": np.array([int(a.get("id", -1)) for a in anns], np.int64),
+  }

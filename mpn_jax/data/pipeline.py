@@ -188,11 +188,7 @@ def eval_batches(examples, input_cfg, batch_size, num_batches=None, decode_fn=No
 
 
 def _pad_batch(batch, batch_size, empty):
-  n = len(batch["valid"])
-  if n == batch_size:
-    return batch
-  return {k: np.concatenate([v, np.repeat(np.asarray(empty[k])[None], batch_size - n, 0)
-                             .astype(v.dtype)]) for k, v in batch.items()}
+  return {k: preprocess.pad_axis(v, batch_size, 0, fill=empty[k]) for k, v in batch.items()}
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -48,3 +48,20 @@ def load_image(path):
       return np.asarray(im.convert("RGB"))
   except Exception as e:  # PIL raises several types for broken files.
     raise ValueError(f"cannot read image {path}: {e}") from e
+
+
+def pad_axis(x, size, axis=0, fill=None):
+  """x (numpy) padded along `axis` to `size` entries with zeros, or with copies of `fill` (an
+  array broadcastable to one entry's shape); unchanged when it already has `size` or more."""
+  x = np.asarray(x)
+  pad = size - x.shape[axis]
+  if pad <= 0:
+    return x
+  shape = list(x.shape)
+  shape[axis] = pad
+  if fill is None:
+    extra = np.zeros(shape, x.dtype)
+  else:
+    entry = np.expand_dims(np.asarray(fill), axis)
+    extra = np.broadcast_to(entry, shape).astype(x.dtype)
+  return np.concatenate([x, extra], axis=axis)

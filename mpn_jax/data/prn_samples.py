@@ -84,16 +84,8 @@ def load_image_people(ann_file):
     by_image.setdefault(a["image_id"], []).append(a)
   out = []
   for image_id in sorted(by_image):
-    anns = by_image[image_id]
-    xywh = np.array([a["bbox"] for a in anns], np.float32).reshape(-1, 4)
-    kps = np.array([a.get("keypoints") or [0] * (3 * _K) for a in anns], np.float32)
-    out.append(ImagePeople(
-        image_id=int(image_id),
-        boxes=np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1),
-        keypoints=kps.reshape(-1, _K, 3),
-        iscrowd=np.array([bool(a.get("iscrowd", 0)) for a in anns]),
-        num_keypoints=np.array([int(a.get("num_keypoints", 0)) for a in anns], np.int32),
-        ann_ids=np.array([int(a["id"]) for a in anns], np.int64)))
+    out.append(ImagePeople(image_id=int(image_id),
+                           **annotations.people_arrays(by_image[image_id])))
   return out
 
 

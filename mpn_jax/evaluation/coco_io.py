@@ -18,6 +18,7 @@ from pycocotools.cocoeval import COCOeval
 from mpn_jax import coco as coco_lib
 from mpn_jax import errors
 from mpn_jax import files
+from mpn_jax.data import annotations
 from mpn_jax.inference.coco_results import box_results, keypoint_results  # noqa: F401  (re-exported)
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APM", "APL", "AR", "AR50", "AR75", "ARM", "ARL")
@@ -45,23 +46,11 @@ def batch_rows(valid):
 
 
 def ground_truth_people(coco_gt, image_id):
-  """One image's person annotations as arrays.
-
-  Returns:
-    dict with 'boxes' [M, 4] float32 xyxy, 'keypoints' [M, 17, 3] float32 (x, y, v),
-    'iscrowd' [M] bool, 'num_keypoints' [M] int32 (original pixels, COCO's own values).
-  """
+  """One image's person annotations as arrays (`annotations.people_arrays`: 'boxes' [M, 4] xyxy,
+  'keypoints' [M, 17, 3], 'iscrowd' [M], 'num_keypoints' [M], 'ann_ids' [M]; original pixels)."""
   anns = coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=[int(image_id)],
                                             catIds=[coco_lib.PERSON_CATEGORY_ID]))
-  k = coco_lib.NUM_KEYPOINTS
-  kps = np.array([a.get("keypoints", [0] * 3 * k) for a in anns], np.float32).reshape(-1, k, 3)
-  return {
-      "boxes": xywh_to_xyxy(np.array([a["bbox"] for a in anns], np.float32).reshape(-1, 4)),
-      "keypoints": kps,
-      "iscrowd": np.array([bool(a.get("iscrowd", 0)) for a in anns], bool),
-      "num_keypoints": np.array([int(a.get("num_keypoints", (kps[i, :, 2] > 0).sum()))
-                                 for i, a in enumerate(anns)], np.int32),
-  }
+  return annotations.people_arrays(anns)
 
 
 def oracle_keypoints(cand_xy, cand_scores, cand_valid, gt_keypoints):

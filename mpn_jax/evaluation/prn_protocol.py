@@ -21,6 +21,7 @@ import numpy as np
 from mpn_jax import coco
 from mpn_jax import errors
 from mpn_jax import prn_grid
+from mpn_jax.data import preprocess
 from mpn_jax.data import prn_samples
 from mpn_jax.evaluation import coco_io
 from mpn_jax.inference import assignment
@@ -62,17 +63,6 @@ def _bucket(n):
   return max(4, 1 << int(np.ceil(np.log2(max(n, 1)))))
 
 
-def _pad(x, size, axis, fill=None):
-  x = np.asarray(x)
-  pad = size - x.shape[axis]
-  if pad <= 0:
-    return x
-  shape = list(x.shape)
-  shape[axis] = pad
-  extra = np.zeros(shape, x.dtype) if fill is None else np.broadcast_to(fill, shape).astype(x.dtype)
-  return np.concatenate([x, extra], axis=axis)
-
-
 _prn_scores = jax.jit(assignment.candidate_scores, static_argnames=("window",))
 
 
@@ -89,10 +79,8 @@ def _run_prn(prn_apply, inputs, batch_size):
   out = []
   for i in range(0, len(inputs), batch_size):
     chunk = inputs[i:i + batch_size]
-    pad = batch_size - len(chunk)
-    if pad:
-      chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-    out.append(np.asarray(prn_apply(chunk))[:batch_size - pad])
+    n = len(chunk)
+    out.append(np.asarray(prn_apply(preprocess.pad_axis(chunk, batch_size)))[:n])
   return np.concatenate(out) if out else np.zeros((0,) + inputs.shape[1:], np.float32)
 
 
@@ -145,14 +133,14 @@ def evaluate_prn_gt(ann_file, assign="prn", prn_apply=None, method="greedy", win
     else:
       # Padded to bucketed shapes so that one compilation serves many images.
       nb, cb = _bucket(n), _bucket(cand_xy.shape[1])
-      p_xy = _pad(cand_xy, cb, 1)
-      p_valid = _pad(cand_valid, cb, 1)
-      p_boxes = _pad(wb, nb, 0, fill=np.array([0, 0, 1, 1], np.float32))
+      p_xy = preprocess.pad_axis(cand_xy, cb, 1)
+      p_valid = preprocess.pad_axis(cand_valid, cb, 1)
+      p_boxes = preprocess.pad_axis(wb, nb, 0, fill=np.array([0, 0, 1, 1], np.float32))
       box_valid = np.arange(nb) < n
       if assign == "center":
         scores = np.asarray(assignment.center_scores(p_xy, p_valid, p_boxes))
       else:
-        scores = _prn_scores(_pad(probs[i], nb, 0), p_xy, p_valid, p_boxes, window)
+        scores = _prn_scores(preprocess.pad_axis(probs[i], nb, 0), p_xy, p_valid, p_boxes, window)
       idx, kps, inst = (np.asarray(a)[:n] for a in _assign_image(
           scores, p_xy, p_valid, box_valid, method, score_mode))
     keep = np.asarray([not drop_empty or (idx[p] >= 0).any() for p in range(n)], bool)

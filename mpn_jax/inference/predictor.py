@@ -154,11 +154,12 @@ class Predictor:
     for start in range(0, max(len(images), 1), local):
       chunk = images[start:start + local]
       boxed = [preprocess.letterbox(np.asarray(im), self.image_size) for im in chunk]
-      pad = local - len(chunk)
+      s = self.image_size
       batch = {
-          "image": np.stack([b[0] for b in boxed] +
-                            [np.zeros((self.image_size, self.image_size, 3), np.float32)] * pad),
-          "scale": np.asarray([b[1] for b in boxed] + [1.0] * pad, np.float32),
+          "image": preprocess.pad_axis(np.stack([b[0] for b in boxed]) if boxed else
+                                       np.zeros((0, s, s, 3), np.float32), local),
+          "scale": preprocess.pad_axis(np.asarray([b[1] for b in boxed], np.float32), local,
+                                       fill=1.0),
           "image_id": np.arange(local, dtype=np.int64),
           "valid": np.arange(local) < len(chunk),
       }
