@@ -14,7 +14,12 @@ What is timed, every part after compilation and `--warmup` calls, `--repeats` ti
   prn             the PoseResidualNet + softmax alone on --prn_batch crops;
   train_branches  one optimizer step of stage one (training.steps.make_train_step with the loss,
                   optimizer and model of configs/branches.py), --train_batch images;
-  train_prn       the same for stage two (configs/prn.py), --prn_train_batch people.
+  train_prn       the same for stage two (configs/prn.py), --prn_train_batch people;
+  input           (only asked for: --parts=input --coco_dir=DIR) the coco recipe's training input
+                  (480 px, augmentation, targets, tf.data) on real COCO images, timed alone,
+                  images/s and images/s per CPU core.
+--preset=gpu is the prepared one-GPU run (fp32 and bf16, batch 1 and 32, the largest stage-one
+batch that fits, XLA's memory preallocation off).
 
 --runtime=onnxruntime|openvino times forward, pipeline and PRN through that CPU runtime
 (`mpn_jax.inference.runtimes`: the network and the PRN converted to ONNX, the rest of the pipeline
@@ -55,6 +60,7 @@ import os
 import resource
 import statistics
 import sys
+import tempfile
 import time
 from typing import Any, Callable
 
@@ -73,16 +79,22 @@ from mpn_jax import prn_grid
 from mpn_jax.configs import branches as branches_config
 from mpn_jax.configs import defaults
 from mpn_jax.configs import prn as prn_config
+from mpn_jax.data import pipeline as input_pipeline
 from mpn_jax.evaluation import coco_io
 from mpn_jax.inference import pipeline
 from mpn_jax.inference import runtimes
 from mpn_jax.training import state as state_lib
 from mpn_jax.training import steps
 
-PARTS = ("peak", "forward", "pipeline", "prn", "train_branches", "train_prn")
+PARTS = ("peak", "forward", "pipeline", "prn", "train_branches", "train_prn", "input")
+DEFAULT_PARTS = PARTS[:-1]  # `input` reads COCO images: asked for with --parts and --coco_dir
 
 _OUTPUT = flags.DEFINE_string("output", "", "write the results as JSON to this file")
-_PARTS = flags.DEFINE_list("parts", list(PARTS), f"parts to run, any of {PARTS}")
+_PARTS = flags.DEFINE_list("parts", list(DEFAULT_PARTS), f"parts to run, any of {PARTS}")
+_COCO_DIR = flags.DEFINE_string(
+    "coco_dir", "", "input part: a COCO folder with annotations/ and train2017/ (e.g. "
+    "../shared/data/coco)")
+_INPUT_BATCHES = flags.DEFINE_integer("input_batches", 40, "input part: batches timed")
 _RUNTIME = flags.DEFINE_enum(
     "runtime", "jax", list(runtimes.RUNTIMES), "where forward, pipeline and PRN run: jax, or on "
     "the CPU onnxruntime / openvino (the [export] extra; the training steps are JAX's)")
@@ -93,7 +105,13 @@ _IMAGE_SIZE = flags.DEFINE_integer("image_size", 480, "square network input side
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "8"], "forward / pipeline batch sizes")
 _PRN_BATCH = flags.DEFINE_integer("prn_batch", 64, "people per PRN inference call")
 _TRAIN_BATCH = flags.DEFINE_integer(
-    "train_batch", 0, "stage-one global training batch; 0: 2 per CPU device, 8 per accelerator")
+    "train_batch", 0, "stage-one global training batch; 0: 2 per CPU device, 8 per accelerator; "
+    "-1: the largest that fits in memory (64, 32, 16, ... tried in turn)")
+_PRESET = flags.DEFINE_enum(
+    "preset", "", ["", "gpu"], "gpu: the prepared one-GPU run (under 5 minutes): forward and "
+    "pipeline in fp32 and bf16 at batch 1 and 32, the stage-one step at the largest batch that "
+    "fits, PRN, peak memory (and the input part with --coco_dir); XLA's memory preallocation off "
+    "so peak memory is what the parts use")
 _PRN_TRAIN_BATCH = flags.DEFINE_integer(
     "prn_train_batch", 0, "stage-two global training batch; 0: configs/prn.py's data.batch_size")
 _REPEATS = flags.DEFINE_integer("repeats", 0, "timed rounds (medians over these); 0: 3 on CPU, "
@@ -112,7 +130,7 @@ _QUICK = flags.DEFINE_bool(
 @dataclasses.dataclass
 class Settings:
   """What to run; `settings_from_flags` fills it from the command line."""
-  parts: tuple = PARTS
+  parts: tuple = DEFAULT_PARTS
   precisions: tuple = ("fp32",)
   runtime: str = "jax"
   image_size: int = 480
@@ -124,6 +142,8 @@ class Settings:
   warmup: int = 1
   peak_sizes: tuple = ()
   model_size: str = "full"
+  coco_dir: str = ""
+  input_batches: int = 40
 
   def validate(self):
     bad = [p for p in self.parts if p not in PARTS]
@@ -139,6 +159,9 @@ class Settings:
                        "backbone's total stride")
     if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
       raise ValueError(f"--batch_sizes={self.batch_sizes}: give positive integers")
+    if "input" in self.parts and not self.coco_dir:
+      raise ValueError("--parts=input reads real COCO images: give --coco_dir=FOLDER (with "
+                       "annotations/ and train2017/)")
     if self.repeats < 1 or self.warmup < 0:
       raise ValueError("--repeats must be >= 1 and --warmup >= 0")
     return self
@@ -160,11 +183,26 @@ def settings_from_flags():
       prn_batch=_PRN_BATCH.value, train_batch=_TRAIN_BATCH.value,
       prn_train_batch=_PRN_TRAIN_BATCH.value,
       repeats=_REPEATS.value or (3 if jax.default_backend() == "cpu" else 10), warmup=_WARMUP.value,
-      peak_sizes=_ints(_PEAK_SIZES), model_size=_MODEL_SIZE.value)
+      peak_sizes=_ints(_PEAK_SIZES), model_size=_MODEL_SIZE.value, coco_dir=_COCO_DIR.value,
+      input_batches=_INPUT_BATCHES.value)
+  if _PRESET.value == "gpu":
+    given = {name for name in ("parts", "precision", "batch_sizes", "train_batch", "repeats",
+                               "warmup") if flags.FLAGS[name].present}
+    s = gpu_preset(s, keep=given)
   if _QUICK.value:
     s = dataclasses.replace(s, model_size="tiny", image_size=64, batch_sizes=(1, 2), prn_batch=8,
                             train_batch=0, prn_train_batch=8, repeats=2, peak_sizes=(256,))
   return s.validate()
+
+
+def gpu_preset(s, keep=()):
+  """`--preset=gpu`: the settings of the prepared one-GPU run; the fields of the flags named in
+  `keep` (given on the command line) keep their values."""
+  preset = dict(parts=DEFAULT_PARTS + (("input",) if s.coco_dir else ()),
+                precision=("fp32", "bf16"), batch_sizes=(1, 32), train_batch=-1, repeats=10,
+                warmup=2)
+  fields = {"precision": "precisions"}
+  return dataclasses.replace(s, **{fields.get(k, k): v for k, v in preset.items() if k not in keep})
 
 
 def default_precisions():
@@ -391,8 +429,30 @@ def _round_to_devices(batch, mesh):
   return -(-batch // mesh.size) * mesh.size
 
 
-def branches_train_part(settings, dtype, mesh):
-  """One stage-one optimizer step as the training loop does it (the library's step function)."""
+def _out_of_memory(e):
+  return "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower()
+
+
+def branches_train_part(settings, dtype, mesh, log=print):
+  """One stage-one optimizer step as the training loop does it (the library's step function);
+  settings.train_batch=-1: the largest global batch of 64, 32, 16, ... whose step compiles and runs
+  in memory."""
+  if settings.train_batch >= 0:
+    return _branches_train_part(settings, dtype, mesh)
+  b = _round_to_devices(64, mesh)
+  while True:
+    try:
+      part = _branches_train_part(dataclasses.replace(settings, train_batch=b), dtype, mesh)
+      jax.block_until_ready(part.call())  # a step runs, not only compiles
+      return part
+    except Exception as e:  # pylint: disable=broad-except  (XLA reports OOM as a runtime error)
+      if not _out_of_memory(e) or b <= mesh.size:
+        raise
+      log(f"  train_branches: batch {b} does not fit, trying {b // 2}")
+      b = _round_to_devices(b // 2, mesh)
+
+
+def _branches_train_part(settings, dtype, mesh):
   config = _stage_config("branches")
   mcfg, _ = model_configs(settings.model_size, dtype)
   mcfg.backbone.frozen_bn = config.model.backbone.frozen_bn
@@ -415,6 +475,46 @@ def branches_train_part(settings, dtype, mesh):
   step = steps.make_train_step(loss_fn, mesh, schedule)
   return compile_part("train_branches", step, _step_args(step, state, batch, mesh), b, "images",
                       stateful=True)
+
+
+def input_part(settings, log=print):
+  """The stage-one training input of the coco recipe (configs/branches.py:coco: 480 px, its
+  augmentation and targets, tf.data with its parallelism) on real COCO images, timed alone (its
+  background threads would compete with the other parts): `settings.input_batches` batches after
+  5 untimed ones. The TFDS records are built first (not timed), in a temporary folder, from
+  COCO_DIR/annotations/person_keypoints_{train,val}2017_sample.json where those exist (the samples
+  beside this project), else from the full person_keypoints_{train,val}2017.json. Per core =
+  images/s / the CPU cores this process may use."""
+  config = _stage_config("branches", "coco")
+  folder = os.path.join(settings.coco_dir, "annotations")
+  names = [f"person_keypoints_{{}}2017{suffix}.json" for suffix in ("_sample", "")]
+  name = next((n for n in names if os.path.isfile(os.path.join(folder, n.format("train")))), None)
+  if name is None:
+    raise errors.MissingFileError(
+        f"--coco_dir={settings.coco_dir}: no {' or '.join(n.format('train') for n in names)} in "
+        f"{folder} (the input part reads a COCO annotation file and its images)")
+  with tempfile.TemporaryDirectory(prefix="mpn_bench_tfds_") as data_dir:
+    config.dataset.update(dict(coco_dir=settings.coco_dir, train_ann=name.format("train"),
+                               val_ann=name.format("val"), data_dir=data_dir))
+    ann = os.path.join(folder, name.format("train"))
+    log(f"[input] building TFDS records of {ann} in a temporary folder")
+    t = time.perf_counter()
+    it = input_pipeline.make_train_iterator(config)
+    batch = next(it)
+    prepare_s = time.perf_counter() - t
+    for _ in range(4):
+      next(it)
+    times = []
+    for _ in range(settings.input_batches):
+      t = time.perf_counter()
+      next(it)
+      times.append(time.perf_counter() - t)
+  b = len(batch["image"])
+  part = Part("input", lambda: None, b, "images", 0.0, prepare_s, times=times,
+              info={"host_callbacks": 0, "bytes_accessed": 0.0,
+                    "image_dtype": str(batch["image"].dtype),
+                    "batch_bytes": int(sum(v.nbytes for v in batch.values()))})
+  return part
 
 
 def synthetic_branches_batch(b, s, max_boxes, max_people, seed=0):
@@ -519,6 +619,8 @@ def benchmark_dtype(settings, precision, log=print):
   want = set(settings.parts)
   dtype = DTYPES[precision]
   parts = []
+  if "input" in want and precision == settings.precisions[0]:
+    parts.append(input_part(settings, log))
   if "peak" in want:
     sizes = settings.peak_sizes or ((2048,) if jax.default_backend() == "cpu" else (8192, 16384))
     log(f"[{dtype}] matmul peak: n = {', '.join(map(str, sizes))}")
@@ -553,7 +655,7 @@ def benchmark_dtype(settings, precision, log=print):
   mesh = parallel.create_mesh()
   if "train_branches" in want:
     log(f"[{dtype}] compiling the stage-one train step")
-    parts.append(branches_train_part(settings, dtype, mesh))
+    parts.append(branches_train_part(settings, dtype, mesh, log))
   if "train_prn" in want:
     log(f"[{dtype}] compiling the stage-two train step")
     parts.append(prn_train_part(settings, dtype, mesh))
@@ -562,7 +664,9 @@ def benchmark_dtype(settings, precision, log=print):
     log(f"  {p.name}: compiled in {p.compile_s:.1f} s, {p.flops / 1e9:.2f} GFLOP per call")
   log(f"[{dtype}] timing {len(parts)} parts: {settings.warmup} warm-up + {settings.repeats} "
       "round-robin rounds")
-  run_round_robin(parts, settings.repeats, settings.warmup, log)
+  timed = [p for p in parts if p.name != "input"]  # input: timed on its own, above
+  if timed:
+    run_round_robin(timed, settings.repeats, settings.warmup, log)
   return summarize(parts), parts
 
 
@@ -602,6 +706,14 @@ def summarize(parts):
         m[f"{key}_fraction_of_peak"] = p.flops / p.median_s / peak_fps
         # What the PRN would take at the same-run matmul peak: the floor for this device and dtype.
         m[f"{key}_us_per_person_at_peak"] = p.flops / p.units / peak_fps * 1e6
+    elif p.name == "input":
+      cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+      m["input_images_per_s"] = p.units * len(p.times) / sum(p.times)
+      m["input_cores"] = cores
+      m["input_images_per_s_per_core"] = m["input_images_per_s"] / cores
+      m["input_batch"] = p.units
+      m["input_image_dtype"] = p.info["image_dtype"]
+      m["input_batch_bytes"] = p.info["batch_bytes"]
     elif p.name in ("train_branches", "train_prn"):
       units, unit = ("images", "image") if p.name == "train_branches" else ("people", "person")
       m[f"{p.name}_{units}_per_s"] = p.per_s()
@@ -684,6 +796,10 @@ def run(settings, log=print):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}: every option is a --flag")
+  if _PRESET.value == "gpu" and "XLA_PYTHON_CLIENT_PREALLOCATE" not in os.environ:
+    # Before the first JAX call: the backend reads it when it starts. Without it JAX takes 75% of
+    # GPU memory up front and peak memory says nothing.
+    os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
   try:
     settings = settings_from_flags()
   except ValueError as e:

@@ -14,7 +14,9 @@ import pytest
 
 from mpn_jax import benchmark
 from mpn_jax import boxes
+from mpn_jax import errors
 from mpn_jax import models
+from mpn_jax import parallel
 from mpn_jax.training import steps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -116,6 +118,7 @@ def test_peak_memory_counts_what_the_process_touched():
     ("runtime", "tensorrt", "--runtime"),
     ("image_size", 100, "--image_size"),
     ("batch_sizes", (0,), "--batch_sizes"),
+    ("parts", ("input",), "--coco_dir"),
 ])
 def test_bad_settings_name_the_flag(field, value, flag):
   with pytest.raises(ValueError, match=flag):
@@ -188,3 +191,53 @@ def test_branches_loss_without_anchors_generates_them_per_batch_size():
     got = jax.jit(lambda *a, f=auto: f(*a, False)[0])(*args)
     want = jax.jit(lambda *a, f=fixed: f(*a, False)[0])(*args)
     np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
+
+
+def test_input_part_times_the_coco_recipe_on_real_images(coco_dir):
+  settings = benchmark.Settings(parts=("input",), coco_dir=str(coco_dir), input_batches=2,
+                                repeats=1, warmup=0)
+  out = benchmark.run(settings, log=lambda *_: None)
+  from mpn_jax.configs import branches  # pylint: disable=g-import-not-at-top
+  assert out["input_batch"] == branches.get_config("coco").input.batch_size
+  assert out["input_images_per_s"] > 0 and out["input_cores"] >= 1
+  assert out["input_images_per_s_per_core"] == pytest.approx(
+      out["input_images_per_s"] / out["input_cores"])
+  assert out["input_image_dtype"] == "float32"
+  assert len(out["timings"]["float32"]["input"]["times_s"]) == 2
+
+
+def test_input_part_names_a_missing_annotation_file(tmp_path):
+  settings = benchmark.Settings(parts=("input",), coco_dir=str(tmp_path), repeats=1, warmup=0)
+  with pytest.raises(errors.MissingFileError, match="--coco_dir"):
+    benchmark.run(settings, log=lambda *_: None)
+
+
+def test_gpu_preset_settings():
+  s = benchmark.gpu_preset(benchmark.Settings())
+  assert s.precisions == ("fp32", "bf16") and s.batch_sizes == (1, 32) and s.train_batch == -1
+  assert "input" not in s.parts and set(benchmark.DEFAULT_PARTS) <= set(s.parts)
+  assert "input" in benchmark.gpu_preset(benchmark.Settings(coco_dir="/data/coco")).parts
+  s.validate()
+  kept = benchmark.gpu_preset(benchmark.Settings(batch_sizes=(4,)), keep={"batch_sizes"})
+  assert kept.batch_sizes == (4,) and kept.train_batch == -1
+
+
+def test_largest_train_batch_that_fits(monkeypatch):
+  """train_batch=-1 halves the batch from 64 until a step runs (out-of-memory simulated)."""
+  tried = []
+
+  def fake(settings, dtype, mesh):
+    tried.append(settings.train_batch)
+    if settings.train_batch > 16:
+      raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate")
+    return benchmark.Part("train_branches", lambda: 0, settings.train_batch, "images")
+
+  monkeypatch.setattr(benchmark, "_branches_train_part", fake)
+  mesh = parallel.create_mesh()
+  part = benchmark.branches_train_part(benchmark.Settings(train_batch=-1), "float32", mesh,
+                                       log=lambda *_: None)
+  assert part.units == 16 and tried == [64, 32, 16]
+  with pytest.raises(ValueError):  # other errors are not taken for out-of-memory
+    monkeypatch.setattr(benchmark, "_branches_train_part",
+                        lambda *a: (_ for _ in ()).throw(ValueError("bad shape")))
+    benchmark.branches_train_part(benchmark.Settings(train_batch=-1), "float32", mesh)

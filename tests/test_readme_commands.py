@@ -833,6 +833,7 @@ BENCHMARK_KEYS = {  # README: the JSON keys of each part
     "prn": ("prn_us_per_person",),
     "train_branches": ("train_branches_images_per_s",),
     "train_prn": ("train_prn_people_per_s",),
+    "input": ("input_images_per_s", "input_images_per_s_per_core"),
 }
 
 
@@ -843,7 +844,8 @@ def check_benchmark(scenario, cmd):
                 f"{', '.join(_runtime_missing(runtime))} not installed")
   result = scenario.run(cmd)
   out = json.loads(pathlib.Path(scenario.adapter.path(cmd.flags["--output"])).read_text())
-  parts = (cmd.flags.get("--parts") or ",".join(BENCHMARK_KEYS)).split(",")
+  default = [p for p in BENCHMARK_KEYS if p != "input" or cmd.flags.get("--coco_dir")]
+  parts = (cmd.flags.get("--parts") or ",".join(default)).split(",")
   for key in sum((BENCHMARK_KEYS[p] for p in parts), ("peak_memory_bytes", "device")):
     assert key in out, (key, sorted(out))
   if "forward" in parts:
