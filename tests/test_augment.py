@@ -584,3 +584,40 @@ def test_bad_person_config_names_the_field(field, value):
   aug[field] = value
   with pytest.raises(errors.ConfigError, match=f"config.input.augment.{field}"):
     augment.sample_params(tf.constant([0, 0], tf.int64), aug, {})
+
+
+def _jitter_cfg(**kw):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  base = dict(brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0)
+  base.update(kw)
+  return ml_collections.ConfigDict(base)
+
+
+def test_color_jitter_keeps_greys_and_is_identity_when_off():
+  """Hue and saturation act on the chroma plane only: a grey image (r = g = b) keeps its values
+  under any hue turn and saturation; all ranges 0 leave any image as it is."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  grey = np.repeat(rng.uniform(0, 255, (8, 8, 1)), 3, -1).astype(np.float32)
+  for i in range(5):
+    got = augment.color_jitter(tf.constant(grey), tf.constant([i, 7], tf.int64),
+                               _jitter_cfg(saturation=0.5, hue=0.2)).numpy()
+    np.testing.assert_allclose(got, grey, atol=1e-3)
+  colour = rng.uniform(0, 255, (8, 8, 3)).astype(np.float32)
+  got = augment.color_jitter(tf.constant(colour), tf.constant([1, 2], tf.int64), _jitter_cfg())
+  np.testing.assert_allclose(got.numpy(), colour, atol=1e-3)
+
+
+def test_color_jitter_hue_turns_the_chroma_and_keeps_luma():
+  """A hue turn rotates the (I, Q) chroma of a colour: its luma Y = 0.299 r + 0.587 g + 0.114 b and
+  its chroma's length stay (a colour well inside the gamut, so nothing is clipped)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  rgb = np.array([[[150.0, 100.0, 80.0]]], np.float32)
+  to_yiq = np.array(augment._RGB_TO_YIQ)  # pylint: disable=protected-access
+  yiq = to_yiq @ (rgb[0, 0] / 255.0)
+  for i in range(20):
+    out = augment.color_jitter(tf.constant(rgb), tf.constant([i, 3], tf.int64),
+                               _jitter_cfg(hue=0.5)).numpy()[0, 0] / 255.0
+    got = to_yiq @ out
+    assert abs(got[0] - yiq[0]) < 1e-4  # luma kept
+    assert abs(np.hypot(got[1], got[2]) - np.hypot(yiq[1], yiq[2])) < 1e-3  # chroma length kept
