@@ -15,10 +15,10 @@ What is timed, every part after compilation and `--warmup` calls, `--repeats` ti
   train_branches  one optimizer step of stage one (training.steps.make_train_step with the loss,
                   optimizer and model of configs/branches.py), --train_batch images;
   train_prn       the same for stage two (configs/prn.py), --prn_train_batch people;
-  input           (only asked for: --parts=input --coco_dir=DIR) the coco recipe's training input
-                  (480 px, augmentation, targets, tf.data) on real COCO images, timed alone,
+  input           (only asked for: --parts=input --input_coco_dir=DIR) the coco recipe's training
+                  input (480 px, augmentation, targets, tf.data) on real COCO images, timed alone,
                   images/s and images/s per CPU core.
---preset=gpu is the prepared one-GPU run (fp32 and bf16, batch 1 and 32, the largest stage-one
+--gpu is the prepared one-GPU run (fp32 and bf16, batch 1 and 32, the largest stage-one
 batch that fits, XLA's memory preallocation off).
 
 --runtime=onnxruntime|openvino times forward, pipeline and PRN through that CPU runtime
@@ -87,12 +87,12 @@ from mpn_jax.training import state as state_lib
 from mpn_jax.training import steps
 
 PARTS = ("peak", "forward", "pipeline", "prn", "train_branches", "train_prn", "input")
-DEFAULT_PARTS = PARTS[:-1]  # `input` reads COCO images: asked for with --parts and --coco_dir
+DEFAULT_PARTS = PARTS[:-1]  # `input` reads COCO images: --parts=input --input_coco_dir=DIR
 
 _OUTPUT = flags.DEFINE_string("output", "", "write the results as JSON to this file")
 _PARTS = flags.DEFINE_list("parts", list(DEFAULT_PARTS), f"parts to run, any of {PARTS}")
 _COCO_DIR = flags.DEFINE_string(
-    "coco_dir", "", "input part: a COCO folder with annotations/ and train2017/ (e.g. "
+    "input_coco_dir", "", "input part: a COCO folder with annotations/ and train2017/ (e.g. "
     "../shared/data/coco)")
 _INPUT_BATCHES = flags.DEFINE_integer("input_batches", 40, "input part: batches timed")
 _RUNTIME = flags.DEFINE_enum(
@@ -107,11 +107,11 @@ _PRN_BATCH = flags.DEFINE_integer("prn_batch", 64, "people per PRN inference cal
 _TRAIN_BATCH = flags.DEFINE_integer(
     "train_batch", 0, "stage-one global training batch; 0: 2 per CPU device, 8 per accelerator; "
     "-1: the largest that fits in memory (64, 32, 16, ... tried in turn)")
-_PRESET = flags.DEFINE_enum(
-    "preset", "", ["", "gpu"], "gpu: the prepared one-GPU run (under 5 minutes): forward and "
+_GPU = flags.DEFINE_bool(
+    "gpu", False, "the prepared one-GPU run (under 5 minutes): forward and "
     "pipeline in fp32 and bf16 at batch 1 and 32, the stage-one step at the largest batch that "
-    "fits, PRN, peak memory (and the input part with --coco_dir); XLA's memory preallocation off "
-    "so peak memory is what the parts use")
+    "fits, PRN, peak memory (and the input part with --input_coco_dir); XLA's memory "
+    "preallocation off so peak memory is what the parts use")
 _PRN_TRAIN_BATCH = flags.DEFINE_integer(
     "prn_train_batch", 0, "stage-two global training batch; 0: configs/prn.py's data.batch_size")
 _REPEATS = flags.DEFINE_integer("repeats", 0, "timed rounds (medians over these); 0: 3 on CPU, "
@@ -142,7 +142,7 @@ class Settings:
   warmup: int = 1
   peak_sizes: tuple = ()
   model_size: str = "full"
-  coco_dir: str = ""
+  input_coco_dir: str = ""
   input_batches: int = 40
 
   def validate(self):
@@ -159,8 +159,8 @@ class Settings:
                        "backbone's total stride")
     if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
       raise ValueError(f"--batch_sizes={self.batch_sizes}: give positive integers")
-    if "input" in self.parts and not self.coco_dir:
-      raise ValueError("--parts=input reads real COCO images: give --coco_dir=FOLDER (with "
+    if "input" in self.parts and not self.input_coco_dir:
+      raise ValueError("--parts=input reads real COCO images: give --input_coco_dir=FOLDER (with "
                        "annotations/ and train2017/)")
     if self.repeats < 1 or self.warmup < 0:
       raise ValueError("--repeats must be >= 1 and --warmup >= 0")
@@ -183,9 +183,9 @@ def settings_from_flags():
       prn_batch=_PRN_BATCH.value, train_batch=_TRAIN_BATCH.value,
       prn_train_batch=_PRN_TRAIN_BATCH.value,
       repeats=_REPEATS.value or (3 if jax.default_backend() == "cpu" else 10), warmup=_WARMUP.value,
-      peak_sizes=_ints(_PEAK_SIZES), model_size=_MODEL_SIZE.value, coco_dir=_COCO_DIR.value,
+      peak_sizes=_ints(_PEAK_SIZES), model_size=_MODEL_SIZE.value, input_coco_dir=_COCO_DIR.value,
       input_batches=_INPUT_BATCHES.value)
-  if _PRESET.value == "gpu":
+  if _GPU.value:
     given = {name for name in ("parts", "precision", "batch_sizes", "train_batch", "repeats",
                                "warmup") if flags.FLAGS[name].present}
     s = gpu_preset(s, keep=given)
@@ -196,9 +196,9 @@ def settings_from_flags():
 
 
 def gpu_preset(s, keep=()):
-  """`--preset=gpu`: the settings of the prepared one-GPU run; the fields of the flags named in
+  """`--gpu`: the settings of the prepared one-GPU run; the fields of the flags named in
   `keep` (given on the command line) keep their values."""
-  preset = dict(parts=DEFAULT_PARTS + (("input",) if s.coco_dir else ()),
+  preset = dict(parts=DEFAULT_PARTS + (("input",) if s.input_coco_dir else ()),
                 precision=("fp32", "bf16"), batch_sizes=(1, 32), train_batch=-1, repeats=10,
                 warmup=2)
   fields = {"precision": "precisions"}
@@ -486,15 +486,16 @@ def input_part(settings, log=print):
   beside this project), else from the full person_keypoints_{train,val}2017.json. Per core =
   images/s / the CPU cores this process may use."""
   config = _stage_config("branches", "coco")
-  folder = os.path.join(settings.coco_dir, "annotations")
+  folder = os.path.join(settings.input_coco_dir, "annotations")
   names = [f"person_keypoints_{{}}2017{suffix}.json" for suffix in ("_sample", "")]
   name = next((n for n in names if os.path.isfile(os.path.join(folder, n.format("train")))), None)
   if name is None:
     raise errors.MissingFileError(
-        f"--coco_dir={settings.coco_dir}: no {' or '.join(n.format('train') for n in names)} in "
-        f"{folder} (the input part reads a COCO annotation file and its images)")
+        f"--input_coco_dir={settings.input_coco_dir}: no "
+        f"{' or '.join(n.format('train') for n in names)} in {folder} (the input part reads a "
+        "COCO annotation file and its images)")
   with tempfile.TemporaryDirectory(prefix="mpn_bench_tfds_") as data_dir:
-    config.dataset.update(dict(coco_dir=settings.coco_dir, train_ann=name.format("train"),
+    config.dataset.update(dict(coco_dir=settings.input_coco_dir, train_ann=name.format("train"),
                                val_ann=name.format("val"), data_dir=data_dir))
     ann = os.path.join(folder, name.format("train"))
     log(f"[input] building TFDS records of {ann} in a temporary folder")
@@ -649,7 +650,8 @@ def benchmark_dtype(settings, precision, log=print):
                            "forward" in want, "pipeline" in want)
   if not onnx and "prn" in want:
     parts.append(prn_part(prn_model, prn_variables, settings.prn_batch))
-    small = coco_small_prn_part(dtype, settings.prn_batch) if settings.model_size == "full" else None
+    small = (coco_small_prn_part(dtype, settings.prn_batch) if settings.model_size == "full"
+             else None)
     if small is not None:
       parts.append(small)
   mesh = parallel.create_mesh()
@@ -796,7 +798,7 @@ def run(settings, log=print):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}: every option is a --flag")
-  if _PRESET.value == "gpu" and "XLA_PYTHON_CLIENT_PREALLOCATE" not in os.environ:
+  if _GPU.value and "XLA_PYTHON_CLIENT_PREALLOCATE" not in os.environ:
     # Before the first JAX call: the backend reads it when it starts. Without it JAX takes 75% of
     # GPU memory up front and peak memory says nothing.
     os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"

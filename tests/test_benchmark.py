@@ -118,7 +118,7 @@ def test_peak_memory_counts_what_the_process_touched():
     ("runtime", "tensorrt", "--runtime"),
     ("image_size", 100, "--image_size"),
     ("batch_sizes", (0,), "--batch_sizes"),
-    ("parts", ("input",), "--coco_dir"),
+    ("parts", ("input",), "--input_coco_dir"),
 ])
 def test_bad_settings_name_the_flag(field, value, flag):
   with pytest.raises(ValueError, match=flag):
@@ -194,7 +194,7 @@ def test_branches_loss_without_anchors_generates_them_per_batch_size():
 
 
 def test_input_part_times_the_coco_recipe_on_real_images(coco_dir):
-  settings = benchmark.Settings(parts=("input",), coco_dir=str(coco_dir), input_batches=2,
+  settings = benchmark.Settings(parts=("input",), input_coco_dir=str(coco_dir), input_batches=2,
                                 repeats=1, warmup=0)
   out = benchmark.run(settings, log=lambda *_: None)
   from mpn_jax.configs import branches  # pylint: disable=g-import-not-at-top
@@ -207,8 +207,8 @@ def test_input_part_times_the_coco_recipe_on_real_images(coco_dir):
 
 
 def test_input_part_names_a_missing_annotation_file(tmp_path):
-  settings = benchmark.Settings(parts=("input",), coco_dir=str(tmp_path), repeats=1, warmup=0)
-  with pytest.raises(errors.MissingFileError, match="--coco_dir"):
+  settings = benchmark.Settings(parts=("input",), input_coco_dir=str(tmp_path), repeats=1, warmup=0)
+  with pytest.raises(errors.MissingFileError, match="--input_coco_dir"):
     benchmark.run(settings, log=lambda *_: None)
 
 
@@ -216,7 +216,7 @@ def test_gpu_preset_settings():
   s = benchmark.gpu_preset(benchmark.Settings())
   assert s.precisions == ("fp32", "bf16") and s.batch_sizes == (1, 32) and s.train_batch == -1
   assert "input" not in s.parts and set(benchmark.DEFAULT_PARTS) <= set(s.parts)
-  assert "input" in benchmark.gpu_preset(benchmark.Settings(coco_dir="/data/coco")).parts
+  assert "input" in benchmark.gpu_preset(benchmark.Settings(input_coco_dir="/data/coco")).parts
   s.validate()
   kept = benchmark.gpu_preset(benchmark.Settings(batch_sizes=(4,)), keep={"batch_sizes"})
   assert kept.batch_sizes == (4,) and kept.train_batch == -1
@@ -241,3 +241,9 @@ def test_largest_train_batch_that_fits(monkeypatch):
     monkeypatch.setattr(benchmark, "_branches_train_part",
                         lambda *a: (_ for _ in ()).throw(ValueError("bad shape")))
     benchmark.branches_train_part(benchmark.Settings(train_batch=-1), "float32", mesh)
+
+
+def test_benchmark_and_quickstart_flags_do_not_clash():
+  """Both modules define absl flags at import; a test process imports both."""
+  subprocess.run([sys.executable, "-c", "import mpn_jax.benchmark, mpn_jax.quickstart"],
+                 check=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))

@@ -844,7 +844,7 @@ def check_benchmark(scenario, cmd):
                 f"{', '.join(_runtime_missing(runtime))} not installed")
   result = scenario.run(cmd)
   out = json.loads(pathlib.Path(scenario.adapter.path(cmd.flags["--output"])).read_text())
-  default = [p for p in BENCHMARK_KEYS if p != "input" or cmd.flags.get("--coco_dir")]
+  default = [p for p in BENCHMARK_KEYS if p != "input" or cmd.flags.get("--input_coco_dir")]
   parts = (cmd.flags.get("--parts") or ",".join(default)).split(",")
   for key in sum((BENCHMARK_KEYS[p] for p in parts), ("peak_memory_bytes", "device")):
     assert key in out, (key, sorted(out))
