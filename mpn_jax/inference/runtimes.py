@@ -85,6 +85,9 @@ def check(runtime, precision):
   if precision not in PRECISIONS:
     raise errors.ConfigError(f"--precision={precision} (inference.precision): use one of "
                              f"{', '.join(PRECISIONS)}")
+  if runtime != "jax" and jax.process_count() > 1:
+    raise errors.ConfigError(f"--runtime={runtime} serves on one host's CPU; with several "
+                             "processes use --runtime=jax")
   if runtime == "onnxruntime":
     require("onnx", "jax2onnx", "onnxruntime", what="--runtime=onnxruntime")
     if precision == "bf16":
