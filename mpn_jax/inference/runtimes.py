@@ -334,8 +334,8 @@ def make_predict_fn(branches_model_config, prn_model_config, branches_variables,
   """
   check(runtime, precision)
   if runtime == "jax":
-    bcfg, pcfg = branches_model_config.copy_and_resolve_references(), prn_model_config
-    pcfg = pcfg.copy_and_resolve_references()
+    bcfg = branches_model_config.copy_and_resolve_references()
+    pcfg = prn_model_config.copy_and_resolve_references()
     if precision == "bf16":
       bcfg.dtype, pcfg.dtype = "bfloat16", "bfloat16"
     predict = pipeline.make_predict_fn(models.build_multiposenet(bcfg), models.build_prn(pcfg),
