@@ -7,6 +7,7 @@ import pytest
 
 from mpn_jax import checkpoints
 from mpn_jax import coco
+from mpn_jax.data import annotations
 from mpn_jax.data import preprocess
 from mpn_jax.evaluation import coco_io
 from mpn_jax.inference import postprocess
@@ -31,7 +32,8 @@ def test_box_conversions_by_hand():
   xyxy = np.array([[10, 20, 40, 80], [0.5, 1.5, 2.5, 4.5]], np.float32)
   xywh = np.array([[10, 20, 30, 60], [0.5, 1.5, 2, 3]], np.float32)
   np.testing.assert_array_equal(coco_io.xyxy_to_xywh(xyxy), xywh)
-  np.testing.assert_array_equal(coco_io.xywh_to_xyxy(xywh), xyxy)
+  anns = [{"bbox": list(map(float, box))} for box in xywh]  # COCO's xywh, parsed to xyxy
+  np.testing.assert_array_equal(annotations.people_arrays(anns)["boxes"], xyxy)
 
 
 def test_keypoint_results_encoding():

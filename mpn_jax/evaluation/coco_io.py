@@ -33,12 +33,6 @@ def xyxy_to_xywh(boxes):
   return np.concatenate([b[..., :2], b[..., 2:] - b[..., :2]], axis=-1)
 
 
-def xywh_to_xyxy(boxes):
-  """COCO [..., 4] (x, y, w, h) -> [..., 4] (x1, y1, x2, y2), float32 numpy."""
-  b = np.asarray(boxes, np.float32)
-  return np.concatenate([b[..., :2], b[..., :2] + b[..., 2:]], axis=-1)
-
-
 def batch_rows(valid):
   """(b, n) index arrays of the valid slots of a [B, N] mask, in row-major order: the people of
   batched outputs, e.g. keypoint_results(image_ids[b], keypoints[b, n], scores[b, n])."""

@@ -55,6 +55,12 @@ def merge_grid(image_size, config):
   return cells, (preprocess.HEATMAP_STRIDE * w / sw, preprocess.HEATMAP_STRIDE * h / sh)  # (4.0, 4.0) at scale 1
 
 
+def _variants(config):
+  """(scale, mirrored) of every TTA variant, in the order of `variant_inputs`' outputs."""
+  return [(s, flip) for s in config.scales
+          for flip in ((False, True) if config.flip else (False,))]
+
+
 def variant_inputs(images, config):
   """The network inputs of every TTA variant, in `merge_variant_outputs`' order.
 
@@ -72,11 +78,10 @@ def variant_inputs(images, config):
     raise errors.ConfigError(f"inference.flip needs an input width that is a multiple of {preprocess.HEATMAP_STRIDE} "
                              f"(got {w}): set input.size accordingly or turn flip off")
   out = []
-  for s in config.scales:
+  for s, flip in _variants(config):
     sh, sw = _scaled_size(h, s), _scaled_size(w, s)
     scaled = images if (sh, sw) == (h, w) else jax.image.resize(images, (b, sh, sw, 3), "bilinear")
-    for flip in ((False, True) if config.flip else (False,)):
-      out.append(scaled[:, :, ::-1] if flip else scaled)
+    out.append(scaled[:, :, ::-1] if flip else scaled)
   return out
 
 
@@ -100,8 +105,7 @@ def merge_variant_outputs(outputs, image_size, config):
   """
   h, w = image_size
   grid, _ = merge_grid((h, w), config)
-  flips = (False, True) if config.flip else (False,)
-  variants = [(s, f) for s in config.scales for f in flips]
+  variants = _variants(config)
   if len(outputs) != len(variants):
     raise ValueError(f"{len(outputs)} outputs for {len(variants)} TTA variants")
   heat, cand_boxes, cand_scores = [], [], []
