@@ -2,9 +2,20 @@
 
 import os
 import pathlib
+import shutil
+import tempfile
 
 # Must happen before JAX initialises its backends (i.e. before any test touches jax.devices()).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# One persistent JAX compilation cache for the whole session: the pytest-xdist workers inherit it
+# from the controller (which loads this file first), and so do the tools the tests start as
+# subprocesses (train.py, evaluate.py, ...), which compile the same tiny programs again and again;
+# compiling is most of a smoke run's time on a CPU. The controller deletes it at the end
+# (pytest_unconfigure). A cache dir set by the caller is used as it is and kept.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mpn_test_jax_cache_")
+  os.environ["MPN_TEST_OWNS_JAX_CACHE"] = str(os.getpid())
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 4)
@@ -31,3 +42,9 @@ def require_shared(path=COCO_DIR):
 def coco_dir():
   """Path to ../shared/data/coco (train2017/, val2017/, annotations/, golden/)."""
   return require_shared(COCO_DIR)
+
+
+def pytest_unconfigure(config):
+  del config
+  if os.environ.get("MPN_TEST_OWNS_JAX_CACHE") == str(os.getpid()):
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
