@@ -181,7 +181,7 @@ def test_branches_loss_without_anchors_generates_them_per_batch_size():
   # explicit anchors for each batch's size.
   model = models.build_multiposenet(models.multiposenet_config("tiny"))
   cfg = benchmark._stage_config("branches")
-  v = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False)
+  v = jax.jit(lambda r: model.init(r, jnp.zeros((1, 64, 64, 3)), train=False))(jax.random.key(0))
   auto = steps.branches_loss_fn(model, None, cfg.loss)
   for s in (32, 64):
     batch = benchmark.synthetic_branches_batch(2, s, max_boxes=6, max_people=3, seed=s)

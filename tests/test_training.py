@@ -313,8 +313,8 @@ def test_mixed_precision_bf16_compute_float32_state_losses_match():
   config = branches_config.get_config("smoke")
   config.train.warmup_steps = 0
   config.train.learning_rate = 1e-3
-  mesh = parallel.create_mesh()
-  s, b = 64, parallel.create_mesh().size
+  mesh = parallel.create_mesh(jax.devices()[:1])  # one device: the precision, not the sharding
+  s, b = 64, 2
   batch = parallel.shard_batch(benchmark.synthetic_branches_batch(b, s, 6, 3), mesh)
   losses, leaves = {}, {}
   for dtype in ("float32", "bfloat16"):
@@ -324,7 +324,8 @@ def test_mixed_precision_bf16_compute_float32_state_losses_match():
     model = models.build_multiposenet(mcfg)
     loss_fn = steps.branches_loss_fn(model, boxes.generate_anchors((s, s)), config.loss)
     tx, schedule = state_lib.make_optimizer(config.train, state_lib.frozen_fn("all"))
-    v = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+    v = jax.jit(lambda r: model.init(r, jnp.zeros((1, 32, 32, 3)), train=False))(  # noqa: B023
+        jax.random.key(0))
     state = state_lib.TrainState.create(v["params"], v.get("batch_stats", {}), tx,
                                         state_lib.frozen_fn("all"))
     state = jax.device_put(state, parallel.replicated_sharding(mesh))
