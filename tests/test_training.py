@@ -313,8 +313,8 @@ def test_mixed_precision_bf16_compute_float32_state_losses_match():
   config = branches_config.get_config("smoke")
   config.train.warmup_steps = 0
   config.train.learning_rate = 1e-3
-  mesh = parallel.create_mesh(jax.devices()[:1])  # one device: the precision, not the sharding
-  s, b = 64, 2
+  mesh = parallel.create_mesh()
+  s, b = 64, parallel.create_mesh().size
   batch = parallel.shard_batch(benchmark.synthetic_branches_batch(b, s, 6, 3), mesh)
   losses, leaves = {}, {}
   for dtype in ("float32", "bfloat16"):
