@@ -77,11 +77,13 @@ def variant_inputs(images, config):
   if config.flip and w % preprocess.HEATMAP_STRIDE:
     raise errors.ConfigError(f"inference.flip needs an input width that is a multiple of {preprocess.HEATMAP_STRIDE} "
                              f"(got {w}): set input.size accordingly or turn flip off")
-  out = []
+  out, scaled = [], {}
   for s, flip in _variants(config):
-    sh, sw = _scaled_size(h, s), _scaled_size(w, s)
-    scaled = images if (sh, sw) == (h, w) else jax.image.resize(images, (b, sh, sw, 3), "bilinear")
-    out.append(scaled[:, :, ::-1] if flip else scaled)
+    if s not in scaled:  # one resize per scale, shared by its plain and mirrored variants
+      sh, sw = _scaled_size(h, s), _scaled_size(w, s)
+      scaled[s] = (images if (sh, sw) == (h, w)
+                   else jax.image.resize(images, (b, sh, sw, 3), "bilinear"))
+    out.append(scaled[s][:, :, ::-1] if flip else scaled[s])
   return out
 
 
