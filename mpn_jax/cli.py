@@ -17,6 +17,7 @@ from absl import app
 from absl import flags
 
 from mpn_jax import errors
+from mpn_jax import logs
 
 USER_ERROR_STATUS = 2
 
@@ -118,6 +119,7 @@ def run(main, prog):
     return rest
 
   def wrapped(argv):
+    logs.quiet_library_logs()
     try:
       return main(argv)
     except errors.UserError as e:
@@ -133,11 +135,15 @@ def run(main, prog):
 def import_tensorflow_quietly():
   """Imports TensorFlow (once) with what its native libraries write to the terminal while they
   load (the oneDNN notice and absl's "WARNING: All log messages before absl::InitializeLog() is
-  called are written to STDERR", twice) sent to /dev/null: none of it is a warning a user can act
-  on. Python errors raised by the import still surface. The packages through which TensorFlow
-  comes in (mpn_jax.data; mpn_jax.training, for clu) call it before their imports."""
+  called are written to STDERR", twice) sent to /dev/null, and its native INFO lines off: none of
+  it is a warning a user can act on. Python errors raised by the import still surface. The
+  packages through which TensorFlow comes in (mpn_jax.data; mpn_jax.training, for clu) call it
+  before their imports."""
   if "tensorflow" in sys.modules:
     return
+  # TensorFlow's native INFO lines (e.g. each TFRecord reader's buffer size) are not for users;
+  # its warnings and errors still show. A value the user set is kept.
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
   sys.stderr.flush()
   try:
     saved = os.dup(2)

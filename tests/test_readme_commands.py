@@ -585,6 +585,11 @@ def _stats_file(scenario, cmd):
   return _stage_workdir(scenario, cmd) / "eval" / f"{mode}_stats.json"
 
 
+# An absl log line, Python ("I1203 04:29:25.749479 1398501 checkpointer.py:368] ...") or native
+# ("I0000 00:00:1796271970.928219   17288 tf_record_dataset_op.cc:396] ...").
+_LOG_LINE = re.compile(r"^[IWEF]\d{4} [\d:.]+\s+\d+ \S+:\d+\] ")
+
+
 def check_evaluate(scenario, cmd):
   result = scenario.run(cmd)
   if "--config" in cmd.flags:
@@ -600,6 +605,10 @@ def check_evaluate(scenario, cmd):
   # COCOeval gives -1 where a statistic has no ground truth (e.g. no large people at 64 px)
   assert all(v == -1 or 0.0 <= v <= 1.0 for v in stats.values()), stats
   assert "AP50" in result.stdout  # the printed table
+  # Only the tool's own lines: no absl-formatted log lines of the libraries (Orbax restores,
+  # TFDS builders, JAX backends, TensorFlow's native readers), Python's or native.
+  library_lines = [line for line in result.stderr.splitlines() if _LOG_LINE.match(line)]
+  assert not library_lines, "\n".join(library_lines[:10])
 
 
 def check_predict(scenario, cmd):

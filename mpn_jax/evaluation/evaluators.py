@@ -14,7 +14,6 @@ import itertools
 import os
 import time
 
-from absl import logging
 import jax
 from jax.experimental import multihost_utils
 import ml_collections
@@ -443,7 +442,6 @@ def evaluate(model, config=None, inference=None):
   if jax.process_index() == 0:  # every process holds the same statistics and results
     coco_io.write_json(results_file, evaluator.results)
     coco_io.write_json(output, stats)
-  logging.info("%d COCO results written to %s", len(evaluator.results), results_file)
-  logging.info("evaluation (%s) took %.1f s", ec.mode, time.time() - start)
-  print(f"statistics written to {output}")
+  print(f"{len(evaluator.results)} COCO results written to {results_file}")
+  print(f"statistics written to {output} ({ec.mode} evaluation took {time.time() - start:.1f} s)")
   return stats

@@ -16,7 +16,6 @@ runs the generic `run(config, workdir, task)`, which knows nothing about either 
 import dataclasses
 import inspect
 import itertools
-import logging as std_logging
 import os
 import signal
 import threading
@@ -33,6 +32,7 @@ import numpy as np
 from mpn_jax import checkpoints
 from mpn_jax import coco
 from mpn_jax import errors
+from mpn_jax import logs
 from mpn_jax import models
 from mpn_jax import parallel
 from mpn_jax import prn_grid
@@ -381,31 +381,6 @@ def _prn_eval_batches(val_set, config, mesh):
 TASKS = {"branches": branches_task, "prn": prn_task}
 
 
-class _LibraryInfoFilter(std_logging.Filter):
-  """Drops INFO lines of orbax and tensorflow-datasets (dozens per checkpoint) so that the
-  progress lines stay readable; their warnings and errors still show, except the tracebacks that
-  each of Orbax's writer threads logs for a failed save (the save raises, and the loop reports it
-  once as errors.CheckpointError) and Orbax's warning that a step saved between evaluations has no
-  metric."""
-
-  def filter(self, record):
-    path = record.pathname
-    if f"{os.sep}orbax{os.sep}" in path and (
-        path.endswith(f"futures{os.sep}future.py") or
-        # Steps saved between evaluations carry no metrics by design (kept as the last N).
-        "Requested `tracked_metric`" in str(record.msg)):
-      return False
-    return record.levelno >= std_logging.WARNING or not any(
-        f"{os.sep}{name}{os.sep}" in path for name in ("orbax", "tensorflow_datasets"))
-
-
-def quiet_library_logs():
-  """Installs `_LibraryInfoFilter` on absl's handler (idempotent)."""
-  handler = logging.get_absl_handler()
-  if not any(isinstance(f, _LibraryInfoFilter) for f in handler.filters):
-    handler.addFilter(_LibraryInfoFilter())
-
-
 def check_train_config(config):
   """Raises errors.ConfigError naming the field when config.train holds an unusable value (before
   any data is built or any checkpoint is touched)."""
@@ -463,7 +438,7 @@ def train_and_evaluate(config, workdir, mesh=None):
 
   The workdir is locked for the run (`workdir.WorkdirLock`): a second run on it stops at once.
   """
-  quiet_library_logs()
+  logs.quiet_library_logs()
   if config.get("stage") not in TASKS:
     raise errors.ConfigError(f"config.stage={config.get('stage')!r}: use one of {sorted(TASKS)} "
                              "(configs/branches.py or configs/prn.py)")
