@@ -621,3 +621,82 @@ def test_color_jitter_hue_turns_the_chroma_and_keeps_luma():
     got = to_yiq @ out
     assert abs(got[0] - yiq[0]) < 1e-4  # luma kept
     assert abs(np.hypot(got[1], got[2]) - np.hypot(yiq[1], yiq[2])) < 1e-3  # chroma length kept
+
+
+def _heatmaps_by_numpy(kp, hw, sigma):
+  """The max over people of every labelled keypoint's Gaussian, by NumPy (float64)."""
+  h, w = hw
+  yy, xx = np.mgrid[0:h, 0:w] + 0.5
+  out = np.zeros((h, w, 17))
+  for person in kp:
+    for k, (x, y, v) in enumerate(person):
+      if v > 0:
+        g = np.exp(-((xx - x / 4) ** 2 + (yy - y / 4) ** 2) / (2 * sigma ** 2))
+        out[..., k] = np.maximum(out[..., k], g)
+  return out
+
+
+def test_heatmaps_of_people_near_and_far_outside_the_map():
+  """People far outside the map (whose Gaussians underflow to 0) change nothing: the maps equal
+  those of the people near it alone, bit for bit, and NumPy's within float32 rounding."""
+  rng = np.random.default_rng(3)
+  near = np.concatenate([rng.uniform(-20, 150, (4, 17, 2)), rng.integers(0, 3, (4, 17, 1))], -1)
+  far = np.concatenate([rng.uniform(-20, 150, (3, 17, 2)), rng.integers(1, 3, (3, 17, 1))], -1)
+  far[0, :, 0] += 400   # right of the map
+  far[1, :, 1] -= 400   # above it
+  far[2, :, :2] = [[-300, 900]] * 17
+  near[0, 5] = [128 + 4 * 13, 60, 2]  # just outside, well within reach: counts
+  kp = np.concatenate([near, far]).astype(np.float32)
+  got = targets.gaussian_heatmaps(kp, (32, 32), SIGMA).numpy()
+  np.testing.assert_array_equal(got, targets.gaussian_heatmaps(near.astype(np.float32), (32, 32),
+                                                               SIGMA).numpy())
+  np.testing.assert_allclose(got, _heatmaps_by_numpy(kp, (32, 32), SIGMA), atol=1e-6)
+  assert got[..., 5].max() > 0  # the keypoint just outside still reaches into the map
+
+
+def test_masks_warp_as_one_packed_channel_exactly(samples):
+  """uint8 masks (packed into one channel for the warp) come out exactly as the same masks warped
+  as two float32 channels, on real COCO masks and a rotated, scaled, mirrored crop."""
+  example, _ = samples["crowd"]
+  h, w = example["image"].shape[:2]
+  m = augment.params_matrix(h, w, S, _params("combined"))
+  pm, im = example["person_mask"], example["ignore_mask"]
+  assert pm.dtype == np.uint8 and im.dtype == np.uint8 and im.any() and pm.any()
+  warp_masks = augment._warp_masks  # pylint: disable=protected-access
+  packed = warp_masks(tf.constant(pm), tf.constant(im), m, (S, S))
+  apart = warp_masks(tf.constant(pm, tf.float32), tf.constant(im, tf.float32), m, (S, S))
+  for a, b in zip(packed, apart):
+    assert a.dtype == tf.float32
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+  assert packed[0].numpy().any() and packed[1].numpy().any()
+
+
+@pytest.mark.parametrize("zoom,size,regime", [(0.5, S, "shrunk"), (1.0, 480, "whole"),
+                                              (6.0, S, "window")])
+def test_reduced_source_warps_like_the_whole_image(samples, zoom, size, regime):
+  """augment_example works on fewer source pixels when zooming out (shrunk first) or far in (cut
+  to what the output samples): the image, with colour jitter but no clipping at play, and the
+  masks are what the whole source gives when normalised, jittered and warped as it is."""
+  example, _ = samples["people"]
+  h, w = example["image"].shape[:2]
+  p = dict(IDENTITY, scale=zoom * max(h, w) / size, angle=15.0, translate=(0.05, -0.05))
+  m = augment.params_matrix(h, w, size, p)
+  np.testing.assert_allclose(np.sqrt(abs(np.linalg.det(m.numpy()[:2, :2]))), zoom, rtol=1e-5)
+  x0, y0, x1, y1 = (int(v) for v in augment.source_window(h, w, m, (size, size)))
+  assert regime == ("shrunk" if zoom < 0.75 else
+                    "window" if (x1 - x0) * (y1 - y0) < 0.25 * h * w else "whole")
+  # Mid-grey, low-contrast pixels: the jitter (brightness, contrast about the whole image's mean,
+  # a colour matrix) never clips, so jittering before or after shrinking is the same map.
+  grey = (96 + example["image"].astype(np.float32) / 4).astype(np.uint8)
+  ex = _tf(dict(example, image=grey))
+  jitter = _jitter_cfg(brightness=0.1, contrast=0.3, saturation=0.2, hue=0.05)
+  seed = tf.constant([5, 6], tf.int64)
+  aug = defaults.augment_config()
+  aug.color_jitter.update(jitter)
+  got = augment.augment_example(ex, size, p, seed, aug)
+  whole = coco.normalize_image(augment.color_jitter(tf.cast(grey, tf.float32), seed, jitter))
+  want = augment.apply_affine(dict(ex, image=whole), m, False, (size, size))
+  np.testing.assert_allclose(got["image"].numpy(), want["image"].numpy(), atol=2e-3)
+  for key in ("person_mask", "ignore_mask"):  # nearest samples; a rare tie may round otherwise
+    assert np.mean(got[key].numpy() != want[key].numpy()) < 1e-3
+  np.testing.assert_array_equal(got["keypoints"].numpy(), want["keypoints"].numpy())

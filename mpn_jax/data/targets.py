@@ -7,6 +7,8 @@ the keypoint is at a cell centre, and at worst (a cell corner) exp(-1 / (4 sigma
 sigma = 1, 0.94 for sigma = 2. The sub-cell position survives in the neighbouring values.
 """
 
+import math
+
 from mpn_jax import cli  # pylint: disable=g-bad-import-order
 cli.import_tensorflow_quietly()  # before TensorFlow first loads: its native start-up notices off
 import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -34,6 +36,14 @@ def gaussian_heatmaps(keypoints, out_hw, sigma, stride=preprocess.HEATMAP_STRIDE
   ys = tf.range(h, dtype=tf.float32) + 0.5
   denom = 2.0 * float(sigma) ** 2
   # Separable: exp(-(dx^2 + dy^2) / 2s^2) = gx * gy; an unlabelled keypoint contributes 0.
+  # People whose every labelled keypoint lies so far outside the map that exp() underflows to 0
+  # (exponent below -110) would add exact zeros: left out of the fold (crops show a few people of
+  # crowded images).
+  reach = math.sqrt(110.0 * denom)
+  dx = tf.maximum(xs[0] - u, u - xs[-1])
+  dy = tf.maximum(ys[0] - v, v - ys[-1])
+  near = tf.reduce_any(lab & (dx <= reach) & (dy <= reach), axis=-1)  # [P]
+  u, v, lab = (tf.boolean_mask(t, near) for t in (u, v, lab))
   gx = tf.exp(-tf.square(xs - u[..., None]) / denom) * tf.cast(lab, tf.float32)[..., None]
   gy = tf.exp(-tf.square(ys - v[..., None]) / denom)
 
