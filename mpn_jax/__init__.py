@@ -5,8 +5,8 @@
   people = predictor(image)                 # [H, W, 3] uint8 RGB -> keypoints, boxes, scores
 
 Layers (a module imports only from its own layer or those below; tests/test_layers.py checks):
-  core        coco, boxes, prn_grid, errors, files, parallel, checkpoints, cli, visualize, losses,
-              configs (plain-data training configs)
+  core        coco, boxes, prn_grid, errors, files, parallel, checkpoints, cli, logs, visualize,
+              losses, configs (plain-data training configs)
   data        mpn_jax.data: TFDS datasets, input pipeline, PRN samples
   models      mpn_jax.models: backbone, FPNs, heads, PRN; weights (converted ImageNet weights)
   inference   mpn_jax.inference: post-processing, TTA, assignment, the pipeline, Predictor

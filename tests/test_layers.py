@@ -16,7 +16,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "mpn_jax"
 LAYERS = {"core": 0, "data": 1, "models": 1, "inference": 2, "evaluation": 3, "training": 4,
           "tools": 5}
 LAYERS["export"] = 3  # mpn_jax.export: above inference, beside evaluation (export.py's library)
-CORE = {"coco", "boxes", "prn_grid", "errors", "files", "parallel", "checkpoints", "cli",
+CORE = {"coco", "boxes", "prn_grid", "errors", "files", "parallel", "checkpoints", "cli", "logs",
         "visualize", "losses", "configs"}
 TOOLS = {"quickstart", "benchmark"}
 
