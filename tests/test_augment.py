@@ -700,3 +700,8 @@ def test_reduced_source_warps_like_the_whole_image(samples, zoom, size, regime):
   for key in ("person_mask", "ignore_mask"):  # nearest samples; a rare tie may round otherwise
     assert np.mean(got[key].numpy() != want[key].numpy()) < 1e-3
   np.testing.assert_array_equal(got["keypoints"].numpy(), want["keypoints"].numpy())
+
+
+def test_heatmaps_of_an_empty_map():
+  kp = np.array([[[3.0, 4.0, 2.0]] * 17], np.float32)
+  assert targets.gaussian_heatmaps(kp, (0, 8), SIGMA).numpy().shape == (0, 8, 17)

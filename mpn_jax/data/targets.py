@@ -40,8 +40,8 @@ def gaussian_heatmaps(keypoints, out_hw, sigma, stride=preprocess.HEATMAP_STRIDE
   # (exponent below -110) would add exact zeros: left out of the fold (crops show a few people of
   # crowded images).
   reach = math.sqrt(110.0 * denom)
-  dx = tf.maximum(xs[0] - u, u - xs[-1])
-  dy = tf.maximum(ys[0] - v, v - ys[-1])
+  dx = tf.maximum(0.5 - u, u - (tf.cast(w, tf.float32) - 0.5))  # from the first / last centre
+  dy = tf.maximum(0.5 - v, v - (tf.cast(h, tf.float32) - 0.5))
   near = tf.reduce_any(lab & (dx <= reach) & (dy <= reach), axis=-1)  # [P]
   u, v, lab = (tf.boolean_mask(t, near) for t in (u, v, lab))
   gx = tf.exp(-tf.square(xs - u[..., None]) / denom) * tf.cast(lab, tf.float32)[..., None]
