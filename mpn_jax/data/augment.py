@@ -345,16 +345,20 @@ def warp_image(image, matrix, out_hw):
     [out_h, out_w, C] float32.
   """
   image = tf.cast(image, tf.float32)
-  zoom = tf.sqrt(tf.abs(tf.linalg.det(matrix[:2, :2])))
-  return tf.cond(zoom < 0.75, lambda: warp(*_shrink(image, matrix), out_hw),
+  zoom = _zoom(matrix)
+  return tf.cond(zoom < 0.75, lambda: warp(*_shrink(image, matrix, zoom), out_hw),
                  lambda: warp(image, matrix, out_hw))
 
 
-def _shrink(image, matrix):
-  """Antialiased resize of `image` by M's zoom -> (small image, matrix from its pixels)."""
+def _zoom(matrix):
+  """The scale factor of a [3, 3] affine matrix (square root of its area ratio)."""
+  return tf.sqrt(tf.abs(tf.linalg.det(matrix[:2, :2])))
+
+
+def _shrink(image, matrix, zoom):
+  """Antialiased resize of `image` by `zoom` (M's) -> (small image, matrix from its pixels)."""
   h = tf.shape(image)[0]
   w = tf.shape(image)[1]
-  zoom = tf.sqrt(tf.abs(tf.linalg.det(matrix[:2, :2])))
   nh = tf.maximum(1, tf.cast(tf.round(tf.cast(h, tf.float32) * zoom), tf.int32))
   nw = tf.maximum(1, tf.cast(tf.round(tf.cast(w, tf.float32) * zoom), tf.int32))
   small = tf.image.resize(image, tf.stack([nh, nw]), method="bilinear", antialias=True)
@@ -396,32 +400,31 @@ def reduce_source(example, matrix, out_hw, pixels_fn=None, window_fraction=0.25)
   Args:
     example: dict with 'image' [H, W, 3] float32, 'person_mask', 'ignore_mask' [H, W, 1].
     matrix: [3, 3] source -> output. out_hw: output (height, width).
-    pixels_fn: (image [h, w, 3] float32, mean [3] float32 of the whole image's pixels or None
-      where `image` has about the whole image's mean) -> image; None: identity.
+    pixels_fn: (image [h, w, 3] float32, whole: the [H, W, 3] image it was cut from, or None
+      where it is the whole image or a shrunk copy) -> image; None: identity.
   Returns:
     (example with the reduced, processed 'image' and the reduced 'person_mask', 'ignore_mask';
     [3, 3] matrix from the reduced image's pixels to the output; [3, 3] from the reduced masks').
   """
   image = example["image"]
-  pixels_fn = pixels_fn or (lambda x, mean: x)
+  pixels_fn = pixels_fn or (lambda x, whole: x)
   h = tf.shape(image)[0]
   w = tf.shape(image)[1]
-  zoom = tf.sqrt(tf.abs(tf.linalg.det(matrix[:2, :2])))
+  zoom = _zoom(matrix)
   x0, y0, x1, y1 = source_window(h, w, matrix, out_hw)
   small_window = (tf.cast((x1 - x0) * (y1 - y0), tf.float32) <
                   window_fraction * tf.cast(h * w, tf.float32))
   masks = (example["person_mask"], example["ignore_mask"])
 
   def shrunk():
-    small, m = _shrink(image, matrix)
+    small, m = _shrink(image, matrix, zoom)
     return (pixels_fn(small, None),) + masks + (m, matrix)
 
   def window():
     shift = _mat([[1.0, 0.0, tf.cast(x0, tf.float32)], [0.0, 1.0, tf.cast(y0, tf.float32)],
                   [0.0, 0.0, 1.0]])
     cut = lambda t: t[y0:y1, x0:x1]
-    mean = tf.reduce_mean(image, axis=[0, 1])
-    return ((pixels_fn(cut(image), mean),) + tuple(cut(m) for m in masks) +
+    return ((pixels_fn(cut(image), image),) + tuple(cut(m) for m in masks) +
             (matrix @ shift, matrix @ shift))
 
   def whole():
@@ -488,11 +491,11 @@ def transform_boxes(boxes, matrix, out_hw, keypoints=None, min_size=2.0):
 _RGB_TO_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
 
 
-def color_jitter(image, seed, cfg, mean=None):
+def color_jitter(image, seed, cfg, whole=None):
   """Random brightness, contrast, saturation and hue on RGB [H, W, 3] float32 in 0..255.
 
   Brightness adds a delta in [-b, b] (of the 0..1 range), contrast scales about the image's
-  per-channel mean (`mean` [3], in 0..255, where `image` is a part of the image it belongs to) by
+  per-channel mean (of `whole` where `image` is a part cut from the [H, W, 3] image `whole`) by
   [1 - c, 1 + c]; saturation ([1 - s, 1 + s]) and hue (a turn of [-h, h] of the colour circle) act
   on the YIQ chroma plane as one colour matrix: per pixel a 3 x 3 product instead of a round trip
   through HSV (about 3x cheaper; the input pipeline's second-largest cost). All ranges 0: the
@@ -509,9 +512,9 @@ def color_jitter(image, seed, cfg, mean=None):
     # The draw of tf.image.stateless_random_contrast with this seed.
     factor = tf.random.stateless_uniform([], seeds[1], 1.0 - cfg.contrast, 1.0 + cfg.contrast)
     contrasted = tf.image.adjust_contrast(x, factor)
-    if mean is not None:  # about `mean`, not this image's own mean
-      own = tf.reduce_mean(image, axis=[0, 1])
-      contrasted = contrasted + (1.0 - factor) * (mean - own) / 255.0
+    if whole is not None:  # about the whole image's mean, not the part's own
+      shift = tf.reduce_mean(whole, axis=[0, 1]) - tf.reduce_mean(image, axis=[0, 1])
+      contrasted = contrasted + (1.0 - factor) * shift / 255.0
     x = contrasted
   if cfg.saturation > 0 or cfg.hue > 0:
     sat = tf.random.stateless_uniform([], seeds[2], 1.0 - cfg.saturation, 1.0 + cfg.saturation)
@@ -619,9 +622,9 @@ def augment_example(example, size, params=None, color_seed=None, aug=None, crop=
     matrix = _mat([[1.0, 0.0, off], [0.0, 1.0, off], [0.0, 0.0, 1.0]]) @ matrix
   out_hw = (out_side, out_side)
 
-  def pixels(image, mean):
+  def pixels(image, whole):
     if color_seed is not None:
-      image = color_jitter(image, color_seed, aug.color_jitter, mean=mean)
+      image = color_jitter(image, color_seed, aug.color_jitter, whole=whole)
     return coco.normalize_image(image)
 
   source, image_matrix, mask_matrix = reduce_source(
