@@ -381,7 +381,7 @@ def runtime_parts(mcfg, pcfg, variables, prn_variables, settings, precision, wan
   JAX (the same arithmetic)."""
   s, rt = settings.image_size, settings.runtime
   model, prn_model = models.build_multiposenet(mcfg), models.build_prn(pcfg)
-  net = runtimes.OnnxNetwork(model, variables, rt, precision)
+  net = runtimes.OnnxNetwork(mcfg, variables, rt, precision)
   predict = runtimes.make_predict_fn(mcfg, pcfg, variables, prn_variables,
                                      defaults.inference_config(), (s, s), runtime=rt,
                                      precision=precision)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from mpn_jax import boxes
+from mpn_jax import errors
 from mpn_jax import models
 from mpn_jax.models import fpn
 from mpn_jax.models import resnet
@@ -241,6 +242,31 @@ def test_bfloat16_compute(tiny):
     assert float(jnp.abs(a - b).max()) < 0.1 * scale
   conv = state["intermediates"]["backbone"]["layer2_0"]["conv2"]["__call__"][0]
   assert conv.dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_network_cut_at_its_output_layers_composes_to_the_whole(tiny, dtype):
+  """part='features' then part='outputs' (the same parameters) is the whole network's inference;
+  the features are in the compute dtype, the outputs float32."""
+  _, variables, images = tiny
+  cfg = models.multiposenet_config("tiny")
+  cfg.dtype = dtype
+  whole, body, head = (models.build_multiposenet(cfg, part=p)
+                       for p in ("all", "features", "outputs"))
+  want = jax.jit(lambda v, x: whole.apply(v, x, train=False))(variables, images)
+  features = jax.jit(lambda v, x: body.apply(v, x, train=False))(variables, images)
+  assert set(features) == {"keypoint_features", "cls_features", "box_features"}
+  assert features["keypoint_features"].shape == images.shape[:1] + want["keypoints"].shape[1:3] + (
+      cfg.keypoint_head.fused_channels,)
+  assert len(features["cls_features"]) == len(features["box_features"]) == 5
+  assert all(f.dtype == jnp.dtype(dtype) for f in jax.tree.leaves(features))
+  got = jax.jit(head.apply)(variables, features)
+  assert set(got) == {"keypoints", "cls_logits", "box_deltas"}
+  for k, g in got.items():
+    assert g.dtype == jnp.float32
+    np.testing.assert_allclose(g, want[k], rtol=1e-5, atol=1e-5 * float(jnp.abs(want[k]).max()))
+  with pytest.raises(errors.ConfigError, match="part"):
+    models.build_multiposenet(cfg, part="backbone").apply(variables, images)
 
 
 @pytest.mark.parametrize("frozen_bn", [True, False])

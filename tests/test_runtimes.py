@@ -119,7 +119,7 @@ def test_openvino_bf16_network_is_close(model):
     return
   x = np.random.default_rng(1).standard_normal((2, size, size, 3)).astype(np.float32)
   want = jax.jit(runtimes.network_fn(net, bvars))(x)
-  got = runtimes.OnnxNetwork(net, bvars, "openvino", "bf16")(x)
+  got = runtimes.OnnxNetwork(bcfg.model, bvars, "openvino", "bf16")(x)
   for k, w in zip(runtimes.NETWORK_OUTPUTS, want):
     w = np.asarray(w)
     err = np.abs(got[k] - w).max() / max(np.abs(w).max(), 1e-6)

@@ -123,7 +123,8 @@ def multiposenet_config(size="full"):
     raise errors.ConfigError(
         f"multiposenet_config: size must be one of {MODEL_SIZES}, got {size!r}")
   c = ml_collections.ConfigDict()
-  c.dtype = "float32"        # compute dtype; 'bfloat16' on GPU/TPU. Outputs are always float32.
+  c.dtype = "float32"        # compute dtype; 'bfloat16' on GPU/TPU. Outputs, output layers and
+                             # BatchNorm are always float32.
   c.param_dtype = "float32"
 
   c.backbone = ml_collections.ConfigDict()

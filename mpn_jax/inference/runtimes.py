@@ -9,7 +9,8 @@ r"""Where the network and the PRN run, and at which precision.
                          inputs and the assignment stay jitted JAX (`make_staged_fn`). OpenVINO
                          'bf16' needs a CPU with bfloat16 instructions (AVX512_BF16 or AMX); 'fp32'
                          sets OpenVINO's inference precision to f32 explicitly (its default on such
-                         CPUs is bf16). ONNX Runtime's CPU provider runs fp32 only.
+                         CPUs is bf16); in 'bf16' the network's output layers run in JAX float32
+                         (`OnnxNetwork`). ONNX Runtime's CPU provider runs fp32 only.
 
 The ONNX runtimes are optional: `pip install -e ".[export]"` (a missing package is one error line
 with that hint). The conversion here is also what `export.py --format=onnx` writes.
@@ -247,21 +248,55 @@ SESSIONS = {"onnxruntime": OnnxRuntimeSession, "openvino": OpenVinoSession}
 class OnnxNetwork:
   """The MultiPoseNet in an ONNX runtime, one converted graph per input size (TTA scales).
 
+  At precision 'bf16' the runtime runs the network up to its output layers
+  (`build_multiposenet(part='features')`) and the output layers run in jitted JAX float32
+  (`part='outputs'`), as JAX's own bf16 path keeps them: computed in bfloat16 (8 bits of
+  mantissa), they cost 0.015 keypoint AP on the learning-check model (docs/predict.md); they are
+  0.7% of the network's FLOPs at 480 (1.1 of 166 GFLOP), about a tenth of its time in float32.
+
   __call__(images [B, H, W, 3] float32) -> dict of numpy 'keypoints', 'cls_logits', 'box_deltas'.
   """
 
-  def __init__(self, net, variables, runtime, precision):
-    self.fn = network_fn(net, variables)
+  def __init__(self, model_config, variables, runtime, precision):
     self.runtime, self.precision = runtime, precision
     self.sessions = {}
+    variables = jax.tree.map(jnp.asarray, variables)
+    self.levels = len(models.build_multiposenet(model_config).retina_head.levels)
+    if precision == "bf16":
+      body = models.build_multiposenet(model_config, part="features")
+      head = models.build_multiposenet(model_config, part="outputs")
+      self.fn = lambda images: self._flat(body.apply(variables, images, train=False))
+      self.names = (("keypoint_features",)
+                    + tuple(f"{k}_features_{i}" for k in ("cls", "box") for i in range(self.levels)))
+      outputs = jax.jit(head.apply)
+
+      def finish(flat):
+        with jax.default_matmul_precision("float32"):
+          return outputs(variables, self._unflat(flat))
+      self.finish = finish
+    else:
+      self.fn = network_fn(models.build_multiposenet(model_config), variables)
+      self.names = NETWORK_OUTPUTS
+      self.finish = lambda outs: dict(zip(NETWORK_OUTPUTS, outs))
+
+  @staticmethod
+  def _flat(features):
+    return ((features["keypoint_features"],) + tuple(features["cls_features"])
+            + tuple(features["box_features"]))
+
+  def _unflat(self, flat):
+    n = self.levels
+    return {"keypoint_features": flat[0], "cls_features": tuple(flat[1:1 + n]),
+            "box_features": tuple(flat[1 + n:1 + 2 * n])}
 
   def __call__(self, images):
     h, w = images.shape[1:3]
     if (h, w) not in self.sessions:
-      proto, _ = to_onnx(self.fn, ("B", h, w, 3), "multiposenet", "images", NETWORK_OUTPUTS,
+      proto, _ = to_onnx(self.fn, ("B", h, w, 3), "multiposenet", "images", self.names,
                          what=f"--runtime={self.runtime}")
       self.sessions[(h, w)] = SESSIONS[self.runtime](proto, self.precision)
-    return dict(zip(NETWORK_OUTPUTS, self.sessions[(h, w)](images)))
+    out = self.finish(self.sessions[(h, w)](images))
+    return {k: np.asarray(out[k]) for k in NETWORK_OUTPUTS}
 
 
 class OnnxPrn:
@@ -349,7 +384,6 @@ def make_predict_fn(branches_model_config, prn_model_config, branches_variables,
       with jax.default_matmul_precision("float32"):  # fp32 exactly: no TF32 / bf16 passes on GPUs
         return predict(branch_vars, prn_vars, images, scales)
     return fn
-  network = OnnxNetwork(models.build_multiposenet(branches_model_config), branches_variables,
-                        runtime, precision)
+  network = OnnxNetwork(branches_model_config, branches_variables, runtime, precision)
   prn = OnnxPrn(models.build_prn(prn_model_config), prn_variables, runtime, precision)
   return make_staged_fn(network, prn, config, image_size, input_sigma=input_sigma, widen=widen)

@@ -13,6 +13,15 @@ from mpn_jax.models import fpn
 head_init = nn.initializers.normal(0.01)
 # Keypoint-subnet output convs (KeypointHead.output_init).
 OUTPUT_INITS = {"zeros": nn.initializers.zeros, "fan_in": fpn.fpn_init}
+# What a head computes (`part`): 'all' (training and inference), or the network cut at its output
+# layers: 'features' (the output layers' inputs, inference only) and 'outputs' (the output layers
+# applied to those features), with the same parameters as 'all'.
+PARTS = ("all", "features", "outputs")
+
+
+def check_part(part):
+  if part not in PARTS:
+    raise errors.ConfigError(f"model part must be one of {PARTS}, got {part!r}")
 
 
 def _conv3(features, name, dtype, param_dtype, kernel_init=fpn.fpn_init, bias_init=None):
@@ -39,7 +48,9 @@ class KeypointHead(nn.Module):
   outputs are not normalised) otherwise starts with outputs, and an L2 loss, in the thousands and
   spends its first hundreds of steps undoing them. 'fan_in' is the FPN convs' initialiser.
 
-  Returns (final [B, h2, w2, num_outputs], [4 x [B, h_l, w_l, num_outputs]] for l = 2..5).
+  Returns (final [B, h2, w2, num_outputs], [4 x [B, h_l, w_l, num_outputs]] for l = 2..5) float32.
+  With part='features': the fused features [B, h2, w2, fused_channels] (the final output conv's
+  input; no intermediate outputs); part='outputs' takes those features and returns final.
   """
   channels: int = 128
   fused_channels: int = 256
@@ -47,36 +58,44 @@ class KeypointHead(nn.Module):
   upsample: str = "nearest"
   intermediate_on: str = "fpn"
   output_init: str = "zeros"
+  part: str = "all"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, pyramid):
+  def __call__(self, x):
     if self.intermediate_on not in ("subnet", "fpn"):
       raise errors.ConfigError("keypoint_head.intermediate_on must be 'subnet' or 'fpn', got "
                                f"{self.intermediate_on!r}")
     if self.output_init not in OUTPUT_INITS:
       raise errors.ConfigError(f"keypoint_head.output_init must be one of {tuple(OUTPUT_INITS)}, got "
                                f"{self.output_init!r}")
+    check_part(self.part)
     out_init = OUTPUT_INITS[self.output_init]
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     # Output layers compute in float32 whatever the compute dtype: heatmap peaks and their
     # sub-pixel refinement read small differences between neighbouring outputs.
     out_kw = dict(dtype=jnp.float32, param_dtype=self.param_dtype)
+    out = nn.Conv(self.num_outputs, (1, 1), kernel_init=out_init, name="out", **out_kw)
+    if self.part == "outputs":
+      return out(x)
+    pyramid = x
     size = pyramid["P2"].shape[1:3]
     upsampled, intermediate = [], []
     for l in (2, 3, 4, 5):
       p = pyramid[f"P{l}"]
       d = nn.relu(_conv3(self.channels, f"level{l}_conv0", **kw)(p))
       d = nn.relu(_conv3(self.channels, f"level{l}_conv1", **kw)(d))
-      src = d if self.intermediate_on == "subnet" else p
-      intermediate.append(nn.Conv(self.num_outputs, (1, 1), kernel_init=out_init,
-                                  name=f"level{l}_out", **out_kw)(src))
+      if self.part == "all":
+        src = d if self.intermediate_on == "subnet" else p
+        intermediate.append(nn.Conv(self.num_outputs, (1, 1), kernel_init=out_init,
+                                    name=f"level{l}_out", **out_kw)(src))
       upsampled.append(d if l == 2 else fpn.upsample(d, 2**(l - 2), size, self.upsample))
     x = jnp.concatenate(upsampled, axis=-1)
     x = nn.relu(_conv3(self.fused_channels, "fuse", **kw)(x))
-    x = nn.Conv(self.num_outputs, (1, 1), kernel_init=out_init, name="out", **out_kw)(x)
-    return x, intermediate
+    if self.part == "features":
+      return x
+    return out(x), intermediate
 
 
 class RetinaHead(nn.Module):
@@ -86,7 +105,9 @@ class RetinaHead(nn.Module):
   (bias -log((1 - prior) / prior)) or A*4 box deltas. Levels are concatenated in the anchor order of
   docs/design.md: level by level, each flattened [h, w, A] row-major.
 
-  Returns (cls_logits [B, sum_l h_l w_l A, K], box_deltas [B, sum_l h_l w_l A, 4]).
+  Returns (cls_logits [B, sum_l h_l w_l A, K], box_deltas [B, sum_l h_l w_l A, 4]) float32.
+  With part='features': (cls features, box features), each a tuple over levels of
+  [B, h_l, w_l, channels] (the output convs' inputs); part='outputs' takes that pair.
   """
   num_classes: int = 1
   num_anchors: int = 9
@@ -94,11 +115,13 @@ class RetinaHead(nn.Module):
   num_convs: int = 4
   prior_prob: float = 0.01
   levels: tuple = (3, 4, 5, 6, 7)
+  part: str = "all"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, pyramid):
+  def __call__(self, x):
+    check_part(self.part)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=head_init)
     # Modules are created once and applied to every level: the weights are shared.
     cls_convs = [_conv3(self.channels, f"cls_conv{i}", **kw) for i in range(self.num_convs)]
@@ -108,16 +131,22 @@ class RetinaHead(nn.Module):
     cls_out = _conv3(self.num_anchors * self.num_classes, "cls_out",
                      bias_init=nn.initializers.constant(prior_bias), **out_kw)
     box_out = _conv3(self.num_anchors * 4, "box_out", **out_kw)
-    all_cls, all_box = [], []
-    for l in self.levels:
-      p = pyramid[f"P{l}"]
-      c, b = p, p
-      for conv in cls_convs:
-        c = nn.relu(conv(c))
-      for conv in box_convs:
-        b = nn.relu(conv(b))
-      n = p.shape[0]
-      # Channel a * K + k of cell (y, x) -> row (y * w + x) * A + a: [h, w, A] row-major.
-      all_cls.append(cls_out(c).reshape(n, -1, self.num_classes))
-      all_box.append(box_out(b).reshape(n, -1, 4))
+    if self.part == "outputs":
+      cls_feats, box_feats = x
+    else:
+      cls_feats, box_feats = [], []
+      for l in self.levels:
+        c = b = x[f"P{l}"]
+        for conv in cls_convs:
+          c = nn.relu(conv(c))
+        for conv in box_convs:
+          b = nn.relu(conv(b))
+        cls_feats.append(c)
+        box_feats.append(b)
+      if self.part == "features":
+        return tuple(cls_feats), tuple(box_feats)
+    n = cls_feats[0].shape[0]
+    # Channel a * K + k of cell (y, x) -> row (y * w + x) * A + a: [h, w, A] row-major.
+    all_cls = [cls_out(c).reshape(n, -1, self.num_classes) for c in cls_feats]
+    all_box = [box_out(b).reshape(n, -1, 4) for b in box_feats]
     return jnp.concatenate(all_cls, axis=1), jnp.concatenate(all_box, axis=1)

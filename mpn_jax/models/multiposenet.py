@@ -48,18 +48,35 @@ class MultiPoseNet(nn.Module):
     'keypoints' [B, ceil(H/4), ceil(W/4), 18], 'keypoints_intermediate' 4 x [B, ceil(H/2^l), .., 18]
     (l = 2..5), 'cls_logits' [B, A, num_classes], 'box_deltas' [B, A, 4] (anchor order of
     mpn_jax.boxes.generate_anchors).
+
+  The network cut at its output layers (`build_multiposenet(cfg, part=...)`, same parameters):
+  part='features' maps images (inference) to the output layers' inputs, a dict of
+  'keypoint_features' [B, ceil(H/4), ceil(W/4), fused_channels], 'cls_features' and 'box_features'
+  (tuples over P3..P7 of [B, h_l, w_l, channels]), in the compute dtype; part='outputs' maps that
+  dict to 'keypoints', 'cls_logits', 'box_deltas' float32 (no intermediate outputs). A runtime that
+  computes in bfloat16 runs the first and leaves the output layers to float32.
   """
   backbone: resnet.ResNet
   keypoint_fpn: fpn.KeypointFPN
   keypoint_head: heads.KeypointHead
   detection_fpn: fpn.DetectionFPN
   retina_head: heads.RetinaHead
+  part: str = "all"
 
   def __call__(self, images, train: bool = False):
+    heads.check_part(self.part)
+    f32 = lambda x: jnp.asarray(x, jnp.float32)  # losses in float32 whatever the compute dtype
+    if self.part == "outputs":
+      cls_logits, box_deltas = self.retina_head((images["cls_features"], images["box_features"]))
+      return {"keypoints": f32(self.keypoint_head(images["keypoint_features"])),
+              "cls_logits": f32(cls_logits), "box_deltas": f32(box_deltas)}
     feats = self.backbone(images, train=train)
+    if self.part == "features":
+      cls_features, box_features = self.retina_head(self.detection_fpn(feats))
+      return {"keypoint_features": self.keypoint_head(self.keypoint_fpn(feats)),
+              "cls_features": cls_features, "box_features": box_features}
     keypoints, intermediate = self.keypoint_head(self.keypoint_fpn(feats))
     cls_logits, box_deltas = self.retina_head(self.detection_fpn(feats))
-    f32 = lambda x: jnp.asarray(x, jnp.float32)  # losses in float32 whatever the compute dtype
     return {
         "keypoints": f32(keypoints),
         "keypoints_intermediate": [f32(x) for x in intermediate],
@@ -79,8 +96,9 @@ def build_backbone(backbone_cfg, dtype="float32", param_dtype="float32"):
       dtype=_dtype(dtype), param_dtype=_dtype(param_dtype))
 
 
-def build_multiposenet(cfg):
-  """MultiPoseNet from `multiposenet_config()` (possibly overridden)."""
+def build_multiposenet(cfg, part="all"):
+  """MultiPoseNet from `multiposenet_config()` (possibly overridden); `part`: 'all', or the
+  network cut at its output layers ('features' / 'outputs', see MultiPoseNet)."""
   kw: dict[str, Any] = dict(dtype=_dtype(cfg.dtype), param_dtype=_dtype(cfg.param_dtype))
   kh, rh = cfg.keypoint_head, cfg.retina_head
   return MultiPoseNet(
@@ -89,12 +107,13 @@ def build_multiposenet(cfg):
       keypoint_head=heads.KeypointHead(
           channels=kh.channels, fused_channels=kh.fused_channels, num_outputs=NUM_OUTPUTS,
           upsample=kh.upsample, intermediate_on=kh.intermediate_on,
-          output_init=kh.get("output_init", "zeros"), **kw),
+          output_init=kh.get("output_init", "zeros"), part=part, **kw),
       detection_fpn=fpn.DetectionFPN(channels=cfg.fpn_channels,
                                      p6_input=cfg.detection_fpn.p6_input, **kw),
       retina_head=heads.RetinaHead(
           num_classes=rh.num_classes, num_anchors=rh.num_anchors, channels=rh.channels,
-          num_convs=rh.num_convs, prior_prob=rh.prior_prob, **kw))
+          num_convs=rh.num_convs, prior_prob=rh.prior_prob, part=part, **kw),
+      part=part)
 
 
 def build_prn(cfg):

@@ -121,15 +121,19 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    """[B, H, W, 3] images -> {'C2': [B, H/4, W/4, 4w], ..., 'C5': [B, H/32, W/32, 32w]} (dtype)."""
+    """[B, H, W, 3] images -> {'C2': [B, H/4, W/4, 4w], ..., 'C5': [B, H/32, W/32, 32w]} float32
+    (BatchNorm's output; the convolutions compute in `dtype`)."""
     if self.variant not in VARIANTS:
       raise ValueError(f"backbone.variant must be one of {VARIANTS}, got {self.variant!r}")
     if not 0 <= self.freeze_at <= len(self.stage_sizes) + 1:
       raise ValueError(f"backbone.freeze_at must be in 0..{len(self.stage_sizes) + 1}, "
                        f"got {self.freeze_at}")
+    # BatchNorm computes and returns float32 whatever the compute dtype, so the residual sums that
+    # follow it are not rounded to bfloat16 at every block (the convolutions still compute in
+    # `dtype`); that rounding costs keypoint AP (docs/experiments.md, 2026-12-03).
     norm = functools.partial(
         nn.BatchNorm, use_running_average=(not train) or self.frozen_bn,
-        momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype,
+        momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=jnp.float32,
         param_dtype=self.param_dtype)
     x = jnp.asarray(x, self.dtype)
     x = nn.Conv(self.width, (7, 7), strides=2, padding=((3, 3), (3, 3)), use_bias=False,
