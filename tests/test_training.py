@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from mpn_jax import checkpoints
@@ -205,6 +206,11 @@ def test_schedules():
   sched = state_lib.learning_rate_schedule(cfg)
   assert float(sched(0)) == 0.0 and float(sched(10)) == pytest.approx(1.0)
   assert float(sched(100)) == pytest.approx(0.0, abs=1e-6)
+  cfg.warmup_steps = 0  # optax's own warmup-cosine schedule, without its zero-warmup notice
+  steps = np.arange(0, 105)
+  want = optax.warmup_cosine_decay_schedule(0.0, 1.0, 0, 100, end_value=0.0)
+  np.testing.assert_array_equal(jax.vmap(state_lib.learning_rate_schedule(cfg))(steps),
+                                jax.vmap(want)(steps))
   cfg.schedule = "bogus"
   with pytest.raises(ValueError, match="config.train.schedule"):
     state_lib.learning_rate_schedule(cfg)

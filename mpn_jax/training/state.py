@@ -82,6 +82,8 @@ def learning_rate_schedule(train_cfg):
   """optax schedule from config.train (learning_rate, schedule, warmup_steps, num_steps, ...)."""
   lr, n, warm = train_cfg.learning_rate, train_cfg.num_steps, train_cfg.warmup_steps
   if train_cfg.schedule == "cosine":
+    if not warm:  # the same values; optax's warmup variant logs a notice for a 0-step warmup
+      return optax.cosine_decay_schedule(lr, max(n, 1), alpha=0.0)
     return optax.warmup_cosine_decay_schedule(0.0, lr, warm, max(n, warm + 1), end_value=0.0)
   if train_cfg.schedule == "piecewise":
     bounds = {int(f * n): train_cfg.decay_factor for f in train_cfg.decay_fractions
