@@ -486,9 +486,10 @@ def _event_scalars(workdir, tag):
 def step_metrics(workdir, metric):
   """{step: value of `metric`} for the saved steps that have one.
 
-  Orbax's per-step metrics (<step>/metrics/metrics) when the manager wrote them, else the
-  evaluation scalars the training loop logs (`eval/<metric>` in workdir's event files: runs saved
-  before the checkpoints kept their metrics). An unreadable metrics file is skipped with a warning.
+  Orbax's per-step metrics (<step>/metrics/metrics). A run that keeps them saves them with every
+  step it evaluated, so only when no saved step has the metric (runs saved before the checkpoints
+  kept their metrics) are the evaluation scalars of workdir's event files (`eval/<metric>`) read
+  instead: that needs TensorFlow. An unreadable metrics file is skipped with a warning.
   """
   steps = saved_steps(checkpoint_dir(workdir))
   values = {}
@@ -503,9 +504,9 @@ def step_metrics(workdir, metric):
         continue
       if metric in found:
         values[step] = float(found[metric])
-  if len(values) < len(steps):
+  if not values:
     logged = _event_scalars(workdir, f"eval/{metric}")
-    values.update({s: logged[s] for s in steps if s not in values and s in logged})
+    values = {s: logged[s] for s in steps if s in logged}
   return values
 
 

@@ -1,6 +1,8 @@
 """COCO evaluation: the golden pycocotools case, results encoding, and peaks -> COCO results end to end."""
 
 import json
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -178,6 +180,26 @@ def test_prn_evaluation_restores_the_best_step(tmp_path, capsys, mode, values, b
   for variables, _ in (checkpoints.restore_stage(tmp_path, "branches"),
                        checkpoints.restore_stage(tmp_path, "prn", which="latest")):
     np.testing.assert_array_equal(variables["params"]["w"], np.full((3,), 3, np.float32))
+
+
+def test_a_run_without_metrics_in_its_checkpoints_is_ranked_from_its_event_files(tmp_path, capsys):
+  """Runs saved before the checkpoints kept their metrics: the best step comes from the logged
+  `eval/<metric>` scalars."""
+  _save_steps(tmp_path, (0.5, 0.8, 0.6), best_metric="prn_gt_AP", best_mode="max")
+  for step in checkpoints.saved_steps(checkpoints.checkpoint_dir(tmp_path)):
+    shutil.rmtree(os.path.join(checkpoints.checkpoint_dir(tmp_path), str(step), "metrics"))
+  variables, _ = checkpoints.restore_stage(tmp_path, "prn")
+  np.testing.assert_array_equal(variables["params"]["w"], np.full((3,), 2, np.float32))
+  assert "best prn_gt_AP=0.8000" in capsys.readouterr().out
+
+
+def test_event_files_are_not_read_when_the_checkpoints_keep_metrics(tmp_path):
+  """A step saved without metrics was not evaluated: it is left unranked rather than looked up in
+  the event files (which would import TensorFlow into every evaluate and predict)."""
+  _save_steps(tmp_path, (0.9, 0.1, 0.2), best_metric="prn_gt_AP", best_mode="max")
+  assert checkpoints.saved_steps(checkpoints.checkpoint_dir(tmp_path)) == [1, 3]
+  shutil.rmtree(os.path.join(checkpoints.checkpoint_dir(tmp_path), "3", "metrics"))
+  assert checkpoints.step_metrics(tmp_path, "prn_gt_AP") == {1: pytest.approx(0.9)}
 
 
 def test_prn_evaluation_without_a_kept_metric_restores_the_latest(tmp_path, capsys):
