@@ -7,6 +7,8 @@ function-local imports count too.
 
 import ast
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -73,3 +75,15 @@ def test_data_and_models_do_not_import_each_other():
     if layer(name) in ("data", "models"):
       other = {"data": "models", "models": "data"}[layer(name)]
       assert not [m for m in imported(path) if layer(m) == other], name
+
+
+def test_serving_and_evaluation_import_no_tensorflow():
+  """Prediction, export and evaluation on image folders or annotations need no TensorFlow (about
+  2 s to import): only the TFDS input pipeline, training and the SavedModel export load it."""
+  script = ("import sys; import mpn_jax.inference.video, mpn_jax.evaluation.evaluators, "
+            "mpn_jax.export.stablehlo, mpn_jax.export.onnx, mpn_jax.tools.predict; "
+            "print(sorted(m for m in ('tensorflow', 'tensorflow_datasets') if m in sys.modules))")
+  proc = subprocess.run([sys.executable, "-c", script], cwd=PACKAGE.parent, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout

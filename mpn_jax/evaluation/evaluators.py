@@ -26,8 +26,6 @@ from mpn_jax import parallel
 from mpn_jax import prn_grid
 from mpn_jax import visualize
 from mpn_jax.configs import defaults
-from mpn_jax.data import datasets
-from mpn_jax.data import pipeline as data_pipeline
 from mpn_jax.data import prn_samples
 from mpn_jax.evaluation import coco_io
 from mpn_jax.evaluation import prn_protocol
@@ -35,6 +33,15 @@ from mpn_jax.inference import pipeline
 from mpn_jax.inference import predictor as predictor_lib
 
 MODES = ("pipeline", "detector", "prn_gt")
+
+
+def _tfds_modules():
+  """(mpn_jax.data.datasets, mpn_jax.data.pipeline), imported on first use: they bring in
+  TensorFlow (about 2 s), which evaluation on an image folder or on annotations alone (prn_gt)
+  does not need."""
+  from mpn_jax.data import datasets  # pylint: disable=g-import-not-at-top
+  from mpn_jax.data import pipeline as data_pipeline  # pylint: disable=g-import-not-at-top
+  return datasets, data_pipeline
 
 
 class Evaluator:
@@ -101,6 +108,7 @@ def eval_input_config(config):
 def branches_loss_batches(config, mesh, num_batches):
   """() -> the first `num_batches` host-local batches of `eval_input_config(config)`."""
   cfg = eval_input_config(config)
+  _, data_pipeline = _tfds_modules()
   return lambda: itertools.islice(data_pipeline.make_train_iterator(cfg, mesh), num_batches)
 
 
@@ -111,6 +119,7 @@ def resolve_prn_files(config):
   syn = dict(config.data.synthetic)
   syn["name"] = "mpn_synthetic"
   cfg = config.copy_and_resolve_references()
+  datasets, _ = _tfds_modules()
   with cfg.unlocked():
     cfg.data.train_files = (datasets.annotation_file(syn, "train"),)
     cfg.data.val_file = datasets.annotation_file(syn, "validation")
@@ -217,6 +226,7 @@ def image_source(ec, branches_config, image_size, batch_size):
     raise errors.ConfigError(f"config.eval.ann_file={ec.ann_file} needs config.eval.image_dir (the "
                              "folder of its images); leave both empty to evaluate the TFDS split "
                              "config.eval.split")
+  datasets, data_pipeline = _tfds_modules()
   return (datasets.annotation_file(branches_config.dataset, ec.split),
           data_pipeline.make_eval_iterator(branches_config, ec.split, batch_size), skipped)
 
