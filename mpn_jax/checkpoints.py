@@ -487,12 +487,13 @@ def step_metrics(workdir, metric):
   """{step: value of `metric`} for the saved steps that have one.
 
   Orbax's per-step metrics (<step>/metrics/metrics). A run that keeps them saves them with every
-  step it evaluated, so only when no saved step has the metric (runs saved before the checkpoints
-  kept their metrics) are the evaluation scalars of workdir's event files (`eval/<metric>`) read
-  instead: that needs TensorFlow. An unreadable metrics file is skipped with a warning.
+  step it evaluated, so the evaluation scalars of workdir's event files (`eval/<metric>`; reading
+  them needs TensorFlow) fill in the steps without one only when no saved step has the metric
+  (runs saved before the checkpoints kept their metrics) or a metrics file is unreadable (skipped
+  with a warning).
   """
   steps = saved_steps(checkpoint_dir(workdir))
-  values = {}
+  values, unreadable = {}, False
   for step in steps:
     path = os.path.join(checkpoint_dir(workdir), str(step), "metrics", "metrics")
     if os.path.isfile(path):
@@ -500,13 +501,15 @@ def step_metrics(workdir, metric):
         with open(path) as f:
           found = json.load(f)
       except ValueError as e:
-        logging.warning("%s is unreadable (%s): step %d is not ranked", path, e, step)
+        logging.warning("%s is unreadable (%s): step %d is looked up in the event files", path, e,
+                        step)
+        unreadable = True
         continue
       if metric in found:
         values[step] = float(found[metric])
-  if not values:
+  if not values or unreadable:
     logged = _event_scalars(workdir, f"eval/{metric}")
-    values = {s: logged[s] for s in steps if s in logged}
+    values.update({s: logged[s] for s in steps if s not in values and s in logged})
   return values
 
 
