@@ -126,6 +126,41 @@ def test_openvino_bf16_network_is_close(model):
     assert err < 5e-2, (k, err)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_bf16_network_cut_reassembles_the_outputs(monkeypatch, dtype):
+  """At bf16 the runtime's graph ends at the output layers and JAX applies them: with the graph
+  run by JAX itself (any CPU), the outputs are the whole network's, level by level and head by
+  head (a swapped or reordered feature changes them); the graph's outputs are float32 also for a
+  run trained in bfloat16."""
+  cfg = models.multiposenet_config("tiny")
+  cfg.dtype = dtype
+  net = models.build_multiposenet(cfg)
+  x = np.random.default_rng(2).standard_normal((2, 64, 64, 3)).astype(np.float32)
+  bvars = jax.jit(lambda r: net.init(r, x[:1], train=False))(jax.random.key(3))
+  bvars = jax.tree.map(lambda v: v + 0.01 * np.random.default_rng(4).standard_normal(v.shape)
+                       .astype(v.dtype), bvars)  # non-zero output layers
+  graph_dtypes = []
+
+  class JaxSession:  # stands in for OpenVINO: runs the graph's function itself
+    def __init__(self, fn, precision):
+      assert precision == "bf16"
+      self.fn = jax.jit(fn)
+
+    def __call__(self, images):
+      out = self.fn(images)
+      graph_dtypes.extend(o.dtype for o in out)
+      return tuple(np.asarray(o) for o in out)
+
+  monkeypatch.setattr(runtimes, "to_onnx", lambda fn, *a, **k: (fn, {}))
+  monkeypatch.setitem(runtimes.SESSIONS, "openvino", JaxSession)
+  got = runtimes.OnnxNetwork(cfg, bvars, "openvino", "bf16")(x)
+  want = jax.jit(runtimes.network_fn(net, bvars))(x)
+  assert set(graph_dtypes) == {np.dtype(np.float32)} and len(graph_dtypes) == 11
+  for k, w in zip(runtimes.NETWORK_OUTPUTS, want):
+    assert got[k].dtype == np.float32 and got[k].shape == w.shape, k
+    np.testing.assert_allclose(got[k], np.asarray(w), rtol=1e-5, atol=1e-5 * float(np.abs(w).max()))
+
+
 @pytest.mark.parametrize("runtime,precision,match", [
     ("tensorrt", "fp32", "--runtime=tensorrt"),
     ("jax", "fp16", "--precision=fp16"),

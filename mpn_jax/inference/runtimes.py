@@ -281,8 +281,10 @@ class OnnxNetwork:
 
   @staticmethod
   def _flat(features):
-    return ((features["keypoint_features"],) + tuple(features["cls_features"])
+    # float32 at the graph's outputs whatever the run's compute dtype (NumPy has no bfloat16).
+    flat = ((features["keypoint_features"],) + tuple(features["cls_features"])
             + tuple(features["box_features"]))
+    return tuple(jnp.asarray(x, jnp.float32) for x in flat)
 
   def _unflat(self, flat):
     n = self.levels
