@@ -261,7 +261,8 @@ class OnnxNetwork:
     self.runtime, self.precision = runtime, precision
     self.sessions = {}
     variables = jax.tree.map(jnp.asarray, variables)
-    self.levels = len(models.build_multiposenet(model_config).retina_head.levels)
+    net = models.build_multiposenet(model_config)
+    self.levels = len(net.retina_head.levels)
     if precision == "bf16":
       body = models.build_multiposenet(model_config, part="features")
       head = models.build_multiposenet(model_config, part="outputs")
@@ -275,7 +276,7 @@ class OnnxNetwork:
           return outputs(variables, self._unflat(flat))
       self.finish = finish
     else:
-      self.fn = network_fn(models.build_multiposenet(model_config), variables)
+      self.fn = network_fn(net, variables)
       self.names = NETWORK_OUTPUTS
       self.finish = lambda outs: dict(zip(NETWORK_OUTPUTS, outs))
 
