@@ -124,7 +124,7 @@ _MODEL_SIZE = flags.DEFINE_enum("model_size", "full", ["full", "tiny"],
                                 "full: the paper's ResNet-50 MultiPoseNet and PRN; tiny: tests")
 _QUICK = flags.DEFINE_bool(
     "quick", False, "smoke run: tiny models, 64x64 images, batches 1 and 2, PRN batch 8, "
-    "2 repeats, 256x256 peak matmul (overrides those flags)")
+    "2 repeats, 256x256 peak matmul, 3 input batches (overrides those flags)")
 
 
 @dataclasses.dataclass
@@ -191,7 +191,8 @@ def settings_from_flags():
     s = gpu_preset(s, keep=given)
   if _QUICK.value:
     s = dataclasses.replace(s, model_size="tiny", image_size=64, batch_sizes=(1, 2), prn_batch=8,
-                            train_batch=0, prn_train_batch=8, repeats=2, peak_sizes=(256,))
+                            train_batch=0, prn_train_batch=8, repeats=2, peak_sizes=(256,),
+                            input_batches=3)
   return s.validate()
 
 

@@ -23,6 +23,7 @@ config saved beside them, so nothing outside the checkpoint is needed to rebuild
 
 import glob
 import json
+import logging as pylogging
 import os
 import re
 import shutil
@@ -46,11 +47,14 @@ _SPACE_MARGIN = 1 << 20  # bytes beyond the arrays: metadata, config, metrics
 
 
 def _drop_closed_loop_reports():
-  """Installs (once) an unraisable-exception hook that drops "RuntimeError: Event loop is closed".
+  """Installs (once) an unraisable-exception hook that drops the echoes of a failed Orbax save or
+  restore: "RuntimeError: Event loop is closed", and Orbax's own coroutines collected unfinished.
 
   After a failed save Orbax closes its asyncio loops while TensorStore still completes the
   cancelled writes; each completion then reports that error as unraisable, a dozen tracebacks
-  around the one-line CheckpointError. Every other unraisable exception reaches the previous hook.
+  around the one-line CheckpointError. A failed restore leaves its other array reads unfinished;
+  each reports its error when it is collected. Every other unraisable exception reaches the
+  previous hook.
   """
   previous = sys.unraisablehook
   if getattr(previous, "_mpn_jax", False):
@@ -60,10 +64,25 @@ def _drop_closed_loop_reports():
     if isinstance(unraisable.exc_value, RuntimeError) and (
         str(unraisable.exc_value) == "Event loop is closed"):
       return
+    if _orbax_coroutine(unraisable.object):
+      return
     previous(unraisable)
 
   hook._mpn_jax = True  # pylint: disable=protected-access
   sys.unraisablehook = hook
+  # The write tasks that failed beside the one whose error was raised are never awaited; asyncio
+  # reports each when it is collected (under load, after the one-line error): the same failure.
+  pylogging.getLogger("asyncio").addFilter(_orbax_unretrieved_task_filter)
+
+
+def _orbax_coroutine(obj):
+  code = getattr(obj, "cr_code", None)
+  return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+
+
+def _orbax_unretrieved_task_filter(record):
+  message = record.getMessage()
+  return not (message.startswith("Task exception was never retrieved") and "orbax" in message)
 
 
 def checkpoint_dir(workdir):

@@ -85,13 +85,14 @@ def _free_port():
 
 
 def test_two_processes_train_like_one(tmp_path):
+  import conftest  # pylint: disable=g-import-not-at-top  (not in the worker processes: this file)
   import test_training as tt  # pylint: disable=g-import-not-at-top
   from mpn_jax.training import loop  # pylint: disable=g-import-not-at-top
   reference = loop.run(tt.toy_config(num_steps=NUM_STEPS, checkpoint_every_steps=3),
                        tmp_path / "single", tt.toy_task())  # 4 devices, one process
   port = _free_port()
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
-  env.pop("XLA_FLAGS", None)
+  env["XLA_FLAGS"] = conftest.TEST_XLA_FLAGS  # not the 4 simulated devices of this process
   procs = [subprocess.Popen(
       [sys.executable, __file__, f"127.0.0.1:{port}", str(pid), str(tmp_path / "multi"),
        str(tmp_path / f"out{pid}.npz")], env=env, cwd=HERE, stdout=subprocess.PIPE,

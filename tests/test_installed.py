@@ -22,6 +22,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from conftest import TEST_XLA_FLAGS
+
 pytestmark = pytest.mark.slow  # an install and the quickstart's smoke preset: ~1-3 min
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -56,7 +58,7 @@ def test_installed_package_runs_outside_the_checkout(tmp_path):
 
   env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
   env.update(PYTHONNOUSERSITE="1", JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
-             PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
+             PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1", XLA_FLAGS=TEST_XLA_FLAGS)
   _run(python, ["-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
                 str(source)], tmp_path, env)
 

@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from conftest import TEST_XLA_FLAGS
+
 pytestmark = pytest.mark.slow  # two runs of the whole quickstart (smoke preset): ~1-3 min
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -16,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _run(workdir):
   env = dict(os.environ)
-  env.pop("XLA_FLAGS", None)  # one CPU device, as on a user's machine
+  env["XLA_FLAGS"] = TEST_XLA_FLAGS  # one CPU device, as on a user's machine (conftest)
   proc = subprocess.run(
       [sys.executable, "-m", "mpn_jax.quickstart", f"--workdir={workdir}", "--preset=smoke"],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)

@@ -95,6 +95,12 @@ def preprocess_eval(example, size):
 # Datasets of examples -> datasets of batches.
 
 
+def _plain(fn):
+  """`fn` for tf.data as it is written: no AutoGraph conversion (the input code has no Python
+  control flow on tensors), which otherwise rewrites every function it calls, at each start."""
+  return tf.autograph.experimental.do_not_convert(fn)
+
+
 def _options():
   options = tf.data.Options()
   options.deterministic = True
@@ -140,7 +146,7 @@ def train_batches(examples, input_cfg, batch_size, seed, process_index=0, decode
       return examples.shuffle(buffer, seed=tf.cast(seed, tf.int64) * 1_000_003 + e)
     return examples
 
-  ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch)
+  ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(_plain(epoch))
   ds = ds.skip(offset).enumerate(start=position)
 
   def prepare(index, example):
@@ -148,7 +154,7 @@ def train_batches(examples, input_cfg, batch_size, seed, process_index=0, decode
       example = decode_fn(example)
     return preprocess_train(example, example_seed(seed, process_index, index), input_cfg)
 
-  ds = ds.map(prepare, num_parallel_calls=par)
+  ds = ds.map(_plain(prepare), num_parallel_calls=par)
   ds = ds.batch(batch_size, drop_remainder=True)
   return ds.prefetch(input_cfg.prefetch).with_options(_options())
 
@@ -174,7 +180,7 @@ def eval_batches(examples, input_cfg, batch_size, num_batches=None, decode_fn=No
       example = decode_fn(example)
     return preprocess_eval(example, size)
 
-  ds = examples.map(prepare, num_parallel_calls=par).batch(batch_size)
+  ds = examples.map(_plain(prepare), num_parallel_calls=par).batch(batch_size)
   ds = ds.prefetch(input_cfg.prefetch).with_options(_options())
   empty = dict(image=np.zeros((size, size, 3), np.float32), image_id=np.int64(-1),
                scale=np.float32(1.0), image_size=np.zeros(2, np.int32), valid=False)
@@ -278,7 +284,7 @@ def kept_examples(builder, split, examples, keep_empty):
                              "(1 keeps every image, 0 only the images with people)")
   if keep_empty >= 1.0:
     return examples, total
-  examples = examples.filter(lambda ex: keep_example(ex, keep_empty))
+  examples = examples.filter(_plain(lambda ex: keep_example(ex, keep_empty)))
   name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(split))
   cache = os.path.join(os.fspath(builder.data_path), f"kept_{name}_{keep_empty:g}.json")
   try:
@@ -371,4 +377,4 @@ def examples_dataset(examples):
                 person_mask=tf.io.decode_png(ex["person_mask"], 1),
                 ignore_mask=tf.io.decode_png(ex["ignore_mask"], 1))
 
-  return tf.data.Dataset.from_tensor_slices(table).map(decode)
+  return tf.data.Dataset.from_tensor_slices(table).map(_plain(decode))
