@@ -128,10 +128,10 @@ def test_openvino_bf16_network_is_close(model):
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_bf16_network_cut_reassembles_the_outputs(monkeypatch, dtype):
-  """At bf16 the runtime's graph ends at the output layers and JAX applies them: with the graph
-  run by JAX itself (any CPU), the outputs are the whole network's, level by level and head by
-  head (a swapped or reordered feature changes them); the graph's outputs are float32 also for a
-  run trained in bfloat16."""
+  """At bf16 the runtime runs the network up to the output layers in bfloat16 and the output
+  layers in a second graph in float32: with both graphs run by JAX itself (any CPU), the outputs
+  are the whole network's, level by level and head by head (a swapped or reordered feature changes
+  them); the first graph's outputs are float32 also for a run trained in bfloat16."""
   cfg = models.multiposenet_config("tiny")
   cfg.dtype = dtype
   net = models.build_multiposenet(cfg)
@@ -139,23 +139,24 @@ def test_bf16_network_cut_reassembles_the_outputs(monkeypatch, dtype):
   bvars = jax.jit(lambda r: net.init(r, x[:1], train=False))(jax.random.key(3))
   bvars = jax.tree.map(lambda v: v + 0.01 * np.random.default_rng(4).standard_normal(v.shape)
                        .astype(v.dtype), bvars)  # non-zero output layers
-  graph_dtypes = []
+  calls = []
 
   class JaxSession:  # stands in for OpenVINO: runs the graph's function itself
-    def __init__(self, fn, precision):
-      assert precision == "bf16"
-      self.fn = jax.jit(fn)
+    def __init__(self, fn, precision, share_outputs=False):
+      self.fn, self.precision = jax.jit(fn), precision
+      del share_outputs
 
-    def __call__(self, images):
-      out = self.fn(images)
-      graph_dtypes.extend(o.dtype for o in out)
+    def __call__(self, *inputs):
+      out = self.fn(*inputs)
+      calls.append((self.precision, len(inputs), [o.dtype for o in out]))
       return tuple(np.asarray(o) for o in out)
 
   monkeypatch.setattr(runtimes, "to_onnx", lambda fn, *a, **k: (fn, {}))
   monkeypatch.setitem(runtimes.SESSIONS, "openvino", JaxSession)
   got = runtimes.OnnxNetwork(cfg, bvars, "openvino", "bf16")(x)
   want = jax.jit(runtimes.network_fn(net, bvars))(x)
-  assert set(graph_dtypes) == {np.dtype(np.float32)} and len(graph_dtypes) == 11
+  f32 = np.dtype(np.float32)
+  assert calls == [("bf16", 1, [f32] * 11), ("fp32", 11, [f32] * 3)], calls
   for k, w in zip(runtimes.NETWORK_OUTPUTS, want):
     assert got[k].dtype == np.float32 and got[k].shape == w.shape, k
     np.testing.assert_allclose(got[k], np.asarray(w), rtol=1e-5, atol=1e-5 * float(np.abs(w).max()))

@@ -9,8 +9,8 @@ r"""Where the network and the PRN run, and at which precision.
                          inputs and the assignment stay jitted JAX (`make_staged_fn`). OpenVINO
                          'bf16' needs a CPU with bfloat16 instructions (AVX512_BF16 or AMX); 'fp32'
                          sets OpenVINO's inference precision to f32 explicitly (its default on such
-                         CPUs is bf16); in 'bf16' the network's output layers run in JAX float32
-                         (`OnnxNetwork`). ONNX Runtime's CPU provider runs fp32 only.
+                         CPUs is bf16); in 'bf16' the network's output layers run in a second
+                         graph at f32 (`OnnxNetwork`). ONNX Runtime's CPU provider runs fp32 only.
 
 The ONNX runtimes are optional: `pip install -e ".[export]"` (a missing package is one error line
 with that hint). The conversion here is also what `export.py --format=onnx` writes.
@@ -170,11 +170,12 @@ def dedupe_initializers(model):
 
 
 def to_onnx(fn, input_shape, name, input_name, output_names, what="ONNX conversion"):
-  """(onnx ModelProto, stats dict) of the JAX function `fn` of one float32 input.
+  """(onnx ModelProto, stats dict) of the JAX function `fn` of float32 inputs.
 
   Args:
-    fn: array -> tuple of arrays (len(output_names)).
-    input_shape: tuple; a str entry ('B') is a symbolic (dynamic) dimension.
+    fn: array(s) -> tuple of arrays (len(output_names)).
+    input_shape: tuple; a str entry ('B') is a symbolic (dynamic) dimension. For several inputs,
+      a list of such tuples, and `input_name` a list of as many names.
     name, input_name, output_names: the graph's names.
   Returns: the checked model, and stats: sizes and initializer counts before and after the repairs.
   Two repairs are made to jax2onnx's graph: the stale `value_info` is cleared (ONNX Runtime refused
@@ -184,8 +185,11 @@ def to_onnx(fn, input_shape, name, input_name, output_names, what="ONNX conversi
   """
   onnx, jax2onnx = require("onnx", "jax2onnx", what=what)
   with _quiet("onnx_ir", "onnx_ir.serde", "jax2onnx"):
-    model = jax2onnx.to_onnx(fn, [tuple(input_shape)], model_name=name, opset=OPSET,
-                             input_names=[input_name], output_names=list(output_names))
+    several = isinstance(input_name, (list, tuple))
+    shapes = [tuple(x) for x in input_shape] if several else [tuple(input_shape)]
+    model = jax2onnx.to_onnx(fn, shapes, model_name=name, opset=OPSET,
+                             input_names=list(input_name) if several else [input_name],
+                             output_names=list(output_names))
   stats = {"bytes_raw": model.ByteSize(), "initializers_raw": len(model.graph.initializer)}
   del model.graph.value_info[:]
   stats["initializers_merged"] = dedupe_initializers(model)
@@ -217,9 +221,12 @@ class OnnxRuntimeSession:
 
 class OpenVinoSession:
   """An ONNX model in OpenVINO (CPU), compiled once per input shape (static shapes run faster than
-  a dynamic batch), at the inference precision asked: __call__(x) -> tuple of numpy outputs."""
+  a dynamic batch), at the inference precision asked: __call__(*xs) -> tuple of numpy outputs.
 
-  def __init__(self, proto, precision="fp32"):
+  With `share_outputs` the outputs are views of OpenVINO's own buffers, valid until the next call
+  (no copy: for a graph whose outputs feed another session at once)."""
+
+  def __init__(self, proto, precision="fp32", share_outputs=False):
     (ov,) = require("openvino", what="--runtime=openvino")
     self.core = ov.Core()
     with tempfile.TemporaryDirectory() as tmp:  # OpenVINO reads ONNX from a file
@@ -229,17 +236,20 @@ class OpenVinoSession:
       self.model = self.core.read_model(path)
     self.config = {"INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision],
                    "PERFORMANCE_HINT": "LATENCY"}
+    self.share_outputs = share_outputs
     self.compiled = {}
 
-  def __call__(self, x):
-    x = np.ascontiguousarray(x, np.float32)
-    if x.shape not in self.compiled:
+  def __call__(self, *xs):
+    xs = [np.ascontiguousarray(x, np.float32) for x in xs]
+    key = tuple(x.shape for x in xs)
+    if key not in self.compiled:
       model = self.model.clone()
-      model.reshape({model.inputs[0].get_any_name(): list(x.shape)})
-      self.compiled[x.shape] = self.core.compile_model(model, "CPU", self.config)
-    request = self.compiled[x.shape]
-    out = request(x)
-    return tuple(np.asarray(out[o]) for o in request.outputs)
+      model.reshape({i.get_any_name(): list(x.shape) for i, x in zip(model.inputs, xs)})
+      compiled = self.core.compile_model(model, "CPU", self.config)
+      self.compiled[key] = (compiled, compiled.create_infer_request())
+    compiled, request = self.compiled[key]
+    out = request.infer(xs, share_inputs=True, share_outputs=self.share_outputs)
+    return tuple(np.asarray(out[o]) for o in compiled.outputs)
 
 
 SESSIONS = {"onnxruntime": OnnxRuntimeSession, "openvino": OpenVinoSession}
@@ -248,11 +258,13 @@ SESSIONS = {"onnxruntime": OnnxRuntimeSession, "openvino": OpenVinoSession}
 class OnnxNetwork:
   """The MultiPoseNet in an ONNX runtime, one converted graph per input size (TTA scales).
 
-  At precision 'bf16' the runtime runs the network up to its output layers
-  (`build_multiposenet(part='features')`) and the output layers run in jitted JAX float32
-  (`part='outputs'`), as JAX's own bf16 path keeps them: computed in bfloat16 (8 bits of
+  At precision 'bf16' the runtime runs the network up to its output layers in bfloat16
+  (`build_multiposenet(part='features')`) and the output layers (`part='outputs'`) in a second
+  graph compiled for float32, as JAX's own bf16 path keeps them: computed in bfloat16 (8 bits of
   mantissa), they cost 0.015 keypoint AP on the learning-check model (docs/predict.md); they are
-  0.7% of the network's FLOPs at 480 (1.1 of 166 GFLOP), about a tenth of its time in float32.
+  0.7% of the network's FLOPs at 480 (1.1 of 166 GFLOP). The first graph's outputs feed the second
+  in OpenVINO's own buffers (5 ms at 480 on a 2-core Xeon, against 11 ms through jitted JAX
+  float32 with the copies; docs/benchmark.md).
 
   __call__(images [B, H, W, 3] float32) -> dict of numpy 'keypoints', 'cls_logits', 'box_deltas'.
   """
@@ -269,16 +281,14 @@ class OnnxNetwork:
       self.fn = lambda images: self._flat(body.apply(variables, images, train=False))
       self.names = (("keypoint_features",)
                     + tuple(f"{k}_features_{i}" for k in ("cls", "box") for i in range(self.levels)))
-      outputs = jax.jit(head.apply)
 
-      def finish(flat):
-        with jax.default_matmul_precision("float32"):
-          return outputs(variables, self._unflat(flat))
-      self.finish = finish
+      def head_fn(*flat):
+        out = head.apply(variables, self._unflat(flat))
+        return tuple(out[k] for k in NETWORK_OUTPUTS)
+      self.head_fn = head_fn
     else:
       self.fn = network_fn(net, variables)
       self.names = NETWORK_OUTPUTS
-      self.finish = lambda outs: dict(zip(NETWORK_OUTPUTS, outs))
 
   @staticmethod
   def _flat(features):
@@ -292,14 +302,27 @@ class OnnxNetwork:
     return {"keypoint_features": flat[0], "cls_features": tuple(flat[1:1 + n]),
             "box_features": tuple(flat[1 + n:1 + 2 * n])}
 
+  def _sessions(self, h, w):
+    what = f"--runtime={self.runtime}"
+    proto, _ = to_onnx(self.fn, ("B", h, w, 3), "multiposenet", "images", self.names, what=what)
+    if self.precision != "bf16":
+      return (SESSIONS[self.runtime](proto, self.precision),)
+    shapes = [("B",) + tuple(x.shape[1:]) for x in
+              jax.eval_shape(self.fn, jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32))]
+    head, _ = to_onnx(self.head_fn, shapes, "multiposenet_outputs", self.names, NETWORK_OUTPUTS,
+                      what=what)
+    # OpenVINO only (`check`): the body's outputs are read by the head before the next call.
+    return (SESSIONS[self.runtime](proto, "bf16", share_outputs=True),
+            SESSIONS[self.runtime](head, "fp32"))
+
   def __call__(self, images):
     h, w = images.shape[1:3]
     if (h, w) not in self.sessions:
-      proto, _ = to_onnx(self.fn, ("B", h, w, 3), "multiposenet", "images", self.names,
-                         what=f"--runtime={self.runtime}")
-      self.sessions[(h, w)] = SESSIONS[self.runtime](proto, self.precision)
-    out = self.finish(self.sessions[(h, w)](images))
-    return {k: np.asarray(out[k]) for k in NETWORK_OUTPUTS}
+      self.sessions[(h, w)] = self._sessions(h, w)
+    out = images
+    for session in self.sessions[(h, w)]:
+      out = session(*(out if isinstance(out, tuple) else (out,)))
+    return dict(zip(NETWORK_OUTPUTS, out))
 
 
 class OnnxPrn:
