@@ -319,9 +319,9 @@ class OnnxNetwork:
     h, w = images.shape[1:3]
     if (h, w) not in self.sessions:
       self.sessions[(h, w)] = self._sessions(h, w)
-    out = images
-    for session in self.sessions[(h, w)]:
-      out = session(*(out if isinstance(out, tuple) else (out,)))
+    out = (images,)
+    for session in self.sessions[(h, w)]:  # each session returns a tuple of its graph's outputs
+      out = session(*out)
     return dict(zip(NETWORK_OUTPUTS, out))
 
 
