@@ -662,6 +662,7 @@ def check_predict_model(scenario, cmd):
   if runtime != "jax" and _runtime_missing(runtime):
     pytest.skip(f"--runtime={runtime} needs the export extra (pip install -e \".[export]\"): "
                 f"{', '.join(_runtime_missing(runtime))} not installed")
+  _openvino_bf16_refused(scenario, cmd)
   result = scenario.run(cmd)
   output = pathlib.Path(_run_flag(scenario, cmd, "--output"))
   if kind == "video":
@@ -737,6 +738,24 @@ def _check_predict_webcam(scenario, cmd):
   source = (REPO / "tests" / "test_video.py").read_text()
   assert "def test_a_webcam_runs_until_max_frames_or_ctrl_c" in source
   assert 'monkeypatch.setattr(video, "Camera", _FakeCamera)' in source
+
+
+def _openvino_bf16_refused(scenario, cmd):
+  """On a CPU without bfloat16 instructions (no AVX512_BF16 or AMX: AVX2-only machines), an
+  OpenVINO bf16 command must stop with the one documented line; checks that and skips the rest
+  (the run itself needs such a CPU). False where the command can run."""
+  runtime = cmd.flags.get("--runtime") or "jax"
+  if runtime != "openvino" or "bf16" not in (cmd.flags.get("--precision") or "").split(","):
+    return False
+  from mpn_jax.inference import runtimes  # pylint: disable=g-import-not-at-top
+  if runtimes.openvino_has_bf16():
+    return False
+  result = scenario.run(cmd, check=False)
+  lines = [l for l in result.stderr.splitlines() if l.strip()]
+  assert result.returncode != 0 and len(lines) == 1, _failure(cmd.argv, result)
+  assert "--precision=bf16: this CPU has no bfloat16 instructions" in lines[0], lines
+  pytest.skip("this CPU has no bfloat16 instructions (AVX512_BF16 / AMX): checked the one-line "
+              "refusal; the bf16 run needs such a CPU")
 
 
 def _runtime_missing(runtime):
@@ -860,6 +879,7 @@ def check_benchmark(scenario, cmd):
   if runtime != "jax" and _runtime_missing(runtime):
     pytest.skip(f"--runtime={runtime} needs the export extra (pip install -e \".[export]\"): "
                 f"{', '.join(_runtime_missing(runtime))} not installed")
+  _openvino_bf16_refused(scenario, cmd)
   result = scenario.run(cmd)
   out = json.loads(pathlib.Path(scenario.adapter.path(cmd.flags["--output"])).read_text())
   default = [p for p in BENCHMARK_KEYS if p != "input" or cmd.flags.get("--input_coco_dir")]
