@@ -12,8 +12,9 @@ Layers (a module imports only from its own layer or those below; tests/test_laye
   inference   mpn_jax.inference: post-processing, TTA, assignment, the pipeline, Predictor
   evaluation  mpn_jax.evaluation: COCO files and COCOeval, PRN protocol, evaluators
   training    mpn_jax.training: train state, steps, the loop
-  tools       quickstart, benchmark, mpn_jax.tools: the commands train, evaluate, predict, export
-              (python -m mpn_jax.tools.<command>; the checkout's root train.py etc. run them)
+  tools       quickstart, benchmark (and peer: the PyTorch peer it times), mpn_jax.tools: the
+              commands train, evaluate, predict, export (python -m mpn_jax.tools.<command>; the
+              checkout's root train.py etc. run them)
 """
 
 __version__ = "0.1.0"

@@ -17,7 +17,15 @@ What is timed, every part after compilation and `--warmup` calls, `--repeats` ti
   train_prn       the same for stage two (configs/prn.py), --prn_train_batch people;
   input           (only asked for: --parts=input --input_coco_dir=DIR) the coco recipe's training
                   input (480 px, augmentation, targets, tf.data) on real COCO images, timed alone,
-                  images/s and images/s per CPU core.
+                  images/s and images/s per CPU core;
+  peer            (only asked for; needs PyTorch: pip install -e ".[peer]") the PyTorch peer,
+                  LiMeng95/MultiPoseNet.pytorch's network and PRN as `mpn_jax.peer` rebuilds them:
+                  network forward at each batch size and its PRN on --prn_batch people, fp32 and
+                  (on a CPU with bfloat16 instructions) bf16 autocast, each in the peer's NCHW
+                  layout and in channels_last; timed in the same rounds as the other parts, so
+                  `pipeline_over_peer_best_bs{B}` (this project's whole pipeline against the
+                  peer's fastest network-only variant) and `prn_over_peer_best` are same-run
+                  ratios.
 --gpu is the prepared one-GPU run (fp32 and bf16, batch 1 and 32, the largest stage-one
 batch that fits, XLA's memory preallocation off).
 
@@ -86,8 +94,11 @@ from mpn_jax.inference import runtimes
 from mpn_jax.training import state as state_lib
 from mpn_jax.training import steps
 
-PARTS = ("peak", "forward", "pipeline", "prn", "train_branches", "train_prn", "input")
-DEFAULT_PARTS = PARTS[:-1]  # `input` reads COCO images: --parts=input --input_coco_dir=DIR
+PARTS = ("peak", "forward", "pipeline", "prn", "train_branches", "train_prn", "input", "peer")
+# Asked for by name: `input` reads COCO images (--input_coco_dir=DIR), `peer` needs PyTorch.
+DEFAULT_PARTS = PARTS[:-2]
+PEER_HINT = 'pip install -e ".[peer]"'
+PEER_LAYOUTS = ("nchw", "channels_last")
 
 _OUTPUT = flags.DEFINE_string("output", "", "write the results as JSON to this file")
 _PARTS = flags.DEFINE_list("parts", list(DEFAULT_PARTS), f"parts to run, any of {PARTS}")
@@ -407,6 +418,46 @@ def runtime_parts(mcfg, pcfg, variables, prn_variables, settings, precision, wan
   return parts
 
 
+def import_peer():
+  """(torch, mpn_jax.peer), or errors.ConfigError with the install hint."""
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+    from mpn_jax import peer  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise errors.ConfigError(f"--parts=peer needs PyTorch, which is not installed: {PEER_HINT}"
+                             ) from e
+  return torch, peer
+
+
+def peer_parts(settings, log=print):
+  """The PyTorch peer (`mpn_jax.peer`): network forward at each batch size and its PRN, in every
+  precision this CPU runs fast (fp32; bf16 autocast where it has bfloat16 instructions) and both
+  layouts (the peer's NCHW; channels_last, PyTorch's faster CPU layout); the peer's best is the
+  fastest of them. Random weights: only speed is measured. FLOPs unknown (0)."""
+  torch, peer = import_peer()
+  tiny = settings.model_size == "tiny"
+  net = (peer.PeerNetwork(stage_sizes=(1, 1, 1, 1), width=8, fpn=16, keypoint_width=8) if tiny
+         else peer.PeerNetwork())
+  prn = peer.PeerPrn(hidden=32 if tiny else 1024)
+  precisions = ("fp32", "bf16") if peer.cpu_has_bf16() else ("fp32",)
+  log(f"[peer] PyTorch {torch.__version__}, {torch.get_num_threads()} threads: network "
+      f"({peer.parameter_count(net) / 1e6:.1f}M parameters) and PRN in {', '.join(precisions)} x "
+      f"{', '.join(PEER_LAYOUTS)}")
+  s, parts = settings.image_size, []
+  for b in settings.batch_sizes:
+    for precision in precisions:
+      for layout in PEER_LAYOUTS:
+        call = peer.make_runner(net, (b, 3, s, s), precision, layout == "channels_last")
+        p = host_part(f"peer_forward_{precision}_{layout}_bs{b}", call, b, "images", 0.0)
+        p.info.update(torch_version=torch.__version__)
+        parts.append(p)
+  for precision in precisions:
+    call = peer.make_runner(prn, (settings.prn_batch, *peer.GRID), precision, False)
+    parts.append(host_part(f"peer_prn_{precision}_bs{settings.prn_batch}", call,
+                           settings.prn_batch, "people", 0.0))
+  return parts
+
+
 def coco_small_prn_part(dtype, batch):
   """The PRN of configs/prn.py:coco_small (the one trained on real annotations here), if its size
   differs from the paper's."""
@@ -655,6 +706,8 @@ def benchmark_dtype(settings, precision, log=print):
              else None)
     if small is not None:
       parts.append(small)
+  if "peer" in want and precision == settings.precisions[0]:
+    parts += peer_parts(settings, log)
   mesh = parallel.create_mesh()
   if "train_branches" in want:
     log(f"[{dtype}] compiling the stage-one train step")
@@ -728,24 +781,55 @@ def summarize(parts):
   first = [p for p in parts if p.name.startswith("forward_bs")]
   if first:
     m["forward_flops_per_image"] = first[0].flops / first[0].units
+  m.update(peer_metrics(parts, m))
   return m
+
+
+def peer_metrics(parts, m):
+  """The peer's throughput per variant, its best, and this project's parts over that best (the
+  same rounds). `m`: the other metrics of these parts."""
+  out = {}
+  nets = [p for p in parts if p.name.startswith("peer_forward_")]
+  for p in nets:
+    out[p.name.replace("peer_forward_", "peer_forward_images_per_s_")] = p.per_s()
+  for b in sorted({int(p.name.rsplit("_bs", 1)[1]) for p in nets}):
+    best = max((p for p in nets if p.name.endswith(f"_bs{b}")), key=lambda p: p.per_s())
+    out[f"peer_best_forward_images_per_s_bs{b}"] = best.per_s()
+    out[f"peer_best_forward_variant_bs{b}"] = best.name[len("peer_forward_"):].rsplit("_bs", 1)[0]
+    for kind in ("forward", "pipeline"):
+      if f"{kind}_images_per_s_bs{b}" in m:
+        out[f"{kind}_over_peer_best_bs{b}"] = m[f"{kind}_images_per_s_bs{b}"] / best.per_s()
+  prns = [p for p in parts if p.name.startswith("peer_prn_")]
+  for p in prns:
+    out[f"peer_prn_us_per_person_{p.name.split('_')[2]}"] = p.median_s / p.units * 1e6
+  if prns:
+    best = min(prns, key=lambda p: p.median_s / p.units)
+    out["peer_prn_best_us_per_person"] = best.median_s / best.units * 1e6
+    out["peer_prn_best_precision"] = best.name.split("_")[2]
+    if "prn_us_per_person" in m:
+      out["prn_over_peer_best"] = m["prn_us_per_person"] / out["peer_prn_best_us_per_person"]
+  if nets:
+    out["peer_torch_version"] = nets[0].info.get("torch_version", "")
+  return out
 
 
 def format_table(rows):
   """rows: (dtype, Part, peak_flops_per_s or None) -> fixed-width text table."""
-  head = (f"{'part':<20} {'dtype':<9} {'batch':>5} {'median ms':>11} {'min ms':>11} "
+  head = (f"{'part':<34} {'dtype':<9} {'batch':>5} {'median ms':>11} {'min ms':>11} "
           f"{'throughput':>18} {'GFLOP/s':>9} {'of peak':>8} {'compile s':>9}")
   lines = [head, "-" * len(head)]
   for dtype, p, peak in rows:
+    if p.name.startswith("peer_"):  # the peer's own precision, in its name
+      dtype = DTYPES[p.name.split("_")[2]]
     fps = p.flops / p.median_s if p.flops else 0.0
     frac = f"{fps / peak:8.1%}" if peak and fps else f"{'':>8}"
-    if p.name.startswith(("prn_bs", "prn_coco_small_bs")):
+    if p.name.startswith(("prn_bs", "prn_coco_small_bs", "peer_prn_")):
       thr = f"{p.median_s / p.units * 1e6:.1f} us/person"
     elif p.name.startswith("matmul"):
       thr = f"n={p.name.split('_')[1]}"
     else:
       thr = f"{p.per_s():.2f} {p.unit_name}/s"
-    lines.append(f"{p.name:<20} {dtype:<9} {p.units:>5} {p.median_s * 1e3:>11.1f} "
+    lines.append(f"{p.name:<34} {dtype:<9} {p.units:>5} {p.median_s * 1e3:>11.1f} "
                  f"{min(p.times) * 1e3:>11.1f} {thr:>18} {fps / 1e9:>9.1f} {frac} "
                  f"{p.compile_s:>9.1f}")
   return "\n".join(lines)
@@ -759,6 +843,8 @@ def run(settings, log=print):
   results, rows, timings = {}, [], {}
   for precision in settings.precisions:
     runtimes.check(settings.runtime, precision)
+  if "peer" in settings.parts:
+    import_peer()
   for precision in settings.precisions:
     dtype = DTYPES[precision]
     metrics, parts = benchmark_dtype(settings, precision, log)

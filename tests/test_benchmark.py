@@ -247,3 +247,56 @@ def test_benchmark_and_quickstart_flags_do_not_clash():
   """Both modules define absl flags at import; a test process imports both."""
   subprocess.run([sys.executable, "-c", "import mpn_jax.benchmark, mpn_jax.quickstart"],
                  check=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+
+
+def test_peer_metrics_take_the_peers_fastest_variant():
+  parts = [
+      _fixed_part("forward_bs1", 1, 4e6, [0.5]),                        # 2 images/s
+      _fixed_part("pipeline_bs1", 1, 4e6, [0.25]),                      # 4 images/s
+      _fixed_part("prn_bs64", 64, 64e3, [0.032]),                       # 500 us/person
+      _fixed_part("peer_forward_fp32_nchw_bs1", 1, 0, [1.0, 1.0, 3.0]),   # 1 image/s
+      _fixed_part("peer_forward_bf16_channels_last_bs1", 1, 0, [0.5]),   # 2 images/s: the best
+      _fixed_part("peer_prn_fp32_bs64", 64, 0, [0.128]),                 # 2000 us/person
+      _fixed_part("peer_prn_bf16_bs64", 64, 0, [0.064]),                 # 1000: the best
+  ]
+  parts[1].info["host_callbacks"] = 0
+  m = benchmark.summarize(parts)
+  assert m["peer_forward_images_per_s_fp32_nchw_bs1"] == pytest.approx(1.0)
+  assert m["peer_best_forward_images_per_s_bs1"] == pytest.approx(2.0)
+  assert m["peer_best_forward_variant_bs1"] == "bf16_channels_last"
+  assert m["pipeline_over_peer_best_bs1"] == pytest.approx(2.0)
+  assert m["forward_over_peer_best_bs1"] == pytest.approx(1.0)
+  assert m["peer_prn_us_per_person_fp32"] == pytest.approx(2000.0)
+  assert m["peer_prn_best_us_per_person"] == pytest.approx(1000.0)
+  assert m["peer_prn_best_precision"] == "bf16"
+  assert m["prn_over_peer_best"] == pytest.approx(0.5)
+
+
+def test_peer_without_torch_is_one_line_with_the_install_hint(monkeypatch):
+  monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
+  monkeypatch.delitem(sys.modules, "mpn_jax.peer", raising=False)
+  settings = benchmark.Settings(parts=("peer",), model_size="tiny", image_size=64,
+                                batch_sizes=(1,), prn_batch=2, repeats=1, warmup=0)
+  with pytest.raises(errors.ConfigError, match=r'--parts=peer needs PyTorch.*"\.\[peer\]"'):
+    benchmark.run(settings, log=lambda _: None)
+
+
+def test_tiny_run_beside_the_peer():
+  pytest.importorskip("torch")
+  settings = benchmark.Settings(
+      parts=("forward", "pipeline", "prn", "peer"), precisions=("fp32",), image_size=64,
+      batch_sizes=(1, 2), prn_batch=4, repeats=1, warmup=0, model_size="tiny")
+  lines = []
+  out = benchmark.run(settings, log=lines.append)
+  for b in (1, 2):
+    best = out[f"peer_best_forward_images_per_s_bs{b}"]
+    variants = [v for k, v in out.items() if k.startswith("peer_forward_images_per_s_")
+                and k.endswith(f"_bs{b}")]
+    assert len(variants) in (2, 4) and best == max(variants)  # fp32 (+ bf16) x 2 layouts
+    assert out[f"pipeline_over_peer_best_bs{b}"] == pytest.approx(
+        out[f"pipeline_images_per_s_bs{b}"] / best)
+  assert out["prn_over_peer_best"] == pytest.approx(
+      out["prn_us_per_person"] / out["peer_prn_best_us_per_person"])
+  table = "\n".join(lines)
+  assert "peer_forward_fp32_nchw_bs1" in table and "peer_prn_fp32_bs4" in table
+  json.dumps(out)

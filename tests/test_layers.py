@@ -20,7 +20,7 @@ LAYERS = {"core": 0, "data": 1, "models": 1, "inference": 2, "evaluation": 3, "t
 LAYERS["export"] = 3  # mpn_jax.export: above inference, beside evaluation (export.py's library)
 CORE = {"coco", "boxes", "prn_grid", "errors", "files", "parallel", "checkpoints", "cli", "logs",
         "visualize", "losses", "configs"}
-TOOLS = {"quickstart", "benchmark"}
+TOOLS = {"quickstart", "benchmark", "peer"}
 
 
 def layer(module):

@@ -38,6 +38,7 @@ import contextlib
 import dataclasses
 import glob
 import hashlib
+import importlib.util
 import json
 import os
 import pathlib
@@ -871,6 +872,7 @@ BENCHMARK_KEYS = {  # README: the JSON keys of each part
     "train_branches": ("train_branches_images_per_s",),
     "train_prn": ("train_prn_people_per_s",),
     "input": ("input_images_per_s", "input_images_per_s_per_core"),
+    "peer": ("peer_best_forward_images_per_s_bs1", "peer_prn_best_us_per_person"),
 }
 
 
@@ -879,15 +881,20 @@ def check_benchmark(scenario, cmd):
   if runtime != "jax" and _runtime_missing(runtime):
     pytest.skip(f"--runtime={runtime} needs the export extra (pip install -e \".[export]\"): "
                 f"{', '.join(_runtime_missing(runtime))} not installed")
+  default = [p for p in BENCHMARK_KEYS
+             if p != "peer" and (p != "input" or cmd.flags.get("--input_coco_dir"))]
+  parts = (cmd.flags.get("--parts") or ",".join(default)).split(",")
+  if "peer" in parts and importlib.util.find_spec("torch") is None:
+    pytest.skip('--parts=peer needs PyTorch (pip install -e ".[peer]"), not installed')
   _openvino_bf16_refused(scenario, cmd)
   result = scenario.run(cmd)
   out = json.loads(pathlib.Path(scenario.adapter.path(cmd.flags["--output"])).read_text())
-  default = [p for p in BENCHMARK_KEYS if p != "input" or cmd.flags.get("--input_coco_dir")]
-  parts = (cmd.flags.get("--parts") or ",".join(default)).split(",")
   for key in sum((BENCHMARK_KEYS[p] for p in parts), ("peak_memory_bytes", "device")):
     assert key in out, (key, sorted(out))
   if "forward" in parts:
     assert out["forward_images_per_s_bs1"] > 0 and out["forward_flops_per_image"] > 0
+  if "peer" in parts and "pipeline" in parts:
+    assert out["pipeline_over_peer_best_bs1"] > 0
   dtypes = {"fp32": "float32", "bf16": "bfloat16"}
   for precision in (cmd.flags.get("--precision") or "fp32").split(","):
     dtype = dtypes[precision]
