@@ -20,6 +20,8 @@ decoding and NMS are not part of it.
 Needs PyTorch (`pip install -e ".[peer]"`); imported by the benchmark only when asked for.
 """
 
+import copy
+
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -176,7 +178,8 @@ def make_runner(module, shape, precision, channels_last, seed=0):
   module = module.eval()
   x = torch.randn(*shape)
   if channels_last:
-    module = module.to(memory_format=torch.channels_last)
+    # A copy: Module.to converts the parameters in place, and the NCHW runner keeps the original.
+    module = copy.deepcopy(module).to(memory_format=torch.channels_last)
     x = x.contiguous(memory_format=torch.channels_last)
 
   def call():

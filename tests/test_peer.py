@@ -66,3 +66,11 @@ def test_prn_is_a_distribution_over_the_grid_and_bf16_stays_close():
   np.testing.assert_allclose(fp32.reshape(3, -1).sum(1), 1.0, rtol=1e-5)
   np.testing.assert_allclose(bf16.reshape(3, -1).sum(1), 1.0, rtol=2e-2)
   assert np.abs(bf16 - fp32).max() < 0.05 * fp32.max()
+
+
+def test_a_channels_last_runner_leaves_the_module_as_it_was():
+  net = _tiny()
+  nchw = peer.make_runner(net, (1, 3, 64, 64), "fp32", False)
+  peer.make_runner(net, (1, 3, 64, 64), "fp32", True)
+  assert all(p.is_contiguous() for p in net.parameters())  # still NCHW for the first runner
+  assert nchw()[0].shape == (1, 18, 16, 16)
