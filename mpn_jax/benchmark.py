@@ -448,13 +448,14 @@ def peer_parts(settings, log=print):
     for precision in precisions:
       for layout in PEER_LAYOUTS:
         call = peer.make_runner(net, (b, 3, s, s), precision, layout == "channels_last")
-        p = host_part(f"peer_forward_{precision}_{layout}_bs{b}", call, b, "images", 0.0)
-        p.info.update(torch_version=torch.__version__)
-        parts.append(p)
+        parts.append(host_part(f"peer_forward_{precision}_{layout}_bs{b}", call, b, "images",
+                               0.0))
   for precision in precisions:
     call = peer.make_runner(prn, (settings.prn_batch, *peer.GRID), precision, False)
     parts.append(host_part(f"peer_prn_{precision}_bs{settings.prn_batch}", call,
                            settings.prn_batch, "people", 0.0))
+  for p in parts:
+    p.info.update(torch_version=torch.__version__)
   return parts
 
 
@@ -785,6 +786,11 @@ def summarize(parts):
   return m
 
 
+def _peer_precision(part):
+  """'fp32' | 'bf16' of a peer part, from its name: peer_<forward|prn>_<precision>_..."""
+  return part.name.split("_")[2]
+
+
 def peer_metrics(parts, m):
   """The peer's throughput per variant, its best, and this project's parts over that best (the
   same rounds). `m`: the other metrics of these parts."""
@@ -801,11 +807,11 @@ def peer_metrics(parts, m):
         out[f"{kind}_over_peer_best_bs{b}"] = m[f"{kind}_images_per_s_bs{b}"] / best.per_s()
   prns = [p for p in parts if p.name.startswith("peer_prn_")]
   for p in prns:
-    out[f"peer_prn_us_per_person_{p.name.split('_')[2]}"] = p.median_s / p.units * 1e6
+    out[f"peer_prn_us_per_person_{_peer_precision(p)}"] = p.median_s / p.units * 1e6
   if prns:
     best = min(prns, key=lambda p: p.median_s / p.units)
     out["peer_prn_best_us_per_person"] = best.median_s / best.units * 1e6
-    out["peer_prn_best_precision"] = best.name.split("_")[2]
+    out["peer_prn_best_precision"] = _peer_precision(best)
     if "prn_us_per_person" in m:
       out["prn_over_peer_best"] = m["prn_us_per_person"] / out["peer_prn_best_us_per_person"]
   if nets:
@@ -819,8 +825,8 @@ def format_table(rows):
           f"{'throughput':>18} {'GFLOP/s':>9} {'of peak':>8} {'compile s':>9}")
   lines = [head, "-" * len(head)]
   for dtype, p, peak in rows:
-    if p.name.startswith("peer_"):  # the peer's own precision, in its name
-      dtype = DTYPES[p.name.split("_")[2]]
+    if p.name.startswith("peer_"):  # the peer's own precision
+      dtype = DTYPES[_peer_precision(p)]
     fps = p.flops / p.median_s if p.flops else 0.0
     frac = f"{fps / peak:8.1%}" if peak and fps else f"{'':>8}"
     if p.name.startswith(("prn_bs", "prn_coco_small_bs", "peer_prn_")):

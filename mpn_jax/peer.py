@@ -26,7 +26,10 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-GRID = (56, 36, 17)  # the PRN's input, as this project's prn_grid
+from mpn_jax import coco
+from mpn_jax import prn_grid
+
+GRID = (prn_grid.GRID_H, prn_grid.GRID_W, coco.NUM_KEYPOINTS)  # the PRN's input
 
 
 class Bottleneck(nn.Module):
