@@ -121,9 +121,12 @@ def metadata_problem(step_dir):
 # What TensorStore / Orbax say when an array file is truncated or damaged, as opposed to a file
 # that cannot be read just now (permissions, I/O, a stale network mount: an error, nothing is set
 # aside) or a checkpoint of another model (a config error).
+# A step folder without one of the items every save writes (or an empty one) is damaged too.
 _CORRUPT_SIGNS = ("OUT_OF_RANGE", "DATA_LOSS", "Failed to decode", "JSONDecodeError",
-                  "Expecting value", "Unterminated string")
-_MISMATCH_SIGNS = ("not compatible with the stored shape", "Dict key mismatch")
+                  "Expecting value", "Unterminated string", "was not found in the checkpoint")
+# Another optimizer or stage changes the tree of the saved state, not only an array's shape.
+_MISMATCH_SIGNS = ("not compatible with the stored shape", "Dict key mismatch",
+                   "tree structures do not match")
 
 
 def read_problem(step_dir, exc):

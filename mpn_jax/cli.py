@@ -4,10 +4,12 @@
   * a bad flag or config override (misspelt field, unknown preset, missing config file, a value of
     the wrong type) prints `prog: error: ...` naming the flag, instead of a traceback;
   * `errors.UserError` raised by the library, and OS errors about a named path (unwritable folder,
-    disk full), print `prog: error: ...`;
-and each of those exits with status 2. Every other exception is a programming error: traceback.
+    disk full) or about storage (disk full, file too large), print `prog: error: ...`;
+and each of those exits with status 2; Ctrl-C prints one line and exits with 130. Every other
+exception is a programming error: traceback.
 """
 
+import errno
 import importlib
 import os
 import re
@@ -20,6 +22,10 @@ from mpn_jax import errors
 from mpn_jax import logs
 
 USER_ERROR_STATUS = 2
+INTERRUPTED_STATUS = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C
+
+# A write that failed for want of room says so even where it names no file (a bare write()).
+_STORAGE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS)
 
 # Errors config_flags raises while it loads a config file or applies a --config.* override.
 _FLAG_PARSE_ERRORS = (flags.Error, AttributeError, KeyError, ValueError, TypeError, OSError)
@@ -36,7 +42,11 @@ def describe_os_error(e):
   """'<path>: <cause>' for an OSError about a path, with a hint for the common causes."""
   path = e.filename if e.filename is not None else ""
   cause = e.strerror or str(e)
+  if not path:
+    return f"cannot write: {cause}" + (" (free some space or choose another disk)"
+                                       if e.errno in (errno.ENOSPC, errno.EDQUOT) else "")
   hints = {
+      "File too large": "the file exceeds a size limit (ulimit -f or the file system's)",
       "Permission denied": "choose a folder you can write, or fix its permissions",
       "Read-only file system": "choose a folder on a writable file system",
       "No space left on device": "free some space or choose another disk",
@@ -69,6 +79,11 @@ def describe_flag_error(e, argv):
     hint = f"; did you mean {suggestion.group(1)!r}?" if suggestion else (
         "; see the config file for the fields")
     return f"{flag}: the config has no field {key!r}{hint}"
+  if "Overriding config is not allowed" in text:  # --config=FILE where the config is fixed
+    given = next((a for a in argv[1:] if a.startswith("--config=")), "--config")
+    return (f"{given}: this command reads the model's config from --model (saved with its "
+            "checkpoints); give only field overrides, e.g. --config.eval.mode=prn_gt or "
+            "--config.inference.flip=False")
   if isinstance(e, OSError) or "No such file or directory" in text:
     config_args = [a for a in argv[1:] if a.startswith("--config=") or a.startswith("--config ")]
     path = config_args[0].split("=", 1)[1].split(":")[0] if config_args else ""
@@ -125,9 +140,14 @@ def run(main, prog):
     except errors.UserError as e:
       fail(prog, str(e))
     except OSError as e:
-      if e.filename is None:  # not about a path the user gave: a programming error
-        raise
+      if e.filename is None and e.errno not in _STORAGE_ERRNOS:
+        raise  # not about a path the user gave nor the disk: a programming error
       fail(prog, describe_os_error(e))
+    except KeyboardInterrupt:
+      sys.stderr.flush()
+      print(f"{prog}: interrupted (Ctrl-C); files already written are complete",
+            file=sys.stderr, flush=True)
+      sys.exit(INTERRUPTED_STATUS)
 
   app.run(wrapped, flags_parser=parse)
 

@@ -1,8 +1,15 @@
 """Writing files so that nothing already there is lost: all at once, or not at all."""
 
 import contextlib
+import json
 import os
 import tempfile
+
+from mpn_jax import errors
+
+# The hidden file, in a folder a tool writes into, that lists the files the tools wrote there
+# (`check_outputs`, `record_outputs`).
+MANIFEST = ".mpn_jax_outputs.json"
 
 
 def replace_atomically(path, write, mode="b"):
@@ -27,8 +34,13 @@ def replace_atomically(path, write, mode="b"):
                                   delete=False, **({"encoding": "utf-8"} if mode == "t" else {}))
   tmp = f.name
   try:
-    with f:
-      write(f)
+    try:
+      with f:
+        write(f)
+    except OSError as e:
+      if e.filename is None:  # a failed write() names no file: name the one being written
+        raise OSError(e.errno, e.strerror, path) from e
+      raise
     # NamedTemporaryFile makes the file private (0600); give it the mode a plain open() would.
     os.chmod(tmp, 0o666 & ~umask())
     os.replace(tmp, os.path.join(folder, base))
@@ -48,3 +60,48 @@ def umask():
         if line.startswith("Umask:"):
           return int(line.split()[1], 8)
   return 0o022
+
+
+def _manifest_names(folder):
+  try:
+    with open(os.path.join(folder, MANIFEST), encoding="utf-8") as f:
+      names = json.load(f)
+  except (OSError, ValueError):
+    return set()
+  return {n for n in names if isinstance(n, str)} if isinstance(names, list) else set()
+
+
+def check_outputs(folder, names, flag, tool):
+  """Checks, before any work, that writing `names` into `folder` replaces no file the tools did not
+  write there (read-only; `record_outputs` then lists them, just before they are written).
+
+  A file in the way that an earlier run of a tool wrote (listed in the folder's MANIFEST) may be
+  replaced: a run repeated into the same folder updates its outputs. Any other file in the way (the
+  user's own, an annotation file, a file of another program) is refused.
+
+  Args:
+    folder: str, the output folder (need not exist yet).
+    names: iterable of file names (relative paths) to be written into it.
+    flag: the flag and value that chose the folder, for the message (e.g. '--output=out/').
+    tool: the program, for the message (e.g. 'predict.py').
+  Raises:
+    errors.ConfigError: naming the flag and the first file that would be replaced.
+  """
+  folder = os.path.abspath(os.path.expanduser(folder))
+  ours = _manifest_names(folder)
+  for name in sorted(set(names)):
+    target = os.path.join(folder, name)
+    if os.path.lexists(target) and name not in ours:
+      raise errors.ConfigError(
+          f"{flag}: {tool} would replace {target}, which it did not write; choose another "
+          "output path or move that file away")
+
+
+def record_outputs(folder, names):
+  """Adds `names` to `folder`'s MANIFEST (atomically; creates the folder): the files a tool is
+  about to write there, which a later run may then replace (`check_outputs`)."""
+  folder = os.path.abspath(os.path.expanduser(folder))
+  ours = _manifest_names(folder)
+  if set(names) - ours:
+    replace_atomically(os.path.join(folder, MANIFEST),
+                       lambda f: json.dump(sorted(ours | set(names)), f, indent=0), mode="t")

@@ -56,6 +56,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import sys
 
 import flax
@@ -67,6 +68,7 @@ import orbax.checkpoint as ocp
 from mpn_jax import cli
 from mpn_jax import coco
 from mpn_jax import errors
+from mpn_jax import files
 from mpn_jax.models import resnet
 
 SOURCES = ("torchvision", "keras")
@@ -338,18 +340,43 @@ def from_keras(source, depth=50, stage_sizes=None, fold_preprocessing=True):
 
 # ------------------------------------------------------------------------------------ checkpoints
 
+def check_output(directory, overwrite):
+  """ConfigError naming --output when the checkpoint folder or its .json exists and not
+  `overwrite`."""
+  directory = os.path.abspath(os.fspath(directory))
+  for path in (directory, directory + ".json"):
+    if os.path.lexists(path) and not overwrite:
+      raise errors.ConfigError(f"--output={directory}: {path} already exists; remove it or pass "
+                               "--overwrite")
+
+
 def save_pretrained(imported, directory, overwrite=False):
   """Writes the Orbax checkpoint `directory` and its metadata `directory`.json (see the module
-  docstring); returns the absolute directory."""
+  docstring); returns the absolute directory.
+
+  Both are written under temporary names and renamed into place when complete, so a kill or a
+  full disk leaves the earlier pair (with overwrite=True) or nothing, never half of one; the
+  earlier checkpoint is deleted only once the new one is in place.
+  """
   directory = os.path.abspath(os.fspath(directory))
-  if os.path.exists(directory) and not overwrite:
-    raise errors.ConfigError(f"--output={directory} already exists; remove it or pass "
-                             "--overwrite")
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(directory, jax.tree.map(np.asarray, imported.variables()), force=overwrite)
-  checkpointer.wait_until_finished()
-  with open(directory + ".json", "w") as f:
-    json.dump(imported.metadata(), f, indent=2)
+  meta = directory + ".json"
+  check_output(directory, overwrite)
+  folder, base = os.path.split(directory)
+  os.makedirs(folder, exist_ok=True)
+  tmp = os.path.join(folder, f".{base}.tmp-{os.getpid()}")
+  old = os.path.join(folder, f".{base}.old-{os.getpid()}")
+  try:
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(tmp, jax.tree.map(np.asarray, imported.variables()), force=True)
+    checkpointer.wait_until_finished()
+    if os.path.lexists(directory):
+      os.replace(directory, old)
+    os.replace(tmp, directory)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  files.replace_atomically(meta, lambda f: json.dump(imported.metadata(), f, indent=2), mode="t")
+  shutil.rmtree(old, ignore_errors=True)
   return directory
 
 
@@ -410,9 +437,7 @@ def main(argv=None):
                       help="blocks per stage, e.g. 1,1,1,1 (non-standard nets); default: --depth")
   parser.add_argument("--width", type=int, default=64, help="first-stage width (torchvision)")
   args = parser.parse_args(argv)
-  if os.path.exists(args.output) and not args.overwrite:  # before the (slow) conversion
-    raise errors.ConfigError(f"--output={os.path.abspath(args.output)} already exists; remove it "
-                             "or pass --overwrite")
+  check_output(args.output, args.overwrite)  # before the (slow) conversion
   stage_sizes = tuple(int(s) for s in args.stage_sizes.split(",")) if args.stage_sizes else None
   if args.source == "torchvision":
     imported = from_torchvision(load_state_dict(args.input), args.depth, stage_sizes, args.width)

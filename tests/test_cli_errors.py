@@ -64,6 +64,26 @@ CASES = [
                                               "--config.eval.ann_file={T}/one.json",
                                               "--config.eval.output={T}/afile/stats.json"],
      ["--config.eval.output={T}/afile/stats.json", "is a file"], False, []),
+    ("evaluate_output_over_the_annotation_file", EVAL_GT + [
+        "--model={T}/w", "--config.eval.ann_file={T}/one.json",
+        "--config.eval.output={T}/one.json"],
+     ["--config.eval.output={T}/one.json", "which it did not write"], False, ["w"]),
+    ("evaluate_results_over_a_file_of_the_users", EVAL_GT + [
+        "--model={T}/w", "--config.eval.ann_file={T}/one.json",
+        "--config.eval.results_file={T}/notes.json"],
+     ["--config.eval.results_file={T}/notes.json", "which it did not write"], False, ["w"]),
+    ("evaluate_annotation_file_without_images", EVAL_GT + [
+        "--model={T}/w", "--config.eval.ann_file={T}/no_images.json"],
+     ["{T}/no_images.json", "'images'"], False, []),
+    ("evaluate_annotation_of_no_image", EVAL_GT + [
+        "--model={T}/w", "--config.eval.ann_file={T}/orphan.json"],
+     ["{T}/orphan.json", "image_id 7", "not the id of any entry of 'images'"], False, []),
+    ("train_validation_annotation_of_no_image", TRAIN + [
+        "--workdir={T}/w", "--config.data.val_file={T}/orphan.json",
+        "--config.train.prn_gt_ap=True"],
+     ["{T}/orphan.json", "image_id 7"], True, []),
+    ("evaluate_config_file", ["evaluate.py", "--model={T}/w", "--config=configs/prn.py:smoke"],
+     ["--config=configs/prn.py:smoke", "reads the model's config from --model"], False, []),
     ("evaluate_unknown_mode", ["evaluate.py", "--model={T}/w", "--config.eval.mode=bogus"],
      ["config.eval.mode", "bogus"], False, ["w"]),
     ("evaluate_no_checkpoint", ["evaluate.py", "--model={T}/w", "--config.eval.mode=prn_gt"],
@@ -85,6 +105,9 @@ CASES = [
     ("weights_output_exists", ["-m", "mpn_jax.weights", "--source=torchvision",
                                "--input={T}/afile", "--output={T}/images"],
      ["--output={T}/images", "already exists"], False, []),
+    ("weights_output_metadata_exists", ["-m", "mpn_jax.weights", "--source=torchvision",
+                                        "--input={T}/afile", "--output={T}/notes"],
+     ["--output={T}/notes", "notes.json already exists"], False, ["notes"]),
     ("benchmark_unknown_part", ["-m", "mpn_jax.benchmark", "--parts=bogus"], ["--parts", "bogus"],
      False, []),
     ("benchmark_unwritable_output", ["-m", "mpn_jax.benchmark", "--parts=peak",
@@ -107,6 +130,9 @@ def _files(tmp):
     (tmp / name).write_text(json.dumps(data))
 
   write("empty.json", [])
+  write("orphan.json", [dict(PERSON, image_id=7)])
+  (tmp / "no_images.json").write_text(json.dumps({"annotations": [PERSON]}))
+  (tmp / "notes.json").write_text('{"my notes": 1}')
   write("one.json", [PERSON])
   write("nan.json", [dict(PERSON, keypoints=[15, float("nan"), 2] + [15, 20, 2] * 16)])
   write("short.json", [dict(PERSON, keypoints=[15, 20, 2] * 16)])
@@ -138,3 +164,56 @@ def test_user_error_is_one_line(case, tmp_path, request):
     assert not (tmp_path / rel).exists(), f"{name} left {rel} behind"
   # Nothing the user had was changed.
   assert {p: p.read_bytes() for p in before} == before
+
+
+# The shell of every command (mpn_jax.cli.run) with a `main` that fails as a write or a Ctrl-C does.
+_SHELL = """
+import errno, sys
+from mpn_jax import cli
+def main(argv):
+  what = sys.argv[1]
+  if what == "interrupted":
+    raise KeyboardInterrupt
+  raise OSError(errno.ENOSPC if what == "disk_full" else errno.EFBIG,
+                "No space left on device" if what == "disk_full" else "File too large",
+                *([] if what == "disk_full" else ["/out/pic.png"]))
+cli.run(main, "tool.py")
+"""
+
+
+@pytest.mark.parametrize("what,status,words", [
+    ("interrupted", 130, ["tool.py: interrupted (Ctrl-C)"]),
+    ("disk_full", 2, ["tool.py: error: cannot write: No space left on device", "free some space"]),
+    ("file_too_large", 2, ["tool.py: error: /out/pic.png: File too large", "size limit"]),
+])
+def test_write_failures_and_ctrl_c_are_one_line(what, status, words):
+  proc = subprocess.run([sys.executable, "-c", _SHELL, what], cwd=REPO, env=ENV,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == status, proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr, proc.stderr
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and all(w in lines[0] for w in words), proc.stderr
+
+
+def test_a_full_disk_during_evaluate_names_the_file_and_keeps_the_old_one(tmp_path):
+  """A file-size limit stands in for a full disk (both fail the write half-way)."""
+  _files(tmp_path)
+  stats = tmp_path / "stats.json"
+  argv = EVAL_GT + [f"--model={tmp_path}/w", f"--config.eval.ann_file={tmp_path}/one.json",
+                    f"--config.eval.output={stats}"]
+  ok = subprocess.run([sys.executable, *argv], cwd=REPO, env=ENV, capture_output=True, text=True,
+                      timeout=300)
+  assert ok.returncode == 0, ok.stderr[-3000:]
+  before = stats.read_bytes()
+  # A 64-byte limit set by a small launcher that then execs the command; not by a preexec_fn:
+  # forking this process (JAX is loaded) is unsafe.
+  launcher = ("import os, resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64)); "
+              "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])")
+  proc = subprocess.run([sys.executable, "-c", launcher, *argv], cwd=REPO, env=ENV,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  line = proc.stderr.strip().splitlines()[-1]
+  assert line.startswith("evaluate.py: error: ") and "File too large" in line, line
+  assert str(tmp_path) in line  # names the file it could not write
+  assert stats.read_bytes() == before
+  assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]

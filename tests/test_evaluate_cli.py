@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mpn_jax import checkpoints
+from mpn_jax import errors
 from mpn_jax.configs import branches as branches_config
 from mpn_jax.configs import defaults
 from mpn_jax.configs import prn as prn_config
@@ -47,11 +48,31 @@ def test_prn_gt_center_from_the_command_line(coco_dir, tmp_path):
   assert 0.6 < stats["AP"] < 0.9, stats
   assert "AP50" in proc.stdout  # the printed table
   # The results file holds ground-truth positions only: rescoring it reproduces the statistics.
-  results_file = tmp_path / "wd" / "eval" / "prn_gt_results.json"
+  # Beside the chosen output, not in the model's eval/ folder.
+  results_file = tmp_path / "OUT_results.json"
+  assert not (tmp_path / "wd" / "eval").exists()
   rescored = coco_io.run_coco_eval(str(coco_dir / PRN_VAL), str(results_file),
                                       image_ids={r["image_id"] for r in json.load(
                                           open(results_file))})
   np.testing.assert_allclose(list(rescored.values()), list(stats.values()))
+
+
+@pytest.mark.parametrize("field", ["output", "results_file"])
+def test_an_output_over_a_file_evaluate_did_not_write_is_refused(coco_dir, tmp_path, field):
+  ann = tmp_path / "val.json"
+  ann.write_bytes((coco_dir / PRN_VAL).read_bytes())
+  before = ann.read_bytes()
+  config = _config(mode="prn_gt", assign="center", ann_file=str(ann), **{field: str(ann)})
+  with pytest.raises(errors.ConfigError,
+                     match=rf"--config.eval.{field}=.*would replace .*val\.json, which it did not"):
+    evaluators.evaluate(str(tmp_path / "wd"), config)
+  assert ann.read_bytes() == before
+  # Its own earlier output is replaced by a rerun.
+  config = _config(mode="prn_gt", assign="center", ann_file=str(ann),
+                   output=str(tmp_path / "s.json"))
+  for _ in range(2):
+    evaluators.evaluate(str(tmp_path / "wd"), config)
+  assert ann.read_bytes() == before
 
 
 def test_missing_checkpoint_names_the_workdir_and_the_train_command(coco_dir, tmp_path):
@@ -173,11 +194,11 @@ def test_pipeline_on_real_images(tiny_stages, image_set, tmp_path, capsys):
   assert json.load(open(tmp_path / "stats.json")) == stats
   assert "broken.jpg" in printed.err and "1 unreadable image(s) skipped" in printed.out
   assert "3 images evaluated" in printed.out
-  results = json.load(open(model / "eval" / "pipeline_results.json"))
+  results = json.load(open(tmp_path / "stats_results.json"))  # beside the chosen output
   assert {r["image_id"] for r in results} <= set(ids)
   for r in results:  # people in original pixels: inside (a margin around) their image
     assert len(r["keypoints"]) == 51 and 0.0 <= r["score"] <= 1.0
-  pictures = sorted((model / "eval" / "pictures").glob("*.png"))
+  pictures = sorted((tmp_path / "stats_pictures").glob("*.png"))
   assert [p.name for p in pictures] == [f"{i:012d}.png" for i in ids[:2]]
   from PIL import Image  # pylint: disable=g-import-not-at-top
   info = {im["id"]: im for im in json.load(open(ann_file))["images"]}
@@ -252,10 +273,10 @@ def test_detector_mode_on_real_images(tiny_stages, image_set, tmp_path):
            [f"peaks_oracle/{k}" for k in coco_io.STAT_NAMES])
   assert list(stats) == names
   assert all(0.0 <= v <= 1.0 for v in stats.values())
-  results = json.load(open(branches / "eval" / "detector_results.json"))
+  results = json.load(open(tmp_path / "det_results.json"))  # beside the chosen output
   assert results and all(len(r["bbox"]) == 4 for r in results)
   assert {r["image_id"] for r in results} <= set(ids)
-  assert len(list((branches / "eval" / "pictures").glob("*.png"))) == 1
+  assert len(list((tmp_path / "det_pictures").glob("*.png"))) == 1
 
 
 def test_predict_command_on_a_folder(tiny_stages, coco_dir, tmp_path):

@@ -156,6 +156,39 @@ def test_the_output_check_comes_before_any_checkpoint_is_loaded(tmp_path, monkey
   assert _snapshot(images) == before and not (images / "x").exists()
 
 
+@pytest.mark.parametrize("theirs", ["photo.jpg.png", "predictions.json"])
+def test_a_file_of_the_users_in_the_output_is_refused_before_loading(tmp_path, monkeypatch,
+                                                                      theirs):
+  images = _image_folder(tmp_path / "D")
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / theirs).write_text("mine")
+  (out / "unrelated.txt").write_text("mine too")
+  before = _snapshot(out)
+
+  def no_loading(*args, **kwargs):
+    raise AssertionError("Predictor.load called before the --output check")
+  monkeypatch.setattr(predictor_lib.Predictor, "load", no_loading)
+  with pytest.raises(errors.ConfigError,
+                     match=rf"--output=.*would replace .*{theirs}, which it did not write"):
+    image_files.predict_images(str(tmp_path / "no_model"), str(images), str(out))
+  assert _snapshot(out) == before and sorted(os.listdir(out)) == sorted(before)
+
+
+def test_recorded_outputs_may_be_replaced_by_a_later_run_and_others_not(tmp_path):
+  out = tmp_path / "out"
+  files.check_outputs(str(out), ["a.png", "p.json"], "--output=out", "tool")
+  assert not out.exists()  # the check writes nothing
+  files.record_outputs(str(out), ["a.png", "p.json"])
+  (out / "a.png").write_text("first run")
+  (out / "p.json").write_text("first run")
+  files.check_outputs(str(out), ["a.png", "p.json"], "--output=out", "tool")  # a rerun: fine
+  (out / "b.png").write_text("the user's")
+  with pytest.raises(errors.ConfigError, match=r"would replace .*b\.png, which it did not write"):
+    files.check_outputs(str(out), ["a.png", "b.png"], "--output=out", "tool")
+  assert json.loads((out / files.MANIFEST).read_text()) == ["a.png", "p.json"]
+
+
 def test_the_command_refuses_the_input_folder_as_output(tmp_path):
   images = _image_folder(tmp_path / "D")
   before = _snapshot(images)
@@ -195,8 +228,9 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary_file(tmp_path):
   def half_then_fail(f):
     f.write(b'{"new": ')
     raise OSError(28, "No space left on device")
-  with pytest.raises(OSError, match="No space left"):
+  with pytest.raises(OSError, match="No space left") as raised:
     files.replace_atomically(str(path), half_then_fail)
+  assert raised.value.filename == str(path)  # named, for the one-line error of the commands
   assert path.read_text() == '{"old": 1}'
   assert os.listdir(tmp_path) == ["predictions.json"]
 
@@ -228,7 +262,11 @@ def test_one_picture_per_readable_input_and_inputs_untouched(tiny_stages, load_o
                                                 min_score=0.0)
   printed = capsys.readouterr()
   assert _snapshot(images) == before  # byte for byte
-  assert sorted(os.listdir(out)) == ["photo.jpg.png", "photo.png.png", "predictions.json"]
+  assert sorted(os.listdir(out)) == [files.MANIFEST, "photo.jpg.png", "photo.png.png",
+                                     "predictions.json"]
+  # The names predict claimed before it ran (broken.jpg's too), so that a rerun may replace them.
+  assert json.loads((out / files.MANIFEST).read_text()) == [
+      "broken.png", "photo.jpg.png", "photo.png.png", "predictions.json"]
   assert written == 2 == len(list(out.glob("*.png")))
   assert skipped == [str(images / "broken.jpg")]
   for name, size in (("photo.jpg", (40, 30)), ("photo.png", (50, 20))):

@@ -52,6 +52,7 @@ import time
 import pytest
 
 from conftest import COCO_DIR, REPO, TEST_XLA_FLAGS, require_shared
+from mpn_jax.files import MANIFEST
 
 README = REPO / "README.md"
 # Pages whose commands run (how-to pages). docs/experiments.md and docs/design.md are records and
@@ -693,7 +694,7 @@ def _check_predict_video(cmd, source, output, result):
   --max_frames); OUT/<stem>.json: one entry per frame, at the source's times."""
   import av  # pylint: disable=g-import-not-at-top
   stem = os.path.splitext(os.path.basename(source))[0]
-  assert sorted(os.listdir(output)) == [f"{stem}.json", f"{stem}.mp4"], \
+  assert sorted(os.listdir(output)) == [MANIFEST, f"{stem}.json", f"{stem}.mp4"], \
       (os.listdir(output), result.stdout[-2000:])
 
   def read(path):

@@ -256,6 +256,30 @@ def test_inference_falls_back_and_a_requested_bad_step_is_named(trained, tmp_pat
   assert "\n" not in message
 
 
+@pytest.mark.parametrize("remove", ["opt_state", "everything"])
+def test_a_step_missing_an_item_is_set_aside(trained, tmp_path, remove):
+  work = tmp_path / "work"
+  shutil.copytree(trained, work)
+  step_dir = work / "checkpoints" / "8"
+  for item in (["opt_state"] if remove == "opt_state" else os.listdir(step_dir)):
+    path = step_dir / item
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
+  result = loop.run(toy_config(num_steps=12, checkpoint_every_steps=4), work, toy_task())
+  assert int(np.asarray(result.state.step)) == 12
+  assert sorted(result.losses) == list(range(5, 13))  # resumed from step 4
+  assert (work / "checkpoints" / "8.corrupt").is_dir()
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+def test_checkpoint_of_another_optimizer_is_a_config_error(trained, tmp_path):
+  work = tmp_path / "work"
+  shutil.copytree(trained, work)
+  with pytest.raises(errors.CheckpointError, match="holds another model") as raised:
+    loop.run(toy_config(num_steps=12, optimizer="sgd"), work, toy_task())
+  assert checkpoints.saved_steps(str(work / "checkpoints")) == [4, 8]  # nothing moved aside
+  del raised
+
+
 def test_all_steps_damaged_is_one_error(trained, tmp_path):
   work = tmp_path / "work"
   shutil.copytree(trained, work)

@@ -50,7 +50,7 @@ def toy_batch(step, batch_size=8, seed=0):
   return {"x": x, "y": (x @ np.array([1.0, -2.0, 0.5, 3.0], np.float32))[:, None]}
 
 
-def toy_task(batch_size=8, nan_at=None, sigterm_at=None):
+def toy_task(batch_size=8, nan_at=None, sigterm_at=None, signum=signal.SIGTERM):
   model = Toy()
 
   def train_iterator(start):
@@ -59,7 +59,7 @@ def toy_task(batch_size=8, nan_at=None, sigterm_at=None):
       if s == nan_at:
         batch["x"][0, 0] = np.nan
       if s == sigterm_at:
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signum)
       yield batch
 
   return loop.Task(init_variables=lambda rng: model.init(rng, jnp.zeros((1, 4))),
@@ -108,6 +108,27 @@ def test_resume_after_sigterm_matches_uninterrupted_run(tmp_path):
                _params(second.state.params), _params(full.state.params))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                _params(second.state.batch_stats), _params(full.state.batch_stats))
+
+
+def test_first_ctrl_c_checkpoints_and_stops_like_sigterm(tmp_path):
+  r = loop.run(toy_config(), tmp_path, toy_task(sigterm_at=6, signum=signal.SIGINT))
+  assert r.stopped_early and int(r.state.step) == 7
+  assert 7 in checkpoints.StageCheckpoints(tmp_path).all_steps()
+  # The handler is the previous one again once training returns.
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_failed_evaluation_saves_the_step_before_the_error(tmp_path):
+  task = toy_task()
+
+  def evaluate(state, step):
+    raise RuntimeError(f"validation file broke at step {step}")
+
+  task.evaluate = evaluate
+  with pytest.raises(RuntimeError, match="broke at step 6"):
+    loop.run(toy_config(eval_every_steps=6, checkpoint_every_steps=4), tmp_path, task)
+  # Steps 5 and 6 are not lost to the evaluation's error: step 6 is on disk and resumable.
+  assert checkpoints.StageCheckpoints(tmp_path).latest_step() == 6
 
 
 def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path):

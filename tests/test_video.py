@@ -13,6 +13,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from mpn_jax import errors
+from mpn_jax import files
 from mpn_jax import visualize
 from mpn_jax.inference import video
 
@@ -128,7 +129,7 @@ def test_video_gives_an_annotated_video_and_one_json_entry_per_frame(tiny_stages
   before = clip.read_bytes()
   got = video.predict_source(str(branches.parent), str(clip), str(out), min_score=0.0)
   assert clip.read_bytes() == before
-  assert sorted(os.listdir(out)) == ["walk.json", "walk.mp4"]
+  assert sorted(os.listdir(out)) == [files.MANIFEST, "walk.json", "walk.mp4"]
   assert got == {"frames": N, "video": str(out / "walk.mp4"), "json": str(out / "walk.json"),
                  "interrupted": False}
   frames, times, rate = _read_video(out / "walk.mp4")
@@ -197,7 +198,7 @@ def test_a_webcam_runs_until_max_frames_or_ctrl_c(tiny_stages, load_once, tmp_pa
                              camera_batch_size=1)
   assert _FakeCamera.opened[-1].index == 0 and _FakeCamera.opened[-1].closed
   assert got["frames"] == expected and got["interrupted"] == (limit is not None)
-  names = sorted(os.listdir(out))
+  names = sorted(n for n in os.listdir(out) if n != files.MANIFEST)
   assert len(names) == 2 and names[0].startswith("webcam0_") and names[0].endswith(".json")
   assert names[1] == names[0].replace(".json", ".mp4")
   frames, times, rate = _read_video(out / names[1])
@@ -227,7 +228,7 @@ def test_a_glob_input(tiny_stages, load_once, tmp_path):
   written, skipped = video.predict_source(str(branches.parent), str(d / "*.png"), str(out),
                                           min_score=0.0)
   assert (written, skipped) == (2, [])
-  assert sorted(os.listdir(out)) == ["a.png", "c.png", "predictions.json"]
+  assert sorted(os.listdir(out)) == [files.MANIFEST, "a.png", "c.png", "predictions.json"]
   records = json.loads((out / "predictions.json").read_text())
   assert {r["file_name"] for r in records} <= {"a.png", "c.png"} and records
   for r in records:

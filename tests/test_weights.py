@@ -2,6 +2,7 @@
 re-implementation of torchvision's forward; Keras checked against keras.applications.ResNet50's own
 layer outputs; the Orbax checkpoint / CLI round trip."""
 
+import os
 import re
 
 import flax
@@ -176,7 +177,7 @@ def test_torchvision_forward_matches_numpy_reference():
     np.testing.assert_allclose(ours[level], ref, atol=1e-4 * np.abs(ref).max(), err_msg=level)
 
 
-def test_cli_roundtrip_and_config_check(tmp_path):
+def test_cli_roundtrip_and_config_check(tmp_path, monkeypatch):
   stage_sizes = (1, 1, 1, 1)
   sd = torchvision_state_dict(stage_sizes, width=4)
   np.savez(tmp_path / "tiny.npz", **sd)
@@ -204,6 +205,18 @@ def test_cli_roundtrip_and_config_check(tmp_path):
     weights.main(argv)
   weights.main(argv + ["--overwrite"])
   assert weights.read_metadata(out)["variant"] == "v1.5"
+  # No temporary or earlier folder is left behind.
+  assert sorted(os.listdir(tmp_path)) == ["pretrained", "pretrained.json", "tiny.npz"]
+  # An overwrite that fails while writing (a full disk, a kill) leaves the earlier pair whole.
+  def failing_save(self, *args, **kwargs):
+    raise OSError(28, "No space left on device")
+  monkeypatch.setattr(weights.ocp.StandardCheckpointer, "save", failing_save)
+  with pytest.raises(OSError, match="No space left"):
+    weights.main(argv + ["--overwrite"])
+  monkeypatch.undo()
+  assert sorted(os.listdir(tmp_path)) == ["pretrained", "pretrained.json", "tiny.npz"]
+  jax.tree.map(np.testing.assert_array_equal, weights.restore_pretrained(
+      out, models.multiposenet_config("tiny").backbone), expected)
   with pytest.raises(ValueError, match="does not exist"):
     weights.load_state_dict(tmp_path / "nothing.npz")
   (tmp_path / "weights.ckpt").write_bytes(b"")

@@ -267,7 +267,8 @@ def eval_config(mode="pipeline"):
   c.split = "validation"         # TFDS split when image_dir is '' (also the branches training's
                                  # validation loss)
   c.output = ""                  # stats JSON ('' = workdir/eval/<mode>_stats.json)
-  c.results_file = ""            # COCO results JSON ('' = workdir/eval/<mode>_results.json)
+  c.results_file = ""            # COCO results JSON ('' = workdir/eval/<mode>_results.json, or
+                                 # beside a given output: <output stem>_results.json)
   c.max_images = 0               # 0 = every image
   c.batch_size = 8               # images per inference batch
   c.pictures = 8                 # draw the first N images

@@ -156,6 +156,34 @@ def read_json(path, fields=("annotations",)):
   return data
 
 
+def check_ground_truth(path, data):
+  """Checks what COCO evaluation (pycocotools) reads of a loaded annotation file: 'images' and
+  'annotations' lists, every image an object with an integer 'id', every annotation's 'image_id'
+  one of them. Raises AnnotationError naming the file and the first fault."""
+  for field in ("images", "annotations"):
+    if not isinstance(data.get(field), list):
+      got = "it is missing" if field not in data else f"got {type(data[field]).__name__}"
+      raise AnnotationError(f"{path}: not a COCO annotation file: the top-level field '{field}' "
+                            f"must be a list, {got}")
+  ids = set()
+  for i, image in enumerate(data["images"]):
+    if not isinstance(image, dict) or not is_int(image.get("id")):
+      raise AnnotationError(f"{path}: images[{i}] must be an object with an integer 'id'")
+    ids.add(image["id"])
+  for i, ann in enumerate(data["annotations"]):
+    image_id = ann.get("image_id") if isinstance(ann, dict) else None
+    if not is_int(image_id) or image_id not in ids:
+      raise AnnotationError(f"{path}: {where(i, ann)}: 'image_id' {image_id!r} is not the id of "
+                            "any entry of 'images'; fix or drop that annotation")
+
+
+def read_ground_truth(path):
+  """`read_json` + `check_ground_truth`: an annotation file COCO evaluation can score against."""
+  data = read_json(path, fields=("images", "annotations"))
+  check_ground_truth(path, data)
+  return data
+
+
 def people_arrays(anns):
   """One image's person annotations (COCO dicts) as arrays.
 

@@ -104,7 +104,8 @@ def check_writable_file(path, flag):
 
 
 def load_coco(ann):
-  """A pycocotools COCO from a path or an already-loaded dict, quietly; clear error if missing."""
+  """A pycocotools COCO from a path or an already-loaded dict, quietly; a clear error when the file
+  is missing or is no annotation file COCO evaluation can use (`annotations.check_ground_truth`)."""
   if isinstance(ann, COCO):
     return ann
   if isinstance(ann, (str, os.PathLike)):
@@ -112,8 +113,9 @@ def load_coco(ann):
       raise FileNotFoundError(
           f"COCO annotation file {ann!s} does not exist: pass an existing person_keypoints_*.json "
           "(e.g. --config.eval.ann_file=PATH).")
-    with open(ann) as f:
-      ann = json.load(f)
+    ann = annotations.read_ground_truth(ann)
+  else:
+    annotations.check_ground_truth("the ground truth", ann)
   coco = COCO()
   coco.dataset = copy.deepcopy(ann)
   with contextlib.redirect_stdout(io.StringIO()):

@@ -21,11 +21,13 @@ import numpy as np
 
 from mpn_jax import coco
 from mpn_jax import errors
+from mpn_jax import files
 from mpn_jax import models
 from mpn_jax import parallel
 from mpn_jax import prn_grid
 from mpn_jax import visualize
 from mpn_jax.configs import defaults
+from mpn_jax.data import annotations
 from mpn_jax.data import prn_samples
 from mpn_jax.evaluation import coco_io
 from mpn_jax.evaluation import prn_protocol
@@ -143,6 +145,8 @@ class PrnGtEvaluator(Evaluator):
   def __init__(self, ann_file, model=None, assign="prn", method="greedy", window=1,
                score_mode="keypoints", widen=prn_grid.DEFAULT_WIDEN, input_sigma=1.0):
     self.ann_file, self.assign, self.method = ann_file, assign, method
+    # Now, not at the first evaluation: in training that comes after steps a fault would lose.
+    annotations.read_ground_truth(ann_file)
     self.kwargs = dict(window=window, score_mode=score_mode, widen=widen,
                        input_sigma=input_sigma)
     self.results = []
@@ -419,18 +423,29 @@ def evaluate(model, config=None, inference=None):
     inference: dict of inference fields overriding those saved with the runs.
   Returns:
     dict name -> float; also written as JSON to config.output (default MODEL/eval/<mode>_stats.json)
-    with the COCO results in config.results_file (default MODEL/eval/<mode>_results.json).
+    with the COCO results in config.results_file (default MODEL/eval/<mode>_results.json, or
+    <output without .json>_results.json beside a given output; pictures likewise in
+    <output without .json>_pictures). A file outside MODEL/eval that evaluate.py did not write
+    is never replaced (`files.check_outputs`).
   """
   ec = _eval_fields(config)
   model = os.path.abspath(os.path.expanduser(model)) if model else ""
   eval_dir = os.path.join(model, "eval")
   output = ec.output or os.path.join(eval_dir, f"{ec.mode}_stats.json")
-  results_file = ec.results_file or os.path.join(eval_dir, f"{ec.mode}_results.json")
+  # Results and pictures go beside a chosen output: not over those of the model's own evaluation.
+  stem = os.path.splitext(os.path.abspath(os.path.expanduser(output)))[0] if ec.output else ""
+  results_file = ec.results_file or (f"{stem}_results.json" if stem else
+                                     os.path.join(eval_dir, f"{ec.mode}_results.json"))
+  pictures_dir = f"{stem}_pictures" if stem else os.path.join(eval_dir, "pictures")
   # Before the work, not after it; on every process (a read-only check), so all stop together.
-  coco_io.check_writable_file(output, "--config.eval.output")
-  coco_io.check_writable_file(results_file, "--config.eval.results_file")
+  for path, flag in ((output, "--config.eval.output"),
+                     (results_file, "--config.eval.results_file")):
+    coco_io.check_writable_file(path, flag)
+    path = os.path.abspath(os.path.expanduser(path))
+    if os.path.dirname(path) != eval_dir:  # the model's eval/ folder is evaluate.py's own
+      files.check_outputs(os.path.dirname(path), [os.path.basename(path)], f"{flag}={path}",
+                          "evaluate.py")
   start = time.time()
-  pictures_dir = os.path.join(eval_dir, "pictures")
   if ec.mode == "prn_gt":
     variables, pcfg = _stage_of(model, "prn", required=ec.assign == "prn")
     ann_file = ec.ann_file or default_prn_ann_file(pcfg)
@@ -450,6 +465,10 @@ def evaluate(model, config=None, inference=None):
     evaluator = PipelineEvaluator(ec, pictures_dir)
     stats = evaluator.run(predictor)
   if jax.process_index() == 0:  # every process holds the same statistics and results
+    for path in (results_file, output):
+      path = os.path.abspath(os.path.expanduser(path))
+      if os.path.dirname(path) != eval_dir:
+        files.record_outputs(os.path.dirname(path), [os.path.basename(path)])
     coco_io.write_json(results_file, evaluator.results)
     coco_io.write_json(output, stats)
   print(f"{len(evaluator.results)} COCO results written to {results_file}")

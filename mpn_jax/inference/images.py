@@ -91,7 +91,7 @@ def output_names(paths):
     if not shared:
       return names
     if shared <= whole:  # only two inputs with one base name (two folders) get here
-      raise ValueError(f"output_names: inputs with the same file name: {sorted(shared)}")
+      raise ValueError(f"inputs with the same file name: {sorted(shared)}")
     whole |= shared
 
 
@@ -169,8 +169,9 @@ def predict_images(model, input_path, output, min_score=0.1, inference=None, bat
   picture per readable image (`output_names`) and PREDICTIONS_FILE into `output`.
 
   No input is replaced: `check_output` refuses an `output` inside the input folder before any
-  checkpoint is loaded, and each file is written whole (`files.replace_atomically`). Unreadable
-  images are skipped with a warning.
+  checkpoint is loaded, and so does `files.check_outputs` a file in `output` that would be
+  replaced and that predict did not write there; each file is written whole
+  (`files.replace_atomically`). Unreadable images are skipped with a warning.
 
   Args:
     model: str, the model path (`Predictor.load`).
@@ -185,7 +186,8 @@ def predict_images(model, input_path, output, min_score=0.1, inference=None, bat
     (number of pictures written by this process (int), list of its unreadable image paths (str)).
   Raises:
     errors.MissingFileError: `input_path` is no folder nor image file, or holds no image file.
-    errors.ConfigError: `output` would replace an input (see `check_output`), or a glob matches
+    errors.ConfigError: `output` would replace an input (see `check_output`) or a file predict did
+      not write (`files.check_outputs`), or is a file, or a glob matches
       two files of one name in different folders.
     errors.DataError: no image could be read.
   """
@@ -200,6 +202,19 @@ def predict_images(model, input_path, output, min_score=0.1, inference=None, bat
       check_output(folder, output, names)
   else:
     check_output(input_path, output, names)
+  if os.path.exists(output) and not os.path.isdir(output):
+    raise errors.ConfigError(f"--output={output} is a file: give a folder (it is created when "
+                             "missing)")
+  json_names = [PREDICTIONS_FILE]
+  if jax.process_count() > 1:  # one JSON per process
+    json_names = [os.path.join(f"process_{i}", PREDICTIONS_FILE)
+                  for i in range(jax.process_count())]
+  json_name = json_names[jax.process_index() if len(json_names) > 1 else 0]
+  # Before the model loads: a file of the user's in the way stops the run, not a later overwrite.
+  # Process 0 lists every process's outputs, just before its first write.
+  outputs = [*names.values(), *json_names]
+  files.check_outputs(output, outputs, f"--output={output}", "predict.py")
+  record = lambda: jax.process_index() == 0 and files.record_outputs(output, outputs)
   ids = dict(zip(paths, image_ids(paths)))
   predictor = predictor_lib.Predictor.load(model, inference=inference, batch_size=batch_size)
   skipped = predictor_lib.Skipped()
@@ -217,6 +232,8 @@ def predict_images(model, input_path, output, min_score=0.1, inference=None, bat
       picture = visualize.draw_people(batch["originals"][i], keypoints=people["keypoints"],
                                       boxes=people["boxes"], scores=people["scores"],
                                       threshold=min_keypoint_score, parts=parts)
+      if not written:
+        record()
       visualize.save_png(picture, os.path.join(output, names[path]))
       written += 1  # counted once the file is in place
       predictions += people_records(ids[path], people, file_name=os.path.basename(path))
@@ -225,10 +242,8 @@ def predict_images(model, input_path, output, min_score=0.1, inference=None, bat
     raise errors.DataError(
         f"none of the {len(paths)} image file(s) in --input={input_path} could be read (e.g. "
         f"{example}); give images PIL can open")
-  json_dir = output
-  if jax.process_count() > 1:
-    json_dir = os.path.join(output, f"process_{jax.process_index()}")
-  json_path = os.path.join(json_dir, PREDICTIONS_FILE)
+  json_path = os.path.join(output, json_name)
+  record()
   files.replace_atomically(json_path, lambda f: f.write(json.dumps(predictions).encode()))
   print(f"{written} pictures written to {output}, predictions in {json_path}; "
         f"{len(skipped.paths)} unreadable image(s) skipped")

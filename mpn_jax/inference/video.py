@@ -333,6 +333,8 @@ def _run(predictor_factory, frames, source, fps, width, height, video_path, json
       raise errors.DataError(f"--input={source}: no frame could be read and processed")
     writer.close()
 
+  files.record_outputs(os.path.dirname(video_path),
+                       [os.path.basename(p) for p in (video_path, json_path)])
   files.replace_atomically(video_path, write_video)
   _write_json(json_path, source, fps, width, height, state["records"],
               {"interrupted": True} if state["interrupted"] else None)
@@ -362,7 +364,8 @@ def predict_video(model, input_path, output, min_score=0.1, inference=None, batc
     dict 'frames' (int), 'video', 'json' (paths), 'interrupted' (False).
   Raises:
     errors.DataError: the file is no readable video, or no frame decodes.
-    errors.ConfigError: an output file would replace the input.
+    errors.ConfigError: an output file would replace the input, or a file predict did not write
+      (`files.check_outputs`).
   """
   _single_process()
   reader = VideoReader(input_path)
@@ -371,6 +374,8 @@ def predict_video(model, input_path, output, min_score=0.1, inference=None, batc
     video_path = os.path.join(output, stem + ".mp4")
     json_path = os.path.join(output, stem + ".json")
     _check_not_input(input_path, [video_path, json_path])
+    files.check_outputs(output, [stem + ".mp4", stem + ".json"], f"--output={output}",
+                        "predict.py")
     options = dict(min_score=min_score, parts=parts, min_keypoint_score=min_keypoint_score,
                    max_frames=max_frames)
     return _run(lambda: predictor_lib.Predictor.load(model, inference=inference,
@@ -392,6 +397,8 @@ def predict_camera(model, index, output, min_score=0.1, inference=None, batch_si
   try:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = os.path.join(output, f"webcam{int(index)}_{stamp}")
+    files.check_outputs(output, [os.path.basename(base) + ext for ext in (".mp4", ".json")],
+                        f"--output={output}", "predict.py")
     frames = ((i, t, rgb) for i, (t, rgb) in enumerate(camera.frames()))
     options = dict(min_score=min_score, parts=parts, min_keypoint_score=min_keypoint_score,
                    max_frames=max_frames)

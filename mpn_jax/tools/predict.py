@@ -12,7 +12,8 @@ file (mp4, mov, avi, mkv, webm, ...) or a webcam index (0, 1, ...).
     score)], "box" [x1, y1, x2, y2], "score"}]}]});
   * webcam N: OUT_DIR/webcamN_<date-time>.mp4 and .json the same way, until Ctrl-C or
     --max_frames (no window is opened).
-OUT_DIR must not be, or lie inside, the input folder, and no output may replace an input. The model
+OUT_DIR must not be, or lie inside, the input folder, and no output may replace an input or a file
+predict.py did not write there (a run repeated into OUT_DIR updates its own outputs). The model
 folder holds branches/ and prn/ (what `python -m mpn_jax.quickstart --workdir=DIR` leaves in DIR);
 it is rebuilt from the configs saved in its checkpoints. Errors the user can fix are one line
 `predict.py: error: ...`, exit status 2. More: docs/predict.md.

@@ -17,7 +17,6 @@ import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 from mpn_jax import cli
@@ -54,8 +53,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   from mpn_jax import training  # pylint: disable=g-import-not-at-top  (flags first: fast errors)
-  logging.info("config:\n%s", _CONFIG.value)
-  training.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  training.train_and_evaluate(_CONFIG.value, _WORKDIR.value, log_config=True)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ runs the generic `run(config, workdir, task)`, which knows nothing about either 
     good checkpoint; a non-finite state is never saved.
 """
 
+import contextlib
 import dataclasses
 import inspect
 import itertools
@@ -77,25 +78,33 @@ class Result:
 
 
 class _StopFlag:
-  """Set by SIGTERM; the loop checkpoints and returns at the next step boundary."""
+  """Set by SIGTERM or a first Ctrl-C (SIGINT); the loop checkpoints and returns at the next step
+  boundary. A second Ctrl-C interrupts at once (KeyboardInterrupt), as Ctrl-C usually does."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
     self.event = threading.Event()
-    self.previous = None
+    self.previous = {}
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      self.previous = signal.signal(signal.SIGTERM, self._handle)
+      self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
     return self
 
   def _handle(self, signum, frame):
     del frame
-    logging.warning("signal %d received: checkpointing and stopping after this step", signum)
+    if signum == signal.SIGINT and self.event.is_set():
+      raise KeyboardInterrupt
+    logging.warning("signal %d received: checkpointing and stopping after this step%s", signum,
+                    " (Ctrl-C again stops at once, without saving)" if signum == signal.SIGINT
+                    else "")
     self.event.set()
 
   def __exit__(self, *exc):
-    if self.previous is not None:
-      signal.signal(signal.SIGTERM, self.previous)
+    for s, handler in self.previous.items():
+      if handler is not None:  # None: installed from C, not restorable from Python
+        signal.signal(s, handler)
 
   def requested(self, sync):
     """Whether any process was asked to stop (a collective across processes when `sync`)."""
@@ -207,7 +216,16 @@ def run(config, workdir, task, mesh=None):
           t0, s0 = time.time(), done
         eval_metrics = None
         if do_eval:
-          eval_metrics = task.evaluate(state, done)
+          try:
+            eval_metrics = task.evaluate(state, done)
+          except BaseException:
+            # The steps since the last checkpoint are kept (unranked) before the error ends the
+            # run; a failed save must not hide the evaluation's error.
+            with contextlib.suppress(Exception):
+              ckpt.save(state, config)
+              logging.warning("evaluation at step %d failed; step %d saved in %s", done, done,
+                              ckpt.directory)
+            raise
           evals[done] = eval_metrics
           writer.write_scalars(done, {f"eval/{k}": v for k, v in eval_metrics.items()})
           logging.info("eval at step %d: %s", done, eval_metrics)
@@ -433,10 +451,12 @@ def check_start(config, workdir):
         "with --config.model.backbone.frozen_bn=False")
 
 
-def train_and_evaluate(config, workdir, mesh=None):
+def train_and_evaluate(config, workdir, mesh=None, log_config=False):
   """Trains the stage `config.stage` ('branches' or 'prn') in `workdir`; returns a Result.
 
   The workdir is locked for the run (`workdir.WorkdirLock`): a second run on it stops at once.
+  With `log_config` the config is logged once the lock is held (so a refused run prints only its
+  error line).
   """
   logs.quiet_library_logs()
   if config.get("stage") not in TASKS:
@@ -452,6 +472,8 @@ def train_and_evaluate(config, workdir, mesh=None):
   workdir = workdir_lib.prepare(workdir)
   check_start(config, workdir)
   with workdir_lib.WorkdirLock(workdir):
+    if log_config:
+      logging.info("config:\n%s", config)
     mesh = mesh if mesh is not None else parallel.create_mesh()
     logging.info("stage %s on %d devices (%d processes), workdir %s", config.stage, mesh.size,
                  jax.process_count(), workdir)
