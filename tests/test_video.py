@@ -185,6 +185,24 @@ class _FakeCamera:
     self.closed = True
 
 
+def test_ctrl_c_during_a_video_keeps_the_frames_done(tiny_stages, load_once, clip, tmp_path,
+                                                     monkeypatch):
+  frames = video.VideoReader.frames
+
+  def frames_then_ctrl_c(self):
+    for i, frame in enumerate(frames(self)):
+      if i == 9:  # batches of 8 or 4: frame 8, of an unfinished batch, is dropped
+        raise KeyboardInterrupt
+      yield frame
+  monkeypatch.setattr(video.VideoReader, "frames", frames_then_ctrl_c)
+  out = tmp_path / "out"
+  got = video.predict_source(str(tiny_stages[0].parent), str(clip), str(out), min_score=0.0)
+  assert got["frames"] == 8 and got["interrupted"]
+  doc = json.loads((out / "walk.json").read_text())
+  assert doc["interrupted"] is True and [f["frame"] for f in doc["frames"]] == list(range(8))
+  assert _read_video(out / "walk.mp4")[0].shape[0] == 8
+
+
 @pytest.mark.parametrize("limit,max_frames,expected", [(None, 7, 7), (11, 0, 8)])
 def test_a_webcam_runs_until_max_frames_or_ctrl_c(tiny_stages, load_once, tmp_path, monkeypatch,
                                                   limit, max_frames, expected):

@@ -350,7 +350,9 @@ def predict_video(model, input_path, output, min_score=0.1, inference=None, batc
   """Runs the model on every frame of a video file: OUTPUT/<stem>.mp4 and OUTPUT/<stem>.json.
 
   The video is opened (and refused when unreadable) and the output checked before any checkpoint
-  is loaded; both files are written whole (`files.replace_atomically`).
+  is loaded; both files are written whole (`files.replace_atomically`). Ctrl-C stops it and keeps
+  the frames done (those of an unfinished batch dropped): the video so far and its JSON, marked
+  "interrupted".
 
   Args:
     model: str, the model path (`Predictor.load`).
@@ -361,7 +363,7 @@ def predict_video(model, input_path, output, min_score=0.1, inference=None, batc
     parts, min_keypoint_score: what to draw (`visualize.draw_people`).
     max_frames: stop after this many frames (0: the whole video).
   Returns:
-    dict 'frames' (int), 'video', 'json' (paths), 'interrupted' (False).
+    dict 'frames' (int), 'video', 'json' (paths), 'interrupted' (bool: Ctrl-C stopped it).
   Raises:
     errors.DataError: the file is no readable video, or no frame decodes.
     errors.ConfigError: an output file would replace the input, or a file predict did not write
@@ -381,7 +383,7 @@ def predict_video(model, input_path, output, min_score=0.1, inference=None, batc
     return _run(lambda: predictor_lib.Predictor.load(model, inference=inference,
                                                      batch_size=batch_size),
                 reader.frames(), input_path, reader.fps, reader.width, reader.height, video_path,
-                json_path, options, reader.num_frames, os.path.basename(input_path), False)
+                json_path, options, reader.num_frames, os.path.basename(input_path), True)
   finally:
     reader.close()
 
