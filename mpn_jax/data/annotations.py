@@ -148,23 +148,27 @@ def read_json(path, fields=("annotations",)):
   if not isinstance(data, dict):
     raise AnnotationError(f"{path}: expected a JSON object with {' and '.join(map(repr, fields))} "
                           f"at the top level, got a {type(data).__name__}")
+  _require_lists(path, data, fields)
+  return data
+
+
+def _require_lists(path, data, fields):
   for field in fields:
     if not isinstance(data.get(field), list):
       got = "it is missing" if field not in data else f"got {type(data[field]).__name__}"
       raise AnnotationError(f"{path}: not a COCO annotation file: the top-level field '{field}' "
                             f"must be a list, {got}")
-  return data
 
 
 def check_ground_truth(path, data):
   """Checks what COCO evaluation (pycocotools) reads of a loaded annotation file: 'images' and
   'annotations' lists, every image an object with an integer 'id', every annotation's 'image_id'
   one of them. Raises AnnotationError naming the file and the first fault."""
-  for field in ("images", "annotations"):
-    if not isinstance(data.get(field), list):
-      got = "it is missing" if field not in data else f"got {type(data[field]).__name__}"
-      raise AnnotationError(f"{path}: not a COCO annotation file: the top-level field '{field}' "
-                            f"must be a list, {got}")
+  _require_lists(path, data, ("images", "annotations"))
+  _check_image_ids(path, data)
+
+
+def _check_image_ids(path, data):
   ids = set()
   for i, image in enumerate(data["images"]):
     if not isinstance(image, dict) or not is_int(image.get("id")):
@@ -180,7 +184,7 @@ def check_ground_truth(path, data):
 def read_ground_truth(path):
   """`read_json` + `check_ground_truth`: an annotation file COCO evaluation can score against."""
   data = read_json(path, fields=("images", "annotations"))
-  check_ground_truth(path, data)
+  _check_image_ids(path, data)
   return data
 
 

@@ -438,13 +438,14 @@ def evaluate(model, config=None, inference=None):
                                      os.path.join(eval_dir, f"{ec.mode}_results.json"))
   pictures_dir = f"{stem}_pictures" if stem else os.path.join(eval_dir, "pictures")
   # Before the work, not after it; on every process (a read-only check), so all stop together.
+  chosen = []  # outside the model's eval/ folder, which is evaluate.py's own
   for path, flag in ((output, "--config.eval.output"),
                      (results_file, "--config.eval.results_file")):
     coco_io.check_writable_file(path, flag)
-    path = os.path.abspath(os.path.expanduser(path))
-    if os.path.dirname(path) != eval_dir:  # the model's eval/ folder is evaluate.py's own
-      files.check_outputs(os.path.dirname(path), [os.path.basename(path)], f"{flag}={path}",
-                          "evaluate.py")
+    folder, name = os.path.split(os.path.abspath(os.path.expanduser(path)))
+    if folder != eval_dir:
+      files.check_outputs(folder, [name], f"{flag}={path}", "evaluate.py")
+      chosen.append((folder, name))
   start = time.time()
   if ec.mode == "prn_gt":
     variables, pcfg = _stage_of(model, "prn", required=ec.assign == "prn")
@@ -465,10 +466,8 @@ def evaluate(model, config=None, inference=None):
     evaluator = PipelineEvaluator(ec, pictures_dir)
     stats = evaluator.run(predictor)
   if jax.process_index() == 0:  # every process holds the same statistics and results
-    for path in (results_file, output):
-      path = os.path.abspath(os.path.expanduser(path))
-      if os.path.dirname(path) != eval_dir:
-        files.record_outputs(os.path.dirname(path), [os.path.basename(path)])
+    for folder, name in chosen:
+      files.record_outputs(folder, [name])
     coco_io.write_json(results_file, evaluator.results)
     coco_io.write_json(output, stats)
   print(f"{len(evaluator.results)} COCO results written to {results_file}")

@@ -209,12 +209,15 @@ def predict_images(model, input_path, output, min_score=0.1, inference=None, bat
   if jax.process_count() > 1:  # one JSON per process
     json_names = [os.path.join(f"process_{i}", PREDICTIONS_FILE)
                   for i in range(jax.process_count())]
-  json_name = json_names[jax.process_index() if len(json_names) > 1 else 0]
+  json_name = json_names[jax.process_index() % len(json_names)]
   # Before the model loads: a file of the user's in the way stops the run, not a later overwrite.
-  # Process 0 lists every process's outputs, just before its first write.
   outputs = [*names.values(), *json_names]
   files.check_outputs(output, outputs, f"--output={output}", "predict.py")
-  record = lambda: jax.process_index() == 0 and files.record_outputs(output, outputs)
+
+  def record():  # process 0 lists every process's outputs, just before its first write
+    if jax.process_index() == 0:
+      files.record_outputs(output, outputs)
+
   ids = dict(zip(paths, image_ids(paths)))
   predictor = predictor_lib.Predictor.load(model, inference=inference, batch_size=batch_size)
   skipped = predictor_lib.Skipped()
