@@ -52,6 +52,39 @@ def test_oracle_upper_bound(coco_dir):
   assert stats["AP"] == pytest.approx(0.958, abs=0.003)
 
 
+def test_assignment_errors_by_hand():
+  # Box 0 takes box 1's candidate, box 1 then has nothing, box 2 (no own keypoint) takes one.
+  idx = np.array([[1, 0], [-1, 1], [2, -1]], np.int32)
+  oracle = np.array([[0, 0], [1, 1], [-1, -1]], np.int32)
+  err = prn_protocol.assignment_errors(idx, oracle)
+  np.testing.assert_array_equal(err["wrong"], [[1, 0], [0, 0], [0, 0]])
+  np.testing.assert_array_equal(err["missed"], [[0, 0], [1, 0], [0, 0]])
+  np.testing.assert_array_equal(err["extra"], [[0, 0], [0, 0], [1, 0]])
+
+
+def test_breakdown_of_the_center_baseline(coco_dir):
+  stats, _ = prn_protocol.evaluate_prn_gt(_val_file(coco_dir), assign="center",
+                                          method="greedy", breakdown=True)
+  # Every keypoint the oracle assigns is either right, wrong or missed.
+  assert stats["right"] + stats["wrong"] + stats["missed"] == pytest.approx(1.0)
+  assert stats["AP"] == pytest.approx(0.748, abs=0.001)  # unchanged by the breakdown
+  # The nearest centre mostly errs by taking a neighbour's keypoint, which costs the most.
+  assert stats["wrong"] > 0.05 and stats["AP_wrong_fixed"] > stats["AP"] + 0.1
+  assert stats["AP_missed_fixed"] >= stats["AP"]
+  line = prn_protocol.format_breakdown(stats)
+  assert f"{stats['right']:.1%} right" in line and f"wrong {stats['AP_wrong_fixed']:.3f}" in line
+
+
+def test_the_oracle_has_no_breakdown_and_a_perfect_assigner_no_errors(two_people_file):
+  oracle, _ = prn_protocol.evaluate_prn_gt(two_people_file, assign="oracle", breakdown=True)
+  assert set(oracle) == set(coco_io.STAT_NAMES)
+  # The lone person and two well separated people: the input as the PRN's output is perfect.
+  stats, _ = prn_protocol.evaluate_prn_gt(two_people_file, "prn", _input_as_probs,
+                                          method="hungarian", breakdown=True)
+  assert (stats["right"], stats["wrong"], stats["missed"], stats["extra"]) == (1, 0, 0, 0)
+  assert stats["AP_wrong_fixed"] == stats["AP"] == oracle["AP"]
+
+
 def _kps(points):
   k = np.zeros((17, 3))
   for i, (x, y) in points.items():

@@ -59,6 +59,13 @@ def test_people_index_excludes_crowd_and_counts_keypoints(scene_file):
   assert prn_samples.person_index(images, 4).tolist() == [[0, 0]]
 
 
+@pytest.mark.parametrize("bad", [0, -1, 1.5])
+def test_min_keypoints_below_one_is_refused_naming_the_field(scene_file, bad):
+  # 0 would silently act as 1: a keypoint-less person has no target to learn.
+  with pytest.raises(errors.ConfigError, match=r"config\.data\.min_keypoints=.*integer >= 1"):
+    prn_samples.PrnSampleSource(scene_file, min_keypoints=bad)
+
+
 def test_inputs_hold_everyones_keypoints_inside_the_widened_box(scene_file):
   src = prn_samples.PrnSampleSource(scene_file, input_sigma=1.0, target_sigma=0.0)
   s = src.sample(0)  # person A

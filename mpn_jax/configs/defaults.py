@@ -262,6 +262,8 @@ def eval_config(mode="pipeline"):
   c.assign = "prn"               # prn_gt: 'prn' (needs the PRN checkpoint) | 'center' | 'oracle'
   c.method = ""                  # assignment method ('' = config.inference.assign_method, greedy)
   c.score_mode = "keypoints"     # prn_gt instance score: one of mpn_jax.inference.assignment.SCORE_MODES
+  c.breakdown = False            # prn_gt: also the errors against the oracle and the AP with each
+                                 # kind corrected (prn_protocol.error_breakdown)
   c.ann_file = ""                # COCO annotation file ('' = the config's validation split)
   c.image_dir = ""               # images of ann_file ('' = TFDS eval split of the branches config)
   c.split = "validation"         # TFDS split when image_dir is '' (also the branches training's

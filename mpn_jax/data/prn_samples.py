@@ -93,7 +93,7 @@ def person_index(images, min_keypoints):
   """[S, 2] int32 (image index, person index) of the people that make samples (no crowd, enough
   labelled keypoints)."""
   rows = [(i, p) for i, im in enumerate(images) for p in range(len(im.boxes))
-          if not im.iscrowd[p] and (im.keypoints[p, :, 2] > 0).sum() >= max(min_keypoints, 1)]
+          if not im.iscrowd[p] and (im.keypoints[p, :, 2] > 0).sum() >= min_keypoints]
   return np.array(rows, np.int32).reshape(-1, 2)
 
 
@@ -204,6 +204,13 @@ class PrnSampleSource:
                target_sigma=1.0, augment=None):
     if isinstance(ann_files, (str, os.PathLike)):
       ann_files = [ann_files]
+    # A person without a labelled keypoint has no target (every channel masked): 0 would be the
+    # same as 1, which a user asking for keypoint-less samples should be told.
+    if isinstance(min_keypoints, bool) or not isinstance(min_keypoints, int) or min_keypoints < 1:
+      raise errors.ConfigError(
+          f"config.data.min_keypoints={min_keypoints!r}: use an integer >= 1 (1, the default, keeps "
+          "every person with a labelled keypoint; the official code's rule is 4); a person without "
+          "one has no target to learn")
     self.images = [im for f in ann_files for im in load_image_people(f)]
     self.index = person_index(self.images, min_keypoints)
     if not len(self.index):

@@ -140,15 +140,17 @@ class PrnGtEvaluator(Evaluator):
     assign: 'prn' | 'center' | 'oracle'.
     method, window, score_mode: assignment settings (`assignment`).
     widen, input_sigma: those of the PRN's training samples.
+    breakdown: also the errors against the oracle (`prn_protocol.error_breakdown`).
   """
 
   def __init__(self, ann_file, model=None, assign="prn", method="greedy", window=1,
-               score_mode="keypoints", widen=prn_grid.DEFAULT_WIDEN, input_sigma=1.0):
+               score_mode="keypoints", widen=prn_grid.DEFAULT_WIDEN, input_sigma=1.0,
+               breakdown=False):
     self.ann_file, self.assign, self.method = ann_file, assign, method
     # Now, not at the first evaluation: in training that comes after steps a fault would lose.
     annotations.read_ground_truth(ann_file)
     self.kwargs = dict(window=window, score_mode=score_mode, widen=widen,
-                       input_sigma=input_sigma)
+                       input_sigma=input_sigma, breakdown=breakdown)
     self.results = []
     # Variables as an argument, not a closure: closed-over arrays would become HLO constants.
     self._apply = jax.jit(lambda v, x: models.prn_probabilities(
@@ -169,7 +171,7 @@ class PrnGtEvaluator(Evaluator):
     return cls(ann_file, model, assign=ec.get("assign", "prn"),
                method=ec.get("method") or icfg.assign_method, window=icfg.assign_window,
                score_mode=ec.get("score_mode", "keypoints"),
-               **predictor_lib.prn_input(config))
+               breakdown=ec.get("breakdown", False), **predictor_lib.prn_input(config))
 
   def run(self, model):
     apply = None
@@ -453,8 +455,11 @@ def evaluate(model, config=None, inference=None):
     require_file(ann_file, "config.eval.ann_file")
     evaluator = PrnGtEvaluator.from_config(pcfg, ann_file, ec, inference)
     stats = evaluator.run(variables)
-    print(coco_io.format_table(stats, f"PRN on ground truth ({evaluator.assign}, "
+    table = {k: stats[k] for k in coco_io.STAT_NAMES}
+    print(coco_io.format_table(table, f"PRN on ground truth ({evaluator.assign}, "
                                       f"{evaluator.method}): {ann_file}"))
+    if "right" in stats:
+      print(prn_protocol.format_breakdown(stats))
   elif ec.mode == "detector":
     variables, bcfg = predictor_lib.restore(model, "branches")
     evaluator = DetectorEvaluator(ec, pictures_dir, bcfg, inference)

@@ -9,7 +9,8 @@ As the official PRN code runs it, over the images that have people with keypoint
   * results -> COCO keypoint results -> `coco_io.run_coco_eval` over those images.
 Needs no images. Non-learned references: assign='center' (per box and type, the candidate inside
 the widened box nearest the box centre) and assign='oracle' (each box gets its own keypoints that
-fall inside its widened box: the ceiling the 56x36 crop allows).
+fall inside its widened box: the ceiling the 56x36 crop allows). `error_breakdown` compares an
+assignment with the oracle's, pair by pair: which kind of error costs how much AP.
 """
 
 import functools
@@ -66,12 +67,69 @@ def _bucket(n):
 _prn_scores = jax.jit(assignment.candidate_scores, static_argnames=("window",))
 
 
-@functools.partial(jax.jit, static_argnames=("method", "score_mode"))
-def _assign_image(scores, cand_xy, cand_valid, box_valid, method, score_mode):
-  """Candidates are all labelled keypoints, each with keypoint score 1."""
-  idx, asc = assignment.assign(scores, cand_valid, box_valid, method)
-  kps = assignment.gather_keypoints(cand_xy, cand_valid.astype(jnp.float32), idx)
-  return idx, kps, assignment.instance_scores(kps[..., 2], asc, mode=score_mode)
+_assign_jit = jax.jit(assignment.assign, static_argnames=("method",))
+
+
+def _people(idx, cand_xy, scores, score_mode):
+  """Keypoints [N, K, 3] (x, y, 1 where assigned) and instance scores [N] of an assignment.
+
+  idx [N, K] int32 (-1 none); cand_xy [K, C, 2]; scores [N, K, C] float32 (the assignment's pair
+  scores, for score_mode 'assignment'). Every candidate is a labelled keypoint: keypoint score 1.
+  """
+  got = idx >= 0
+  safe = np.maximum(idx, 0)
+  xy = cand_xy[np.arange(_K)[None], safe]  # [N, K, 2]
+  kps = np.where(got[..., None], np.concatenate([xy, got[..., None]], -1), 0.0).astype(np.float32)
+  pair = np.where(got, np.take_along_axis(scores, safe[..., None], axis=2)[..., 0], 0.0)
+  inst = np.asarray(assignment.instance_scores(got.astype(np.float32), pair, mode=score_mode))
+  return kps, inst
+
+
+ERROR_KINDS = ("wrong", "missed", "extra")
+
+
+def assignment_errors(idx, oracle):
+  """What an assignment got wrong against the oracle's, per (box, keypoint type).
+
+  idx, oracle [N, K] int32 candidate indices (-1 none) -> dict of [N, K] bool:
+    wrong: another candidate than the box's own (which lies in its widened box);
+    missed: nothing, where the box's own keypoint lies in its widened box;
+    extra: a candidate, where the box has no own keypoint of that type in its widened box
+      (its person lacks the label, or has no keypoint at all). An extra keypoint does not change
+      the person's OKS (COCO scores only labelled keypoints) but does change its instance score.
+  """
+  idx, oracle = np.asarray(idx), np.asarray(oracle)
+  return {"wrong": (idx >= 0) & (oracle >= 0) & (idx != oracle),
+          "missed": (idx < 0) & (oracle >= 0),
+          "extra": (idx >= 0) & (oracle < 0)}
+
+
+def error_breakdown(assigned, score):
+  """Where the AP goes: how often each kind of error happens, and the AP with it corrected.
+
+  assigned: per image (idx [N, K], pair scores [N, K, C], oracle idx [N, K]); score: a function of
+  such a list -> (stats, results). A corrected pair scores as the assigner scored it.
+  Returns:
+    dict of floats: 'right' and, per kind of `ERROR_KINDS`, '<kind>': pairs as a fraction of the
+    oracle's pairs (the labelled keypoints inside their own widened box); 'AP_<kind>_fixed': the
+    AP with those pairs set to the oracle's.
+  """
+  total = max(sum(int((o >= 0).sum()) for _, _, o in assigned), 1)
+  out = {"right": sum(int(((i == o) & (o >= 0)).sum()) for i, _, o in assigned) / total}
+  for kind in ERROR_KINDS:
+    bad = [assignment_errors(i, o)[kind] for i, _, o in assigned]
+    out[kind] = sum(int(b.sum()) for b in bad) / total
+    fixed = [(np.where(b, o, i), s, o) for b, (i, s, o) in zip(bad, assigned)]
+    out[f"AP_{kind}_fixed"] = score(fixed)[0]["AP"]
+  return out
+
+
+def format_breakdown(stats):
+  """One line of `error_breakdown`'s figures."""
+  kinds = ", ".join(f"{stats[k]:.1%} {k}" for k in ERROR_KINDS)
+  fixed = ", ".join(f"{k} {stats[f'AP_{k}_fixed']:.3f}" for k in ERROR_KINDS)
+  return (f"keypoints against the oracle's: {stats['right']:.1%} right, {kinds}; AP with each "
+          f"kind corrected: {fixed} (now {stats['AP']:.3f})")
 
 
 def _run_prn(prn_apply, inputs, batch_size):
@@ -86,7 +144,7 @@ def _run_prn(prn_apply, inputs, batch_size):
 
 def evaluate_prn_gt(ann_file, assign="prn", prn_apply=None, method="greedy", window=1,
                     widen=prn_grid.DEFAULT_WIDEN, input_sigma=1.0, score_mode="keypoints",
-                    batch_size=64, drop_empty=False):
+                    batch_size=64, drop_empty=False, breakdown=False):
   """Runs the protocol on one COCO person-keypoints file.
 
   Args:
@@ -99,8 +157,11 @@ def evaluate_prn_gt(ann_file, assign="prn", prn_apply=None, method="greedy", win
     score_mode: `assignment.instance_scores` mode.
     batch_size: PRN batch.
     drop_empty: leave out boxes that got no keypoint (the official code keeps them, score 0).
+    breakdown: also the assignment's errors against the oracle (`error_breakdown`; not for
+      assign='oracle').
   Returns:
-    (stats dict of `coco_io.STAT_NAMES`, list of COCO keypoint result dicts).
+    (stats dict of `coco_io.STAT_NAMES` (+ `error_breakdown`'s keys), list of COCO keypoint
+    result dicts).
   """
   if assign not in ASSIGNERS:
     raise ValueError(f"assign must be one of {ASSIGNERS}, got {assign!r}")
@@ -120,34 +181,39 @@ def evaluate_prn_gt(ann_file, assign="prn", prn_apply=None, method="greedy", win
     probs = _run_prn(prn_apply, inputs, batch_size)
     splits = np.cumsum([len(wb) for wb in wboxes])[:-1]
     probs = np.split(probs, splits)
-  results = []
+  assigned = []  # per image: (idx [N, K], pair scores [N, K, C], oracle idx [N, K])
   for i, (im, wb) in enumerate(zip(images, wboxes)):
     cand_xy, cand_valid, owner = image_candidates(im.keypoints)
-    n = len(wb)
+    n, c = len(wb), cand_xy.shape[1]
+    oracle = oracle_assignment(cand_xy, cand_valid, owner, wb)
     if assign == "oracle":
-      idx = oracle_assignment(cand_xy, cand_valid, owner, wb)
-      got = idx >= 0
-      kps = np.where(got[..., None], np.concatenate(
-          [cand_xy[np.arange(_K)[None], np.maximum(idx, 0)], got[..., None]], -1), 0.0)
-      inst = kps[..., 2].sum(-1) / _K  # every candidate scores 1: all score modes agree
+      idx, scores = oracle, np.ones((n, _K, c), np.float32)  # all score modes agree
     else:
       # Padded to bucketed shapes so that one compilation serves many images.
-      nb, cb = _bucket(n), _bucket(cand_xy.shape[1])
+      nb, cb = _bucket(n), _bucket(c)
       p_xy = preprocess.pad_axis(cand_xy, cb, 1)
       p_valid = preprocess.pad_axis(cand_valid, cb, 1)
       p_boxes = preprocess.pad_axis(wb, nb, 0, fill=np.array([0, 0, 1, 1], np.float32))
       box_valid = np.arange(nb) < n
       if assign == "center":
-        scores = np.asarray(assignment.center_scores(p_xy, p_valid, p_boxes))
+        scores = assignment.center_scores(p_xy, p_valid, p_boxes)
       else:
         scores = _prn_scores(preprocess.pad_axis(probs[i], nb, 0), p_xy, p_valid, p_boxes, window)
-      idx, kps, inst = (np.asarray(a)[:n] for a in _assign_image(
-          scores, p_xy, p_valid, box_valid, method, score_mode))
-    keep = np.asarray([not drop_empty or (idx[p] >= 0).any() for p in range(n)], bool)
-    kps = np.array(kps, np.float32)
-    kps[..., 2] = (idx >= 0).astype(np.float32)
-    results += coco_io.keypoint_results(im.image_id, kps[keep], np.asarray(inst)[keep],
-                                        boxes=np.asarray(im.boxes)[keep])
-  stats = coco_io.run_coco_eval(ann_file, results, "keypoints",
-                                   image_ids=[im.image_id for im in images])
+      idx, _ = _assign_jit(scores, p_valid, box_valid, method=method)
+      idx, scores = np.asarray(idx)[:n], np.asarray(scores)[:n, :, :c]
+    assigned.append((idx, scores, oracle))
+
+  def score(assignments):
+    results = []
+    for im, (idx, scores, _) in zip(images, assignments):
+      kps, inst = _people(idx, image_candidates(im.keypoints)[0], scores, score_mode)
+      keep = (idx >= 0).any(-1) | (not drop_empty)
+      results += coco_io.keypoint_results(im.image_id, kps[keep], inst[keep],
+                                          boxes=np.asarray(im.boxes)[keep])
+    return coco_io.run_coco_eval(ann_file, results, "keypoints",
+                                 image_ids=[im.image_id for im in images]), results
+
+  stats, results = score(assigned)
+  if breakdown and assign != "oracle":
+    stats = dict(stats, **error_breakdown(assigned, score))
   return stats, results
