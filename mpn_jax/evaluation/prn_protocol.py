@@ -13,10 +13,8 @@ fall inside its widened box: the ceiling the 56x36 crop allows). `error_breakdow
 assignment with the oracle's, pair by pair: which kind of error costs how much AP.
 """
 
-import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from mpn_jax import coco
