@@ -13,7 +13,6 @@ fall inside its widened box: the ceiling the 56x36 crop allows). `error_breakdow
 assignment with the oracle's, pair by pair: which kind of error costs how much AP.
 """
 
-
 import jax
 import numpy as np
 
