@@ -114,6 +114,39 @@ def test_retina_head_prior_and_anchor_order(tiny):
   assert offset == out["cls_logits"].shape[1]
 
 
+@pytest.mark.parametrize("norm", ["none", "group"])
+def test_retina_head_norm_levels(norm):
+  """GroupNorm after each shared conv: one set of norm parameters for all levels, and a level's
+  outputs no longer depend on that level's input scale (at initialisation the conv biases are 0,
+  so conv(k x) = k conv(x) and GroupNorm removes k); without it a 100x level saturates."""
+  head = models.RetinaHead(channels=8, num_convs=2, num_anchors=3, levels=(3, 4), norm=norm)
+  rng = np.random.default_rng(0)
+  x = {"P3": jnp.asarray(rng.normal(size=(2, 4, 4, 8)), jnp.float32),
+       "P4": jnp.asarray(rng.normal(size=(2, 2, 2, 8)), jnp.float32)}
+  variables = head.init(jax.random.key(0), x)
+  names = set(variables["params"])
+  assert {"cls_norm0", "cls_norm1", "box_norm0", "box_norm1"} <= names if norm == "group" else \
+      not any("norm" in n for n in names)
+  # Random (not the 0.01-std init) head weights, so that the outputs differ between inputs.
+  variables = jax.tree.map(lambda v: jnp.asarray(rng.normal(size=v.shape) * 0.3, v.dtype),
+                           variables)
+  variables["params"] = {k: dict(v, bias=jnp.zeros_like(v["bias"])) if "conv" in k else v
+                         for k, v in variables["params"].items()}
+  cls, box = head.apply(variables, x)
+  scaled = dict(x, P4=x["P4"] * 100.0)
+  cls_s, box_s = head.apply(variables, scaled)
+  n3 = 4 * 4 * 3  # P3's anchors come first and are untouched
+  np.testing.assert_allclose(cls_s[:, :n3], cls[:, :n3], rtol=1e-6)
+  if norm == "group":
+    np.testing.assert_allclose(cls_s, cls, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(box_s, box, rtol=1e-3, atol=1e-3)
+  else:
+    assert float(jnp.max(jnp.abs(box_s[:, n3:] - box[:, n3:]))) > 1.0
+  with pytest.raises(errors.ConfigError, match="retina_head.norm"):
+    models.RetinaHead(channels=8, num_convs=1, levels=(3,), norm="batch").init(
+        jax.random.key(0), {"P3": x["P3"]})
+
+
 def test_upsample_nearest_and_crop():
   x = jnp.arange(2 * 3 * 4, dtype=jnp.float32).reshape(1, 2, 3, 4)
   y = fpn.upsample(x, 4, (7, 10))

@@ -156,6 +156,7 @@ def multiposenet_config(size="full"):
   c.retina_head.channels = 256
   c.retina_head.num_convs = 4
   c.retina_head.prior_prob = 0.01
+  c.retina_head.norm = "none"        # 'none' (paper) | 'group' (GroupNorm after each subnet conv)
 
   if size == "tiny":
     c.backbone.stage_sizes = (1, 1, 1, 1)

@@ -112,7 +112,8 @@ def build_multiposenet(cfg, part="all"):
                                      p6_input=cfg.detection_fpn.p6_input, **kw),
       retina_head=heads.RetinaHead(
           num_classes=rh.num_classes, num_anchors=rh.num_anchors, channels=rh.channels,
-          num_convs=rh.num_convs, prior_prob=rh.prior_prob, part=part, **kw),
+          num_convs=rh.num_convs, prior_prob=rh.prior_prob,
+          norm=rh.get("norm", "none"), part=part, **kw),
       part=part)
 
 
