@@ -117,7 +117,7 @@ def _synthetic_prn(branches, preset):
 
 def _coco_samples_prn(branches, coco_dir):
   """Points stage one at the COCO samples in `coco_dir`; the PRN config (coco_small) on its
-  annotation-only split, with stage one's test-time scales."""
+  annotation-only split, with stage one's test-time scales and the per-box greedy assignment."""
   root = os.path.abspath(os.path.expanduser(coco_dir or default_coco_dir()))
   for _, ann, images in eval_sets("coco_samples", root):
     if not os.path.isfile(ann) or not os.path.isdir(images):
@@ -130,6 +130,10 @@ def _coco_samples_prn(branches, coco_dir):
   prn.data.data_dir = root
   prn.inference.scales = tuple(branches.inference.scales)
   prn.inference.flip = bool(branches.inference.flip)
+  # The paper's rule: each box takes its own best candidates. This small detector leaves
+  # overlapping boxes on one person, and a one-to-one rule (coco_small's, best on ground-truth
+  # boxes) splits that person's keypoints between them (docs/experiments.md, 2026-12-04).
+  prn.inference.assign_method = "greedy"
   return prn
 
 

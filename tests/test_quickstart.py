@@ -105,6 +105,7 @@ def test_coco_samples_configs(tmp_path, coco_dir):
   assert prn.preset == "coco_small" and prn.data.data_dir == str(coco_dir)
   assert prn.eval.pictures_dir == str(tmp_path / "pictures")
   assert tuple(prn.inference.scales) == tuple(branches.inference.scales)
+  assert prn.inference.assign_method == "greedy"  # detector boxes overlap: the per-box rule
   sets = quickstart.eval_sets("coco_samples", str(coco_dir))
   assert [s[0] for s in sets] == ["train", "validation"]
   for _, ann, images in sets:
