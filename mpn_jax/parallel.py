@@ -57,12 +57,14 @@ def replicated_sharding(mesh):
   return NamedSharding(mesh, P())
 
 
-def local_batch_size(global_batch_size, mesh=None):
-  """Examples this process loads per step; checks the global batch divides over devices/processes."""
+def local_batch_size(global_batch_size, mesh=None, field="input.batch_size"):
+  """Examples this process loads per step; checks the global batch divides over devices/processes
+  (`field`: the config field named in the error)."""
   ndev = mesh.size if mesh is not None else jax.device_count()
   if global_batch_size % ndev:
-    raise errors.ConfigError(f"batch_size={global_batch_size} must be divisible by the number of devices "
-                     f"({ndev}): set --config.input.batch_size to a multiple of {ndev}")
+    raise errors.ConfigError(f"{field.rpartition('.')[2]}={global_batch_size} must be divisible by "
+                             f"the number of devices ({ndev}): set --config.{field} to a multiple "
+                             f"of {ndev}")
   return global_batch_size // jax.process_count()
 
 

@@ -9,7 +9,9 @@ person-centred crops, real masks and ignore regions), the PRN on the real annota
 prn_train split (configs/prn.py:coco_small), the whole pipeline scored on those training images
 and on the 127 val2017 samples; the last line is the training images' AP.
 
-Steps, each reused when a previous run finished it (and resumed when it stopped half-way):
+Steps, each reused when a previous run finished it (and resumed when it stopped half-way; a
+stage stopped by SIGTERM or a first Ctrl-C saves its checkpoint and ends the quickstart, exit
+status 143, before the next step):
   1. the synthetic TFDS dataset (`mpn_jax.data.synthetic`) in WORKDIR/tfds;
   2. stage one, backbone + keypoint subnet + person detector (configs/branches.py:PRESET), in
      WORKDIR/branches;
@@ -46,6 +48,7 @@ from mpn_jax.evaluation import coco_io
 from mpn_jax.evaluation import evaluators
 
 PRESETS = ("synthetic", "smoke", "coco_samples")
+STOPPED_EXIT_STATUS = 143  # 128 + SIGTERM, as a shell reports a process that signal ended
 CONFIGS = {"branches": branches_config, "prn": prn_config}
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -179,7 +182,13 @@ def train_stage(config, stage_workdir, title, command):
     _say(f"resuming {title} from step {step}/{num_steps} in {stage_workdir}")
   else:
     _say(f"training {title} for {num_steps} steps in {stage_workdir} (= {command})")
-  training.train_and_evaluate(config, stage_workdir)
+  result = training.train_and_evaluate(config, stage_workdir)
+  if result.stopped_early:
+    # Stopped on request (SIGTERM): the next stages and the evaluation would use a half-trained
+    # model; the same command resumes from the checkpoint just saved.
+    _say(f"{title} stopped at step {int(result.state.step)}/{num_steps} on request; its checkpoint "
+         f"is in {stage_workdir}: run the same command again to resume")
+    sys.exit(STOPPED_EXIT_STATUS)
   return True
 
 

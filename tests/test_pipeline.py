@@ -154,6 +154,38 @@ def test_make_train_iterator_from_tfds(tfds_config):
     pipeline.make_train_iterator(bad)
 
 
+@pytest.mark.parametrize("start_step", [0, 4])
+def test_make_train_iterator_mixes_whole_image_steps(tfds_config, start_step):
+  """input.whole_every=3: steps 2, 5, 8, ... are whole S x S images, the rest C x C windows; a run
+  resumed at any step sees exactly the batches of an uninterrupted one."""
+  cfg = ml_collections.ConfigDict(tfds_config.to_dict())
+  cfg.input.update(dict(crop_size=32, whole_every=3, whole_batch_size=4))
+  full = pipeline.make_train_iterator(cfg)
+  batches = [next(full) for _ in range(start_step + 4)]
+  sizes = [b["image"].shape[1] for b in batches]
+  assert sizes == [S if (k + 1) % 3 == 0 else 32 for k in range(start_step + 4)]
+  for b in batches:
+    assert b["heatmaps"].shape[1] == b["image"].shape[1] // 4
+    real = b["box_labels"] != 0
+    assert np.all(b["boxes"][real] <= b["image"].shape[1])
+  resumed = pipeline.make_train_iterator(cfg, start_step=start_step)
+  for x in batches[start_step:]:
+    y = next(resumed)
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+
+
+@pytest.mark.parametrize("fields, match", [
+    (dict(crop_size=0, whole_every=2), "crop_size"),
+    (dict(crop_size=32, whole_every=-1), "whole_every"),
+    (dict(crop_size=32, whole_every=2, whole_batch_size=6), "whole_batch_size")])
+def test_make_train_iterator_refuses_bad_whole_image_fields(tfds_config, fields, match):
+  cfg = ml_collections.ConfigDict(tfds_config.to_dict())
+  cfg.input.update(fields)
+  with pytest.raises(ValueError, match=match):
+    pipeline.make_train_iterator(cfg)
+
+
 def test_make_eval_iterator_scale_and_hosts(tfds_config, coco_dir, monkeypatch):
   data, _ = coco_keypoints.load_annotations(
       coco_dir / "annotations" / "person_keypoints_val2017_sample.json")

@@ -115,3 +115,26 @@ def test_coco_samples_configs(tmp_path, coco_dir):
     assert len(files) == {"train2017": 80, "val2017": 127}[os.path.basename(images)]
   with pytest.raises(errors.MissingFileError, match="--coco_dir"):
     quickstart.make_configs(tmp_path, "coco_samples", str(tmp_path / "nowhere"))
+
+
+def test_a_stage_stopped_on_request_ends_the_quickstart(tmp_path, monkeypatch, capsys):
+  """SIGTERM stops stage one with a checkpoint (training.loop); the quickstart then exits 143 with
+  one line saying how to resume, instead of training the PRN on a half-trained stage one."""
+  from mpn_jax import quickstart  # pylint: disable=g-import-not-at-top
+  from mpn_jax.training import loop  # pylint: disable=g-import-not-at-top
+  stages = []
+
+  def stopped(config, workdir):
+    stages.append(config.stage)
+    state = type("State", (), {"step": 7})()
+    return loop.Result(state=state, losses={}, eval_metrics={}, stopped_early=True)
+
+  monkeypatch.setattr(quickstart.training, "train_and_evaluate", stopped)
+  monkeypatch.setattr(quickstart, "prepare_dataset", lambda branches: None)
+  with pytest.raises(SystemExit) as exit_info:
+    quickstart.run(str(tmp_path), "smoke")
+  assert exit_info.value.code == quickstart.STOPPED_EXIT_STATUS == 143
+  assert stages == ["branches"]
+  out = capsys.readouterr().out
+  assert "stopped at step 7/" in out and "run the same command again to resume" in out
+

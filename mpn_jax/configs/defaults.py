@@ -107,6 +107,11 @@ def input_config():
                                # canvas (0: all of it); evaluation always sees S x S
       batch_size=32,           # global train (and validation-loss) batch, split over processes
                                # and devices; evaluate.py's images: config.eval.batch_size
+      whole_every=0,           # with crop_size: every n-th training batch is instead
+                               # whole_batch_size whole letterboxed S x S images (no crop, no
+                               # shift), so the detector also sees people too large for a window;
+                               # 0: never
+      whole_batch_size=1,      # global batch of those whole-image steps
       heatmap_sigma=2.0,       # Gaussian sigma in stride-4 heatmap cells (= 8 input pixels)
       max_boxes=100,           # M: person/crowd boxes per image (more are dropped)
       max_people=32,           # P: people with keypoints per image in 'keypoints'

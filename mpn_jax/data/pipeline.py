@@ -238,7 +238,10 @@ def make_train_iterator(config, mesh=None, start_step=0):
   Returns:
     iterator of dicts of numpy arrays with leading axis batch_size // process_count: 'image'
     [b, S, S, 3] f32, 'heatmaps' [b, S/4, S/4, 17] f32, 'mask' / 'weights' [b, S/4, S/4, 1] f32,
-    'boxes' [b, M, 4] f32, 'box_labels' [b, M] i32, 'keypoints' [b, P, 17, 3] f32.
+    'boxes' [b, M, 4] f32, 'box_labels' [b, M] i32, 'keypoints' [b, P, 17, 3] f32. S is the
+    crop size C when config.input.crop_size is set, except on the whole-image steps of
+    config.input.whole_every (steps k with (k + 1) % whole_every == 0: S x S, b from
+    config.input.whole_batch_size).
   """
   local = parallel.local_batch_size(config.input.batch_size, mesh)
   builder = datasets.load_builder(config.dataset)
@@ -249,9 +252,51 @@ def make_train_iterator(config, mesh=None, start_step=0):
                                 read_config=tfds.ReadConfig(try_autocache=False))
   examples, num_examples = kept_examples(builder, split, examples,
                                          config.dataset.get("keep_empty", 1.0))
-  ds = train_batches(examples, config.input, local, config.seed, jax.process_index(), decode,
-                     start_step=start_step, num_examples=num_examples)
-  return iter(tfds.as_numpy(ds))
+  every = config.input.get("whole_every", 0)
+  if not (isinstance(every, int) and not isinstance(every, bool) and every >= 0):
+    raise errors.ConfigError(f"config.input.whole_every={every!r}: use a whole number of steps "
+                             "(0: never)")
+  if every and not config.input.crop_size:
+    raise errors.ConfigError(f"config.input.whole_every={every}: whole-image steps only apply "
+                             "with config.input.crop_size > 0 (every step is whole otherwise); "
+                             "set it to 0")
+  # Two streams when whole_every > 0, each a function of its own step: of the steps before
+  # `start_step`, start_step // every were whole-image steps.
+  done_whole = int(start_step) // every if every else 0
+  crops = iter(tfds.as_numpy(train_batches(
+      examples, config.input, local, config.seed, jax.process_index(), decode,
+      start_step=int(start_step) - done_whole, num_examples=num_examples)))
+  if not every:
+    return crops
+  whole_local = parallel.local_batch_size(config.input.whole_batch_size, mesh,
+                                          "input.whole_batch_size")
+  wholes = train_batches(examples, whole_image_input(config.input), whole_local,
+                         config.seed + _WHOLE_SEED_OFFSET, jax.process_index(), decode,
+                         start_step=done_whole, num_examples=num_examples)
+  return _interleave(crops, iter(tfds.as_numpy(wholes)), every, start_step)
+
+
+# The whole-image stream draws its own examples and augmentations (a different seed), not the
+# window stream's.
+_WHOLE_SEED_OFFSET = 7919
+
+
+def whole_image_input(input_cfg):
+  """config.input of the whole-image steps (input.whole_every): the same augmentation ranges, but
+  the whole letterboxed S x S image, unshifted and uncropped."""
+  cfg = input_cfg.copy_and_resolve_references()
+  cfg.crop_size = 0
+  cfg.augment.center = "letterbox"
+  cfg.augment.translate = 0.0
+  return cfg
+
+
+def _interleave(crops, wholes, every, start_step):
+  """Step k's batch: from `wholes` when (k + 1) % every == 0, else from `crops`."""
+  step = int(start_step)
+  while True:
+    yield next(wholes) if (step + 1) % every == 0 else next(crops)
+    step += 1
 
 
 def keep_example(example, keep_empty):
