@@ -184,7 +184,7 @@ def train_stage(config, stage_workdir, title, command):
     _say(f"training {title} for {num_steps} steps in {stage_workdir} (= {command})")
   result = training.train_and_evaluate(config, stage_workdir)
   if result.stopped_early:
-    # Stopped on request (SIGTERM): the next stages and the evaluation would use a half-trained
+    # Stopped on request (SIGTERM, a first Ctrl-C): the next stages and the evaluation would use a half-trained
     # model; the same command resumes from the checkpoint just saved.
     _say(f"{title} stopped at step {int(result.state.step)}/{num_steps} on request; its checkpoint "
          f"is in {stage_workdir}: run the same command again to resume")

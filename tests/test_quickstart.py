@@ -137,4 +137,3 @@ def test_a_stage_stopped_on_request_ends_the_quickstart(tmp_path, monkeypatch, c
   assert stages == ["branches"]
   out = capsys.readouterr().out
   assert "stopped at step 7/" in out and "run the same command again to resume" in out
-

@@ -244,14 +244,7 @@ def make_train_iterator(config, mesh=None, start_step=0):
     config.input.whole_batch_size).
   """
   local = parallel.local_batch_size(config.input.batch_size, mesh)
-  builder = datasets.load_builder(config.dataset)
-  split = tfds.split_for_jax_process(_tfds_split(config.dataset.get("train_split", "train")))
-  decoders, decode = _skip_decoding(builder)
-  # Stored order (TFDS already shuffles examples when writing); epochs are shuffled by seed.
-  examples = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders,
-                                read_config=tfds.ReadConfig(try_autocache=False))
-  examples, num_examples = kept_examples(builder, split, examples,
-                                         config.dataset.get("keep_empty", 1.0))
+  # The whole-image fields are checked before any data is read.
   every = config.input.get("whole_every", 0)
   if not (isinstance(every, int) and not isinstance(every, bool) and every >= 0):
     raise errors.ConfigError(f"config.input.whole_every={every!r}: use a whole number of steps "
@@ -260,6 +253,16 @@ def make_train_iterator(config, mesh=None, start_step=0):
     raise errors.ConfigError(f"config.input.whole_every={every}: whole-image steps only apply "
                              "with config.input.crop_size > 0 (every step is whole otherwise); "
                              "set it to 0")
+  whole_local = parallel.local_batch_size(config.input.whole_batch_size, mesh,
+                                          "input.whole_batch_size") if every else 0
+  builder = datasets.load_builder(config.dataset)
+  split = tfds.split_for_jax_process(_tfds_split(config.dataset.get("train_split", "train")))
+  decoders, decode = _skip_decoding(builder)
+  # Stored order (TFDS already shuffles examples when writing); epochs are shuffled by seed.
+  examples = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders,
+                                read_config=tfds.ReadConfig(try_autocache=False))
+  examples, num_examples = kept_examples(builder, split, examples,
+                                         config.dataset.get("keep_empty", 1.0))
   # Two streams when whole_every > 0, each a function of its own step: of the steps before
   # `start_step`, start_step // every were whole-image steps.
   done_whole = int(start_step) // every if every else 0
@@ -268,8 +271,6 @@ def make_train_iterator(config, mesh=None, start_step=0):
       start_step=int(start_step) - done_whole, num_examples=num_examples)))
   if not every:
     return crops
-  whole_local = parallel.local_batch_size(config.input.whole_batch_size, mesh,
-                                          "input.whole_batch_size")
   wholes = train_batches(examples, whole_image_input(config.input), whole_local,
                          config.seed + _WHOLE_SEED_OFFSET, jax.process_index(), decode,
                          start_step=done_whole, num_examples=num_examples)
