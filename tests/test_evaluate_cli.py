@@ -216,6 +216,29 @@ def test_pipeline_without_people_gives_no_results(tiny_stages, image_set, tmp_pa
   assert json.load(open(tmp_path / "res.json")) == []
 
 
+def test_pipeline_with_the_annotated_boxes_gives_one_person_per_annotated_person(
+    tiny_stages, image_set, tmp_path, capsys):
+  branches, _, _, _ = tiny_stages
+  ann_file, folder, ids = image_set
+  config = _pipeline_config(tmp_path, ann_file, folder, pictures=0, boxes="ground_truth")
+  # The detector is switched off (no box passes the threshold): every person comes from a given box.
+  evaluators.evaluate(str(branches.parent), config, inference={"score_threshold": 2.0})
+  assert "COCO keypoints, annotated people's boxes, 3 images" in capsys.readouterr().out
+  anns = json.load(open(ann_file))["annotations"]
+  want = {i: min(20, sum(1 for a in anns if a["image_id"] == i and not a["iscrowd"])) for i in ids}
+  assert sum(want.values()) > 0
+  results = json.load(open(tmp_path / "stats_results.json"))
+  assert {i: sum(1 for r in results if r["image_id"] == i) for i in ids} == want
+
+
+@pytest.mark.parametrize("fields,match", [
+    (dict(boxes="gt"), "config.eval.boxes must be one of"),
+    (dict(mode="detector", boxes="ground_truth"), "config.eval.boxes=ground_truth is for")])
+def test_bad_boxes_field_is_a_clear_error(tmp_path, fields, match):
+  with pytest.raises(ValueError, match=match):
+    evaluators.evaluate(str(tmp_path), _config(**fields))
+
+
 def test_pipeline_missing_branches_checkpoint(tiny_stages, image_set, tmp_path):
   _, prn, _, _ = tiny_stages
   ann_file, folder, _ = image_set

@@ -368,9 +368,11 @@ def _sum_prn(x):
   return x / jnp.maximum(x.sum(axis=(1, 2), keepdims=True), 1e-9)
 
 
-@pytest.mark.parametrize("method,prn_input", [("greedy", "peaks"), ("hungarian", "peaks"),
-                                              ("hungarian_log", "peaks"), ("mutual", "heatmaps")])
-def test_pipeline_on_letterboxed_images_of_different_sizes(method, prn_input):
+@pytest.mark.parametrize("method,prn_input,given", [
+    ("greedy", "peaks", False), ("hungarian", "peaks", False), ("hungarian_log", "peaks", False),
+    ("mutual", "heatmaps", False), ("greedy", "peaks", True), ("hungarian_log", "heatmaps", True)])
+def test_pipeline_on_letterboxed_images_of_different_sizes(method, prn_input, given):
+  """given: the people's boxes are passed in (each scoring 1) and the detector finds nobody."""
   rng = np.random.default_rng(6)
   sizes = [(48, 80), (64, 32), (40, 40)]
   gt_boxes = [[(2, 4, 30, 44), (46, 6, 78, 46)], [(4, 10, 28, 60)], [(8, 6, 34, 38)]]
@@ -392,10 +394,17 @@ def test_pipeline_on_letterboxed_images_of_different_sizes(method, prn_input):
                                 np.zeros((S // 4, S // 4, 1), np.float32)], -1))
   scaled_boxes = [[tuple(np.array(b) * s) for b in people] for people, s in zip(gt_boxes, scales)]
   cls, deltas = _detector_outputs(scaled_boxes, [[3.0, 2.0], [2.0], [1.0]])
+  people = {}
+  if given:
+    cls = np.full_like(cls, -10.0)  # sigmoid 5e-5: below the score threshold, nobody detected
+    boxes = np.zeros((3, 3, 4), np.float32)
+    for i, image_boxes in enumerate(scaled_boxes):
+      boxes[i, :len(image_boxes)] = image_boxes
+    people = {"boxes": jnp.asarray(boxes), "box_valid": jnp.asarray(boxes[..., 2] > 0)}
   outputs = {"keypoints": jnp.asarray(np.stack(heat)), "cls_logits": cls, "box_deltas": deltas}
   cfg = _config(max_people=3, peaks_per_keypoint=4, assign_method=method, prn_input=prn_input)
-  out = jax.jit(lambda o, s: pipeline.predict_from_outputs(o, s, _sum_prn, cfg))(
-      outputs, jnp.asarray(scales, jnp.float32))
+  out = jax.jit(lambda o, s, p: pipeline.predict_from_outputs(o, s, _sum_prn, cfg, **p))(
+      outputs, jnp.asarray(scales, jnp.float32), people)
   assert out["keypoints"].shape == (3, 3, K, 3)
   np.testing.assert_array_equal(np.asarray(out["valid"]), [[1, 1, 0], [1, 0, 0], [1, 0, 0]])
   for i, people in enumerate(gt_boxes):
@@ -411,6 +420,8 @@ def test_pipeline_on_letterboxed_images_of_different_sizes(method, prn_input):
                                  atol=1e-3)
       np.testing.assert_array_equal(kp[~seen, 2], 0.0)
       box_score = float(out["box_scores"][i, n])
+      if given:
+        assert box_score == 1.0
       np.testing.assert_allclose(float(out["scores"][i, n]), box_score * kp[:, 2].sum() / K,
                                  rtol=1e-5)
   assert not np.asarray(out["keypoints"])[~np.asarray(out["valid"])].any()

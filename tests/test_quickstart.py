@@ -106,6 +106,8 @@ def test_coco_samples_configs(tmp_path, coco_dir):
   assert prn.eval.pictures_dir == str(tmp_path / "pictures")
   assert tuple(prn.inference.scales) == tuple(branches.inference.scales)
   assert prn.inference.assign_method == "greedy"  # detector boxes overlap: the per-box rule
+  assert prn.inference.prn_input == "heatmaps"  # real heatmaps: the paper's crops, not peaks
+  assert prn.inference.iou_threshold == 0.4  # and the duplicates suppressed harder
   sets = quickstart.eval_sets("coco_samples", str(coco_dir))
   assert [s[0] for s in sets] == ["train", "validation"]
   for _, ann, images in sets:

@@ -270,6 +270,9 @@ def eval_config(mode="pipeline"):
   c.score_mode = "keypoints"     # prn_gt instance score: one of mpn_jax.inference.assignment.SCORE_MODES
   c.breakdown = False            # prn_gt: also the errors against the oracle and the AP with each
                                  # kind corrected (prn_protocol.error_breakdown)
+  c.boxes = "detector"           # pipeline: 'detector' | 'ground_truth' (the annotated people's
+                                 # boxes, each scoring 1, instead of the detector's: what the
+                                 # heatmaps and the PRN make of perfect detections)
   c.ann_file = ""                # COCO annotation file ('' = the config's validation split)
   c.image_dir = ""               # images of ann_file ('' = TFDS eval split of the branches config)
   c.split = "validation"         # TFDS split when image_dir is '' (also the branches training's

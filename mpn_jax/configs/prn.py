@@ -100,6 +100,9 @@ def _recipe(config):
   # (product of probabilities) beats the largest sum of them.
   config.inference.assign_method = "hungarian_log"
   config.inference.assign_window = 5
+  # On a network's heatmaps of real images, the paper's PRN input (the heatmaps cropped to the box)
+  # instead of the peaks redrawn alike: a weak spurious peak then stays weak (docs/experiments.md).
+  config.inference.prn_input = "heatmaps"
   config.eval.score_mode = "keypoints"
   config.train.schedule = "cosine"         # as in the experiments
   config.train.prn_gt_ap = True

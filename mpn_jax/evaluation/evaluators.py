@@ -4,7 +4,8 @@
   PrnGtEvaluator     the PRN on ground-truth keypoints, COCO keypoint AP (`prn_protocol`);
   DetectorEvaluator  stage one alone: COCOeval('bbox') of the person boxes, and the keypoint AP its
                      heatmap peaks reach under an oracle assignment (an upper bound for the PRN);
-  PipelineEvaluator  the whole model on images, COCOeval('keypoints').
+  PipelineEvaluator  the whole model on images, COCOeval('keypoints'); optionally with the annotated
+                     people's boxes in place of the detector's (where the pipeline loses AP).
 
 The training loop runs the first two periodically; `python evaluate.py` runs one of the last three
 (`evaluate`). Evaluators that score COCO results keep them in `.results` after `run`.
@@ -35,6 +36,7 @@ from mpn_jax.inference import pipeline
 from mpn_jax.inference import predictor as predictor_lib
 
 MODES = ("pipeline", "detector", "prn_gt")
+BOXES = ("detector", "ground_truth")
 
 
 def _tfds_modules():
@@ -298,16 +300,36 @@ class _ImageEvaluator(Evaluator):
     self.results = []
 
 
+def ground_truth_boxes(gt, batch, max_people):
+  """The annotated people of a batch's images as given boxes: {'boxes' [b, N, 4] float32 xyxy input
+  pixels (original x scale), 'box_valid' [b, N] bool}, N = max_people; crowd regions left out, the
+  largest people kept when an image has more than N."""
+  n = len(batch["valid"])
+  boxes = np.zeros((n, max_people, 4), np.float32)
+  valid = np.zeros((n, max_people), bool)
+  for i in np.flatnonzero(batch["valid"]):
+    people = coco_io.ground_truth_people(gt, int(batch["image_id"][i]))
+    b = people["boxes"][~people["iscrowd"]]
+    b = b[np.argsort(-(b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]), kind="stable")][:max_people]
+    boxes[i, :len(b)] = b * float(batch["scale"][i])
+    valid[i, :len(b)] = True
+  return {"boxes": boxes, "box_valid": valid}
+
+
 class PipelineEvaluator(_ImageEvaluator):
-  """The whole model on images -> COCO keypoint statistics; run(predictor)."""
+  """The whole model on images -> COCO keypoint statistics; run(predictor). With eval field
+  boxes='ground_truth' the annotated people's boxes (score 1) replace the detector's."""
 
   def run(self, model):
     ec, predictor = self.ec, model
     gt_file, batches, skipped = image_source(ec, predictor.branches_config, predictor.image_size,
                                              predictor.batch_size)
+    gt = coco_io.load_coco(gt_file)
     visibility = predictor.inference.keypoint_visibility
     results, image_ids = [], []
     for batch in batches:
+      if ec.get("boxes", "detector") == "ground_truth":
+        batch = dict(batch, **ground_truth_boxes(gt, batch, predictor.inference.max_people))
       out = predictor.run_batch(batch)
       ok = out["image_valid"]
       image_ids += [int(i) for i in out["image_id"][ok]]
@@ -323,11 +345,12 @@ class PipelineEvaluator(_ImageEvaluator):
       if ec.max_images and len(image_ids) >= ec.max_images:
         break
     _report_images(len(image_ids), skipped)
-    gt = coco_io.load_coco(gt_file)
     coco_io.check_evaluable(gt, image_ids, "keypoints", gt_file)
     self.results = results
     stats = coco_io.run_coco_eval(gt, results, "keypoints", image_ids=image_ids)
-    print(coco_io.format_table(stats, f"COCO keypoints, {len(image_ids)} images ({gt_file})"))
+    which = ", annotated people's boxes" if ec.get("boxes") == "ground_truth" else ""
+    print(coco_io.format_table(stats, f"COCO keypoints{which}, {len(image_ids)} images "
+                                      f"({gt_file})"))
     return stats
 
 
@@ -401,6 +424,11 @@ def _eval_fields(config):
       ec[k] = given[k]
   if ec.mode not in MODES:
     raise errors.ConfigError(f"config.eval.mode must be one of {MODES}, got {ec.mode!r}")
+  if ec.boxes not in BOXES:
+    raise errors.ConfigError(f"config.eval.boxes must be one of {BOXES}, got {ec.boxes!r}")
+  if ec.boxes != "detector" and ec.mode != "pipeline":
+    raise errors.ConfigError(f"config.eval.boxes={ec.boxes} is for config.eval.mode=pipeline "
+                             f"(got mode {ec.mode}): drop it or evaluate the pipeline")
   return ec
 
 
@@ -433,11 +461,12 @@ def evaluate(model, config=None, inference=None):
   ec = _eval_fields(config)
   model = os.path.abspath(os.path.expanduser(model)) if model else ""
   eval_dir = os.path.join(model, "eval")
-  output = ec.output or os.path.join(eval_dir, f"{ec.mode}_stats.json")
+  name = ec.mode + ("_gt_boxes" if ec.boxes == "ground_truth" else "")
+  output = ec.output or os.path.join(eval_dir, f"{name}_stats.json")
   # Results and pictures go beside a chosen output: not over those of the model's own evaluation.
   stem = os.path.splitext(os.path.abspath(os.path.expanduser(output)))[0] if ec.output else ""
   results_file = ec.results_file or (f"{stem}_results.json" if stem else
-                                     os.path.join(eval_dir, f"{ec.mode}_results.json"))
+                                     os.path.join(eval_dir, f"{name}_results.json"))
   pictures_dir = f"{stem}_pictures" if stem else os.path.join(eval_dir, "pictures")
   # Before the work, not after it; on every process (a read-only check), so all stop together.
   chosen = []  # outside the model's eval/ folder, which is evaluate.py's own

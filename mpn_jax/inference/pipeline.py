@@ -66,7 +66,7 @@ DEFAULT_WIDEN = defaults.prn_data_config().widen
 
 def prn_stage_inputs(heatmaps, cand_boxes, cand_scores, config, image_size,
                      stride=preprocess.HEATMAP_STRIDE, *, input_sigma=DEFAULT_INPUT_SIGMA,
-                     widen=DEFAULT_WIDEN):
+                     widen=DEFAULT_WIDEN, boxes=None, box_valid=None):
   """Steps 2-4 of the pipeline: peaks, detections and the PRN inputs of every detected person.
 
   Args: as `predict_people` (without scales and prn_apply).
@@ -79,9 +79,14 @@ def prn_stage_inputs(heatmaps, cand_boxes, cand_scores, config, image_size,
   hm = heatmaps[..., :k].astype(jnp.float32)
   cand_xy, cand_sc, cand_ok = postprocess.find_peaks(
       hm, config.heatmap_threshold, config.peaks_per_keypoint, stride, config.peak_refine)
-  people, box_scores, box_ok = postprocess.select_people(
-      cand_boxes, cand_scores, config.score_threshold, config.iou_threshold, config.max_people,
-      image_size)
+  if boxes is None:
+    people, box_scores, box_ok = postprocess.select_people(
+        cand_boxes, cand_scores, config.score_threshold, config.iou_threshold, config.max_people,
+        image_size)
+  else:  # given people (e.g. the annotated ones): every given box scores 1
+    box_ok = jnp.asarray(box_valid, bool)
+    people = jnp.where(box_ok[..., None], jnp.asarray(boxes, jnp.float32), 0.0)
+    box_scores = box_ok.astype(jnp.float32)
   wide = prn_grid.widen_boxes(people, widen, xp=jnp)  # [B, N, 4]
 
   if config.prn_input == "peaks":
@@ -145,7 +150,7 @@ def finish_people(probs, state, scales, config):
 
 def predict_people(heatmaps, cand_boxes, cand_scores, scales, prn_apply, config, image_size,
                    stride=preprocess.HEATMAP_STRIDE, *, input_sigma=DEFAULT_INPUT_SIGMA,
-                   widen=DEFAULT_WIDEN):
+                   widen=DEFAULT_WIDEN, boxes=None, box_valid=None):
   """Merged network outputs -> people, in original image pixels (`prn_stage_inputs`, the PRN,
   `finish_people`).
 
@@ -160,19 +165,23 @@ def predict_people(heatmaps, cand_boxes, cand_scores, scales, prn_apply, config,
       outputs).
     input_sigma, widen: the PRN's input drawing, as it was trained: its config's data.input_sigma
       (Gaussian sigma of 'peaks' inputs, grid cells) and data.widen (box widening on each side).
+    boxes, box_valid: optional [B, N, 4] float32 people boxes (xyxy input pixels) and [B, N] bool
+      to use instead of the detector's (each scores 1): the pipeline with known people, e.g. the
+      annotated ones (`evaluate.py --config.eval.boxes=ground_truth`).
   Returns:
     dict of 'keypoints' [B, N, 17, 3] (x, y, score) original pixels, 'scores' [B, N] person scores,
     'boxes' [B, N, 4] original pixels, 'box_scores' [B, N], 'valid' [B, N] bool; invalid slots zero.
   """
   inputs, state = prn_stage_inputs(heatmaps, cand_boxes, cand_scores, config, image_size, stride,
-                                   input_sigma=input_sigma, widen=widen)
+                                   input_sigma=input_sigma, widen=widen, boxes=boxes,
+                                   box_valid=box_valid)
   b, n = inputs.shape[:2]
   probs = prn_apply(inputs.reshape((b * n,) + inputs.shape[2:])).reshape(inputs.shape)
   return finish_people(probs, state, scales, config)
 
 
 def predict_from_outputs(outputs, scales, prn_apply, config, *, input_sigma=DEFAULT_INPUT_SIGMA,
-                         widen=DEFAULT_WIDEN):
+                         widen=DEFAULT_WIDEN, boxes=None, box_valid=None):
   """`predict_people` for one set of network outputs (no TTA); for tests and precomputed outputs.
 
   outputs: dict with 'keypoints' [B, H/4, W/4, >=17], 'cls_logits' [B, A, 1], 'box_deltas' [B, A, 4]
@@ -185,7 +194,7 @@ def predict_from_outputs(outputs, scales, prn_apply, config, *, input_sigma=DEFA
   cand_boxes, cand_scores = postprocess.box_candidates(
       outputs["cls_logits"], outputs["box_deltas"], anchors, config.pre_nms_top_k)
   return predict_people(hm, cand_boxes, cand_scores, scales, prn_apply, config, image_size,
-                        input_sigma=input_sigma, widen=widen)
+                        input_sigma=input_sigma, widen=widen, boxes=boxes, box_valid=box_valid)
 
 
 def make_predict_fn(model, prn_model, config, *, input_sigma=DEFAULT_INPUT_SIGMA,
@@ -198,19 +207,21 @@ def make_predict_fn(model, prn_model, config, *, input_sigma=DEFAULT_INPUT_SIGMA
     input_sigma, widen: the PRN config's data.input_sigma and data.widen (`predict_people`;
       `predictor.prn_input` reads them from a PRN run's config).
   Returns:
-    predict(variables, prn_variables, images [B, S, S, 3], scales [B]) -> `predict_people` dict.
-    variables / prn_variables are flax variable dicts ({'params': ..., 'batch_stats': ...}).
+    predict(variables, prn_variables, images [B, S, S, 3], scales [B], boxes=None,
+    box_valid=None) -> `predict_people` dict. variables / prn_variables are flax variable dicts
+    ({'params': ..., 'batch_stats': ...}); boxes / box_valid: `predict_people`'s.
   """
   _check_config(config)
 
   @jax.jit
-  def predict(variables, prn_variables, images, scales):
+  def predict(variables, prn_variables, images, scales, boxes=None, box_valid=None):
     apply_fn = lambda x: model.apply(variables, x, train=False)
     prn_apply = lambda x: models.prn_probabilities(prn_model.apply(prn_variables, x, train=False))
     heat, cand_boxes, cand_scores = tta.merge_outputs(apply_fn, images, config)
     _, stride = tta.merge_grid(images.shape[1:3], config)
     return predict_people(heat, cand_boxes, cand_scores, scales, prn_apply, config,
-                          images.shape[1:3], stride, input_sigma=input_sigma, widen=widen)
+                          images.shape[1:3], stride, input_sigma=input_sigma, widen=widen,
+                          boxes=boxes, box_valid=box_valid)
 
   return predict
 

@@ -189,11 +189,16 @@ def round_batch(batch_size):
 
 def run_batch(fn, mesh, batch):
   """Runs fn(images [B, S, S, 3], scales [B]) on one host-local batch ('image', 'scale',
-  'image_id', 'valid') -> numpy outputs of the whole global batch (every process gets all of
-  them), plus 'image_id' [B] int64, 'scale' [B] float32 and 'image_valid' [B] bool."""
-  arrays = parallel.shard_batch({"image": np.asarray(batch["image"], np.float32),
-                                 "scale": np.asarray(batch["scale"], np.float32)}, mesh)
-  out = fn(arrays["image"], arrays["scale"])
+  'image_id', 'valid'; with 'boxes' [B, N, 4] and 'box_valid' [B, N] also fn(..., boxes=,
+  box_valid=)) -> numpy outputs of the whole global batch (every process gets all of them), plus
+  'image_id' [B] int64, 'scale' [B] float32 and 'image_valid' [B] bool."""
+  arrays = {"image": np.asarray(batch["image"], np.float32),
+            "scale": np.asarray(batch["scale"], np.float32)}
+  if "boxes" in batch:
+    arrays.update(boxes=np.asarray(batch["boxes"], np.float32),
+                  box_valid=np.asarray(batch["box_valid"], bool))
+  arrays = parallel.shard_batch(arrays, mesh)
+  out = fn(arrays.pop("image"), arrays.pop("scale"), **arrays)
   out["image_id"] = np.asarray(batch["image_id"], np.int64)
   out["scale"] = np.asarray(batch["scale"], np.float32)
   out["image_valid"] = np.asarray(batch["valid"], bool)

@@ -353,25 +353,27 @@ def make_staged_fn(network, prn, config, image_size, *, input_sigma=pipeline.DEF
     image_size: (S, S), the network input.
     input_sigma, widen: the PRN's input drawing (`predictor.prn_input`).
   Returns:
-    predict(images [B, S, S, 3], scales [B]) -> the `pipeline.predict_people` dict, computed as
-    jitted TTA inputs -> network -> jitted peaks, NMS and PRN inputs -> PRN -> jitted assignment.
+    predict(images [B, S, S, 3], scales [B], boxes=None, box_valid=None) -> the
+    `pipeline.predict_people` dict, computed as jitted TTA inputs -> network -> jitted peaks, NMS
+    and PRN inputs -> PRN -> jitted assignment.
   """
   pipeline._check_config(config)  # pylint: disable=protected-access
   _, stride = tta.merge_grid(image_size, config)
   inputs_fn = jax.jit(lambda images: tta.variant_inputs(images, config))
 
   @jax.jit
-  def prepare(outputs):
+  def prepare(outputs, boxes, box_valid):
     heat, cand_boxes, cand_scores = tta.merge_variant_outputs(outputs, image_size, config)
     return pipeline.prn_stage_inputs(heat, cand_boxes, cand_scores, config, image_size, stride,
-                                     input_sigma=input_sigma, widen=widen)
+                                     input_sigma=input_sigma, widen=widen, boxes=boxes,
+                                     box_valid=box_valid)
 
   finish = jax.jit(lambda probs, state, scales: pipeline.finish_people(probs, state, scales,
                                                                        config))
 
-  def predict(images, scales):
+  def predict(images, scales, boxes=None, box_valid=None):
     outputs = [network(np.asarray(x)) for x in inputs_fn(images)]
-    inputs, state = prepare(outputs)
+    inputs, state = prepare(outputs, boxes, box_valid)
     inputs = np.asarray(inputs)
     probs = prn(inputs.reshape((-1,) + inputs.shape[2:])).reshape(inputs.shape)
     return finish(probs, state, scales)
@@ -382,8 +384,8 @@ def make_predict_fn(branches_model_config, prn_model_config, branches_variables,
                     config, image_size, *, runtime="jax", precision="fp32",
                     input_sigma=pipeline.DEFAULT_INPUT_SIGMA, widen=pipeline.DEFAULT_WIDEN,
                     mesh=None):
-  """predict(images [B, S, S, 3] float32, scales [B]) -> `pipeline.predict_people` dict, through
-  `runtime` at `precision`.
+  """predict(images [B, S, S, 3] float32, scales [B], boxes=None, box_valid=None) ->
+  `pipeline.predict_people` dict, through `runtime` at `precision` (boxes: `predict_people`'s).
 
   Args:
     branches_model_config, prn_model_config: the stages' `model` configs.
@@ -404,11 +406,12 @@ def make_predict_fn(branches_model_config, prn_model_config, branches_variables,
     branch_vars, prn_vars = parallel.replicate((branches_variables, prn_variables),
                                                mesh if mesh is not None else parallel.create_mesh())
     if precision == "bf16":
-      return lambda images, scales: predict(branch_vars, prn_vars, images, scales)
+      return lambda images, scales, **people: predict(branch_vars, prn_vars, images, scales,
+                                                      **people)
 
-    def fn(images, scales):
+    def fn(images, scales, **people):
       with jax.default_matmul_precision("float32"):  # fp32 exactly: no TF32 / bf16 passes on GPUs
-        return predict(branch_vars, prn_vars, images, scales)
+        return predict(branch_vars, prn_vars, images, scales, **people)
     return fn
   network = OnnxNetwork(branches_model_config, branches_variables, runtime, precision)
   prn = OnnxPrn(models.build_prn(prn_model_config), prn_variables, runtime, precision)
