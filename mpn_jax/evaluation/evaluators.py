@@ -20,6 +20,7 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
+from mpn_jax import boxes as box_lib
 from mpn_jax import coco
 from mpn_jax import errors
 from mpn_jax import files
@@ -310,7 +311,7 @@ def ground_truth_boxes(gt, batch, max_people):
   for i in np.flatnonzero(batch["valid"]):
     people = coco_io.ground_truth_people(gt, int(batch["image_id"][i]))
     b = people["boxes"][~people["iscrowd"]]
-    b = b[np.argsort(-(b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]), kind="stable")][:max_people]
+    b = b[np.argsort(-box_lib.area(b, xp=np), kind="stable")][:max_people]
     boxes[i, :len(b)] = b * float(batch["scale"][i])
     valid[i, :len(b)] = True
   return {"boxes": boxes, "box_valid": valid}
@@ -326,9 +327,10 @@ class PipelineEvaluator(_ImageEvaluator):
                                              predictor.batch_size)
     gt = coco_io.load_coco(gt_file)
     visibility = predictor.inference.keypoint_visibility
+    given = ec.boxes == "ground_truth"
     results, image_ids = [], []
     for batch in batches:
-      if ec.get("boxes", "detector") == "ground_truth":
+      if given:
         batch = dict(batch, **ground_truth_boxes(gt, batch, predictor.inference.max_people))
       out = predictor.run_batch(batch)
       ok = out["image_valid"]
@@ -348,7 +350,7 @@ class PipelineEvaluator(_ImageEvaluator):
     coco_io.check_evaluable(gt, image_ids, "keypoints", gt_file)
     self.results = results
     stats = coco_io.run_coco_eval(gt, results, "keypoints", image_ids=image_ids)
-    which = ", annotated people's boxes" if ec.get("boxes") == "ground_truth" else ""
+    which = ", annotated people's boxes" if given else ""
     print(coco_io.format_table(stats, f"COCO keypoints{which}, {len(image_ids)} images "
                                       f"({gt_file})"))
     return stats
