@@ -115,6 +115,9 @@ def run_tool(module, prog):
   main_module = sys.modules.get("__main__")
   if main_module is not None and tool.__doc__:
     main_module.__doc__ = tool.__doc__  # absl's --help prints the __main__ module's docstring
+  # ... and the flags key to the script (sys.argv[0]), where the tool module defines them.
+  for flag in flags.FLAGS.get_key_flags_for_module(tool):
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
   run(tool.main, prog)
 
 

@@ -217,3 +217,12 @@ def test_a_full_disk_during_evaluate_names_the_file_and_keeps_the_old_one(tmp_pa
   assert str(tmp_path) in line  # names the file it could not write
   assert stats.read_bytes() == before
   assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("script,flag", [("predict.py", "--input"), ("export.py", "--format"),
+                                         ("evaluate.py", "--model"), ("train.py", "--workdir")])
+def test_help_of_a_root_script_lists_its_flags(script, flag):
+  # The flags live in mpn_jax.tools.<name>; absl's --help lists only the main module's key flags.
+  proc = subprocess.run([sys.executable, script, "--help"], cwd=REPO, env=ENV,
+                        capture_output=True, text=True, timeout=300, check=False)
+  assert f"  {flag}:" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]  # (absl exits 1)

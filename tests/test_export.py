@@ -256,6 +256,7 @@ def test_a_missing_extra_gives_the_install_hint(model, tmp_path):
   line = _error_line(_run(f"--model={model}", "--format=onnx", f"--output={tmp_path / 'o'}",
                           blocked={"jax2onnx", "onnx", "onnxruntime"}))
   assert 'pip install -e ".[export]"' in line
+  assert "are not installed" in line  # several missing: "needs onnx and jax2onnx, which are ..."
   assert not (tmp_path / "o").exists()
 
 

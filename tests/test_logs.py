@@ -20,6 +20,8 @@ SITE = os.path.join(os.sep, "venv", "lib", "python3", "site-packages")
     (os.path.join(SITE, "orbax", "checkpoint", "checkpointer.py"), logging.WARNING, True),
     (os.path.join(SITE, "tensorflow_datasets", "core", "dataset_builder.py"), logging.INFO, False),
     (os.path.join(SITE, "tensorflow_datasets", "core", "dataset_builder.py"), logging.ERROR, True),
+    (os.path.join(SITE, "jax2onnx", "user_interface.py"), logging.INFO, False),
+    (os.path.join(SITE, "jax2onnx", "user_interface.py"), logging.WARNING, True),
     (os.path.join(SITE, "jax", "_src", "xla_bridge.py"), logging.INFO, False),
     (os.path.join(SITE, "jax", "_src", "xla_bridge.py"), logging.WARNING, True),
     # Other JAX modules' INFO lines (e.g. the compilation cache's) stay.

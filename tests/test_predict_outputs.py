@@ -98,9 +98,13 @@ def test_random_folders_never_map_two_inputs_to_one_name():
 
 
 def test_missing_or_empty_images_folder_is_a_user_error(tmp_path):
-  with pytest.raises(errors.MissingFileError, match="--input=.*nope is not a folder nor an image file"):
-    image_files.list_images(str(tmp_path / "nope"))
+  for missing in ("nope", "clip.mp4"):  # a missing video lands here too: the message names videos
+    with pytest.raises(errors.MissingFileError,
+                       match=f"--input=.*{missing}: no such file or folder: .*a video file"):
+      image_files.list_images(str(tmp_path / missing))
   (tmp_path / "notes.txt").write_text("x")
+  with pytest.raises(errors.MissingFileError, match="notes.txt is not a folder, an image file"):
+    image_files.list_images(str(tmp_path / "notes.txt"))
   (tmp_path / "sub.jpg").mkdir()  # a folder with an image's name is no image
   with pytest.raises(FileNotFoundError, match="no image files"):  # still a FileNotFoundError
     image_files.list_images(str(tmp_path))
@@ -279,6 +283,7 @@ def test_one_picture_per_readable_input_and_inputs_untouched(tiny_stages, load_o
     assert r["category_id"] == 1 and len(r["keypoints"]) == 51 and len(r["bbox"]) == 4
   assert (f"2 pictures written to {out}, predictions in {out / 'predictions.json'}; "
           "1 unreadable image(s) skipped") in printed.out
+  assert "images: 100%" in printed.err and "3/3 [" in printed.err  # the progress bar, every input
   assert "broken.jpg" in printed.err
 
 

@@ -144,7 +144,20 @@ def test_video_gives_an_annotated_video_and_one_json_entry_per_frame(tiny_stages
   assert people, "an untrained network with min_score=0 still finds boxes"
   for p in people:
     assert np.shape(p["keypoints"]) == (17, 3) and len(p["box"]) == 4 and 0 <= p["score"] <= 1
-  assert f"{N} frames written to {out / 'walk.mp4'}" in capsys.readouterr().out
+    for v in [*np.ravel(p["keypoints"]), *p["box"]]:  # 3 decimals, as the JSON says
+      assert v == round(v, 3)
+  printed = capsys.readouterr()
+  assert f"{N} frames written to {out / 'walk.mp4'}" in printed.out
+  assert f"{N}/{N} [" in printed.err and "frame/s" in printed.err  # the progress bar
+
+
+def test_frame_record_rounds_float32_values_to_3_decimals():
+  people = {"keypoints": np.full((1, 17, 3), 117.754, np.float32),
+            "boxes": np.array([[1.0001, 2.5, 117.754, 4]], np.float32),
+            "scores": np.array([0.123456], np.float32)}
+  text = json.dumps(video.frame_record(3, 0.1, people))
+  assert '"box": [1.0, 2.5, 117.754, 4.0]' in text and "117.75399" not in text
+  assert '"score": 0.12346' in text
 
 
 def test_max_frames_and_what_to_draw(tiny_stages, load_once, clip, tmp_path):

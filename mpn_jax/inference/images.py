@@ -18,6 +18,7 @@ import jax
 
 from mpn_jax import errors
 from mpn_jax import files
+from mpn_jax import logs
 from mpn_jax import visualize
 from mpn_jax.inference import coco_results
 from mpn_jax.inference import predictor as predictor_lib
@@ -49,9 +50,14 @@ def list_images(folder):
     return paths
   if os.path.isfile(folder) and folder.lower().endswith(IMAGE_EXTENSIONS):
     return [folder]
+  if not os.path.exists(folder):
+    raise errors.MissingFileError(f"--input={folder}: no such file or folder: give an image file, "
+                                  "a folder of images, a quoted glob pattern, a video file or a "
+                                  "webcam index")
   if not os.path.isdir(folder):
-    raise errors.MissingFileError(f"--input={folder} is not a folder nor an image file: give the "
-                                  "folder of the images (or one image) to run on")
+    raise errors.MissingFileError(f"--input={folder} is not a folder, an image file "
+                                  f"({', '.join(IMAGE_EXTENSIONS)}) nor a video file: give the "
+                                  "folder of the images (or one image, or a video) to run on")
   names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS)
                  and not os.path.isdir(os.path.join(folder, n)))
   if not names:
@@ -221,7 +227,9 @@ def predict_images(model, input_path, output, min_score=0.1, inference=None, bat
   ids = dict(zip(paths, image_ids(paths)))
   predictor = predictor_lib.Predictor.load(model, inference=inference, batch_size=batch_size)
   skipped = predictor_lib.Skipped()
-  predictions, written, readable = [], 0, 0
+  predictions, written, readable, done = [], 0, 0, 0
+  progress = logs.Progress(len(paths[jax.process_index()::jax.process_count()]), "images",
+                           unit="image")
   for batch in predictor_lib.image_batches(list(enumerate(paths)), predictor.image_size,
                                            predictor.batch_size, skipped,
                                            keep_originals=len(paths)):
@@ -240,6 +248,10 @@ def predict_images(model, input_path, output, min_score=0.1, inference=None, bat
       visualize.save_png(picture, os.path.join(output, names[path]))
       written += 1  # counted once the file is in place
       predictions += people_records(ids[path], people, file_name=os.path.basename(path))
+    # The images of this batch (not the padding) and those skipped as unreadable while reading it.
+    done += sum(1 for p in batch["path"] if p)
+    progress.update_to(done + len(skipped.paths))
+  progress.close()
   if not readable:
     example = (skipped.paths or paths)[0]
     raise errors.DataError(

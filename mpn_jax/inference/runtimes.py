@@ -67,7 +67,8 @@ def require(*modules, what):
     except ImportError:
       missing.append(name)
   if missing:
-    raise errors.ConfigError(f"{what} needs {', '.join(missing)}, which is not installed: "
+    raise errors.ConfigError(f"{what} needs {' and '.join(missing)}, which "
+                             f"{'is' if len(missing) == 1 else 'are'} not installed: "
                              f"{EXTRA_HINT}")
   return got
 

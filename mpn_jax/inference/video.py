@@ -33,6 +33,7 @@ import numpy as np
 
 from mpn_jax import errors
 from mpn_jax import files
+from mpn_jax import logs
 from mpn_jax import visualize
 from mpn_jax.inference import images as image_files
 from mpn_jax.inference import predictor as predictor_lib
@@ -204,38 +205,16 @@ def _reason(e):
 # --- the frame loop -----------------------------------------------------------------------------
 
 
-class _Progress:
-  """tqdm's bar (frames, frames/s, ETA when the total is known), or without tqdm a log line every
-  `every` frames."""
-
-  def __init__(self, total, desc, every=100):
-    try:
-      import tqdm  # pylint: disable=g-import-not-at-top
-      self._bar = tqdm.tqdm(total=total, desc=desc, unit="frame", mininterval=1.0,
-                            file=sys.stderr)
-    except ImportError:
-      self._bar = None
-    self.total, self.desc, self.every, self.n, self.start = total, desc, every, 0, time.monotonic()
-
-  def update(self, n=1):
-    self.n += n
-    if self._bar is not None:
-      self._bar.update(n)
-    elif self.n % self.every == 0:
-      rate = self.n / max(time.monotonic() - self.start, 1e-9)
-      eta = f", ETA {(self.total - self.n) / rate:.0f} s" if self.total else ""
-      logging.info("%s: %d frames, %.1f frames/s%s", self.desc, self.n, rate, eta)
-
-  def close(self):
-    if self._bar is not None:
-      self._bar.close()
+def _rounded(values, decimals):
+  # float64 first: a float32 rounded to 3 decimals prints as 117.75399780273438 in JSON.
+  return np.round(np.asarray(values, np.float64), decimals).tolist()
 
 
 def frame_record(index, time_s, people):
   """One frame's JSON entry: {frame, time_s, people: [{keypoints [17 x [x, y, score]], box
   [x1, y1, x2, y2], score}]} (pixels of the frame, 3 decimals)."""
   return {"frame": int(index), "time_s": round(float(time_s), 6),
-          "people": [{"keypoints": np.round(k, 3).tolist(), "box": np.round(b, 3).tolist(),
+          "people": [{"keypoints": _rounded(k, 3), "box": _rounded(b, 3),
                       "score": round(float(s), 5)}
                      for k, b, s in zip(people["keypoints"], people["boxes"], people["scores"])]}
 
@@ -259,7 +238,7 @@ def annotate(predictor, frames, writer, min_score=0.1, parts=visualize.PARTS,
   records, batch, interrupted = [], [], False
   if max_frames:
     total = min(total, max_frames) if total else max_frames
-  progress = _Progress(total, desc)
+  progress = logs.Progress(total, desc, unit="frame")
 
   def flush():
     found = predictor([rgb for _, _, rgb in batch])
