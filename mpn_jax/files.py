@@ -62,46 +62,67 @@ def umask():
   return 0o022
 
 
-def _manifest_names(folder):
+def _manifest(folder):
+  """{file name: the input it was made from, or None} of the folder's MANIFEST (an older MANIFEST
+  is a list of names: their inputs are unknown)."""
   try:
     with open(os.path.join(folder, MANIFEST), encoding="utf-8") as f:
-      names = json.load(f)
+      listed = json.load(f)
   except (OSError, ValueError):
-    return set()
-  return {n for n in names if isinstance(n, str)} if isinstance(names, list) else set()
+    return {}
+  if isinstance(listed, list):
+    return {n: None for n in listed if isinstance(n, str)}
+  if isinstance(listed, dict):
+    return {n: v if isinstance(v, str) else None for n, v in listed.items() if isinstance(n, str)}
+  return {}
+
+
+def _with_sources(names):
+  return dict(names) if isinstance(names, dict) else {n: None for n in names}
 
 
 def check_outputs(folder, names, flag, tool):
   """Checks, before any work, that writing `names` into `folder` replaces no file the tools did not
-  write there (read-only; `record_outputs` then lists them, just before they are written).
+  write there, nor one they made from another input (read-only; `record_outputs` then lists them,
+  just before they are written).
 
   A file in the way that an earlier run of a tool wrote (listed in the folder's MANIFEST) may be
-  replaced: a run repeated into the same folder updates its outputs. Any other file in the way (the
-  user's own, an annotation file, a file of another program) is refused.
+  replaced when it was made from the same input (or either input is unknown): a run repeated into
+  the same folder updates its outputs. Any other file in the way (the user's own, an annotation
+  file, a file of another program, the results of another input with the same name) is refused.
 
   Args:
     folder: str, the output folder (need not exist yet).
-    names: iterable of file names (relative paths) to be written into it.
+    names: iterable of file names (relative paths) to be written into it, or a dict of them to the
+      input each is made from (str, e.g. the absolute path of the image or video).
     flag: the flag and value that chose the folder, for the message (e.g. '--output=out/').
     tool: the program, for the message (e.g. 'predict.py').
   Raises:
     errors.ConfigError: naming the flag and the first file that would be replaced.
   """
   folder = os.path.abspath(os.path.expanduser(folder))
-  ours = _manifest_names(folder)
-  for name in sorted(set(names)):
+  ours = _manifest(folder)
+  for name, source in sorted(_with_sources(names).items()):
     target = os.path.join(folder, name)
-    if os.path.lexists(target) and name not in ours:
+    if not os.path.lexists(target):
+      continue
+    if name not in ours:
       raise errors.ConfigError(
           f"{flag}: {tool} would replace {target}, which it did not write; choose another "
           "output path or move that file away")
+    if source is not None and ours[name] is not None and ours[name] != source:
+      raise errors.ConfigError(
+          f"{flag}: {target} holds the output for {ours[name]}, not for {source}; choose "
+          "another output path or move that file away")
 
 
 def record_outputs(folder, names):
-  """Adds `names` to `folder`'s MANIFEST (atomically; creates the folder): the files a tool is
-  about to write there, which a later run may then replace (`check_outputs`)."""
+  """Adds `names` (as `check_outputs` takes them) to `folder`'s MANIFEST (atomically; creates the
+  folder): the files a tool is about to write there and their inputs, which a later run from the
+  same inputs may then replace (`check_outputs`)."""
   folder = os.path.abspath(os.path.expanduser(folder))
-  ours = _manifest_names(folder)
-  if set(names) - ours:
+  ours = _manifest(folder)
+  merged = {**ours, **_with_sources(names)}
+  if merged != ours:
     replace_atomically(os.path.join(folder, MANIFEST),
-                       lambda f: json.dump(sorted(ours | set(names)), f, indent=0), mode="t")
+                       lambda f: json.dump(dict(sorted(merged.items())), f, indent=0), mode="t")

@@ -190,7 +190,29 @@ def test_recorded_outputs_may_be_replaced_by_a_later_run_and_others_not(tmp_path
   (out / "b.png").write_text("the user's")
   with pytest.raises(errors.ConfigError, match=r"would replace .*b\.png, which it did not write"):
     files.check_outputs(str(out), ["a.png", "b.png"], "--output=out", "tool")
-  assert json.loads((out / files.MANIFEST).read_text()) == ["a.png", "p.json"]
+  assert json.loads((out / files.MANIFEST).read_text()) == {"a.png": None, "p.json": None}
+
+
+def test_an_output_made_from_another_input_is_not_replaced(tmp_path):
+  out = tmp_path / "out"
+  files.record_outputs(str(out), {"photo.png": "/a/photo.jpg", "p.json": "/a"})
+  (out / "photo.png").write_text("from /a")
+  (out / "p.json").write_text("from /a")
+  files.check_outputs(str(out), {"photo.png": "/a/photo.jpg", "p.json": "/a"}, "--output=out",
+                      "tool")  # the same inputs again: a rerun
+  with pytest.raises(errors.ConfigError,
+                     match=r"--output=out: .*photo\.png holds the output for /a/photo\.jpg, not "
+                           r"for /b/photo\.jpg"):
+    files.check_outputs(str(out), {"photo.png": "/b/photo.jpg"}, "--output=out", "tool")
+  with pytest.raises(errors.ConfigError, match=r"p\.json holds the output for /a, not for /b"):
+    files.check_outputs(str(out), {"p.json": "/b"}, "--output=out", "tool")
+  files.check_outputs(str(out), ["p.json"], "--output=out", "tool")  # input unknown: as before
+  # A manifest of the older kind (a list of names): the inputs are unknown, reruns replace.
+  (out / files.MANIFEST).write_text(json.dumps(["photo.png"]))
+  files.check_outputs(str(out), {"photo.png": "/b/photo.jpg"}, "--output=out", "tool")
+  files.record_outputs(str(out), {"photo.png": "/b/photo.jpg"})
+  assert json.loads((out / files.MANIFEST).read_text()) == {"photo.png": "/b/photo.jpg"}
+  assert (out / "photo.png").read_text() == "from /a"  # checks and records write no output
 
 
 def test_the_command_refuses_the_input_folder_as_output(tmp_path):
@@ -269,8 +291,10 @@ def test_one_picture_per_readable_input_and_inputs_untouched(tiny_stages, load_o
   assert sorted(os.listdir(out)) == [files.MANIFEST, "photo.jpg.png", "photo.png.png",
                                      "predictions.json"]
   # The names predict claimed before it ran (broken.jpg's too), so that a rerun may replace them.
-  assert json.loads((out / files.MANIFEST).read_text()) == [
-      "broken.png", "photo.jpg.png", "photo.png.png", "predictions.json"]
+  # Each with the input it is made from: a later run may replace it only from that input.
+  assert json.loads((out / files.MANIFEST).read_text()) == {
+      "broken.png": str(images / "broken.jpg"), "photo.jpg.png": str(images / "photo.jpg"),
+      "photo.png.png": str(images / "photo.png"), "predictions.json": str(images)}
   assert written == 2 == len(list(out.glob("*.png")))
   assert skipped == [str(images / "broken.jpg")]
   for name, size in (("photo.jpg", (40, 30)), ("photo.png", (50, 20))):
@@ -284,6 +308,12 @@ def test_one_picture_per_readable_input_and_inputs_untouched(tiny_stages, load_o
   assert (f"2 pictures written to {out}, predictions in {out / 'predictions.json'}; "
           "1 unreadable image(s) skipped") in printed.out
   assert "images: 100%" in printed.err and "3/3 [" in printed.err  # the progress bar, every input
+  # Another folder's photos into the same output: refused before any work, nothing replaced.
+  other = _image_folder(tmp_path / "E")
+  after = _snapshot(out)
+  with pytest.raises(errors.ConfigError, match=r"--output=.*holds the output for .*D.*, not for "):
+    image_files.predict_images(str(branches.parent), str(other), str(out))
+  assert _snapshot(out) == after
   assert "broken.jpg" in printed.err
 
 

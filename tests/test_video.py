@@ -171,6 +171,16 @@ def test_max_frames_and_what_to_draw(tiny_stages, load_once, clip, tmp_path):
   # nothing drawn: the output is the (re-encoded) source
   assert np.abs(frames[4].astype(int) - _figure_frame(4)).mean() < 8
   assert len(json.loads((out / "walk.json").read_text())["frames"]) == 5
+  # The same run again replaces its own outputs; another video named walk.* does not.
+  video.predict_video(str(branches.parent), str(clip), str(out), max_frames=2)
+  before = {n: (out / n).read_bytes() for n in ("walk.mp4", "walk.json")}
+  other = tmp_path / "more"
+  other.mkdir()
+  (other / "walk.mov").write_bytes(clip.read_bytes())
+  with pytest.raises(errors.ConfigError, match=r"walk\.json holds the output for .*walk\.mp4, "
+                                               r"not for .*walk\.mov"):
+    video.predict_video(str(branches.parent), str(other / "walk.mov"), str(out))
+  assert {n: (out / n).read_bytes() for n in ("walk.mp4", "walk.json")} == before
 
 
 # --- webcams (faked) ----------------------------------------------------------------------------

@@ -217,7 +217,10 @@ def predict_images(model, input_path, output, min_score=0.1, inference=None, bat
                   for i in range(jax.process_count())]
   json_name = json_names[jax.process_index() % len(json_names)]
   # Before the model loads: a file of the user's in the way stops the run, not a later overwrite.
-  outputs = [*names.values(), *json_names]
+  # Each picture is made from its image, the predictions from the whole input: a later run may
+  # replace them only from the same one (not the pictures of another folder's photo.jpg).
+  outputs = {**{name: os.path.abspath(p) for p, name in names.items()},
+             **{j: os.path.abspath(os.path.expanduser(input_path)) for j in json_names}}
   files.check_outputs(output, outputs, f"--output={output}", "predict.py")
 
   def record():  # process 0 lists every process's outputs, just before its first write

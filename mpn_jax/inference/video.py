@@ -274,6 +274,12 @@ def _above(people, min_score):
   return {k: v[keep] for k, v in people.items()}
 
 
+def _input_key(source):
+  """What the output folder's manifest records as an output's input: a file's absolute path, or
+  the source as given ('webcam 0')."""
+  return os.path.abspath(source) if os.path.isfile(source) else source
+
+
 def _check_not_input(source, paths):
   """errors.ConfigError when a file to be written is the input file itself."""
   real = os.path.realpath(source)
@@ -313,7 +319,7 @@ def _run(predictor_factory, frames, source, fps, width, height, video_path, json
     writer.close()
 
   files.record_outputs(os.path.dirname(video_path),
-                       [os.path.basename(p) for p in (video_path, json_path)])
+                       {os.path.basename(p): _input_key(source) for p in (video_path, json_path)})
   files.replace_atomically(video_path, write_video)
   _write_json(json_path, source, fps, width, height, state["records"],
               {"interrupted": True} if state["interrupted"] else None)
@@ -355,8 +361,9 @@ def predict_video(model, input_path, output, min_score=0.1, inference=None, batc
     video_path = os.path.join(output, stem + ".mp4")
     json_path = os.path.join(output, stem + ".json")
     _check_not_input(input_path, [video_path, json_path])
-    files.check_outputs(output, [stem + ".mp4", stem + ".json"], f"--output={output}",
-                        "predict.py")
+    files.check_outputs(output, {stem + ".mp4": _input_key(input_path),
+                                 stem + ".json": _input_key(input_path)},
+                        f"--output={output}", "predict.py")
     options = dict(min_score=min_score, parts=parts, min_keypoint_score=min_keypoint_score,
                    max_frames=max_frames)
     return _run(lambda: predictor_lib.Predictor.load(model, inference=inference,
