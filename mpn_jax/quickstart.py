@@ -34,11 +34,13 @@ import time
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 import ml_collections
 
 from mpn_jax import checkpoints
 from mpn_jax import cli
 from mpn_jax import errors
+from mpn_jax import files
 from mpn_jax import training
 from mpn_jax.configs import branches as branches_config
 from mpn_jax.configs import defaults
@@ -196,8 +198,14 @@ def train_stage(config, stage_workdir, title, command):
   return True
 
 
-def _eval_is_fresh(stats_file, workdirs):
-  """True when stats_file exists and is newer than every checkpoint of the given workdirs."""
+def _eval_record_file(stats_file):
+  return os.path.splitext(stats_file)[0] + ".quickstart.json"
+
+
+def _eval_is_fresh(stats_file, workdirs, settings):
+  """True when stats_file is newer than every checkpoint of the given workdirs and is the one the
+  quickstart wrote with these settings (`_record_eval`): not one that evaluate.py wrote since
+  under the same name, e.g. on other images."""
   if not os.path.isfile(stats_file):
     return False
   newest = 0.0
@@ -206,7 +214,19 @@ def _eval_is_fresh(stats_file, workdirs):
     if step is None:
       return False
     newest = max(newest, os.path.getmtime(os.path.join(w, "checkpoints", str(step))))
-  return os.path.getmtime(stats_file) > newest
+  if os.path.getmtime(stats_file) <= newest:
+    return False
+  try:
+    with open(_eval_record_file(stats_file)) as f:
+      return json.load(f) == _eval_record(stats_file, settings)
+  except (OSError, ValueError):
+    return False
+
+
+def _eval_record(stats_file, settings):
+  st = os.stat(stats_file)
+  return json.loads(json.dumps({"settings": settings, "stats_mtime_ns": st.st_mtime_ns,
+                                "stats_size": st.st_size}))
 
 
 def evaluate_pipeline(prn, workdir, scorer, retrain, eval_set=("validation", None, None)):
@@ -230,14 +250,19 @@ def evaluate_pipeline(prn, workdir, scorer, retrain, eval_set=("validation", Non
   pictures_ok = scorer != "prn" or (os.path.isdir(ec.pictures_dir) and any(
       n.endswith(".png") for n in os.listdir(ec.pictures_dir)))
   stages = [os.path.join(workdir, stage) for stage in checkpoints.STAGES]
-  if not retrain and pictures_ok and _eval_is_fresh(stats_file, stages):
+  settings = {"eval": ec.to_dict(), "inference": {"candidate_scores": scorer}}
+  if not retrain and pictures_ok and _eval_is_fresh(stats_file, stages, settings):
     _say(f"reusing the evaluation in {stats_file}")
     with open(stats_file) as f:
       return json.load(f)
   _say(f"evaluating the whole pipeline ({'PRN' if scorer == 'prn' else 'nearest-centre'} "
        f"assignment) on the {set_name} images (= python evaluate.py --model={workdir}"
        f"{'' if scorer == 'prn' else ' --config.inference.candidate_scores=' + scorer})")
-  return evaluators.evaluate(workdir, ec, inference={"candidate_scores": scorer})
+  stats = evaluators.evaluate(workdir, ec, inference={"candidate_scores": scorer})
+  if jax.process_index() == 0:  # what was evaluated, so that a later run reuses only this
+    files.replace_atomically(_eval_record_file(stats_file), lambda f: json.dump(
+        _eval_record(stats_file, settings), f), mode="t")
+  return stats
 
 
 def summary_table(rows):

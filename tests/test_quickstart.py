@@ -64,6 +64,17 @@ def test_second_run_reuses_everything(two_runs):
   assert second.strip().splitlines()[-1] == first.strip().splitlines()[-1]
 
 
+def test_an_evaluation_written_since_by_evaluate_py_is_not_reused(runs):
+  # evaluate.py on other images writes the same default file: the next quickstart evaluates again.
+  workdir, first, _ = runs
+  stats_file = workdir / "eval" / "pipeline_stats.json"
+  stats_file.write_text(json.dumps(dict(json.loads(stats_file.read_text()), AP=0.0)))
+  third = _run(workdir).stdout
+  assert "evaluating the whole pipeline (PRN assignment)" in third, third
+  assert "reusing the evaluation in" in third  # the nearest-centre one was not touched
+  assert third.strip().splitlines()[-1] == first.stdout.strip().splitlines()[-1]
+
+
 # An absl log line: "W1202 16:21:57.143286 140078946708352 checkpoint.py:202] message".
 _ABSL_LINE = re.compile(r"^([IWEF])\d{4} [\d:.]+\s+\d+ \S+:\d+\] (.*)$")
 
@@ -83,6 +94,14 @@ def test_output_has_no_warning_and_each_message_once(runs, which):
   logged = {m.group(2).strip() for m in map(_ABSL_LINE.match, err) if m}
   twice = logged & {line.strip() for line in out}
   assert not twice, f"printed and logged: {sorted(twice)}"
+  # Training progress is one line per interval, with the loss terms, steps/s and ETA; the scalars
+  # and the config go to TensorBoard, not to the console a second time.
+  assert not [line for line in err if "logging_writer.py" in line or "[Hyperparameters]" in line]
+  if which == 1:
+    progress = [m.group(2) for m in map(_ABSL_LINE.match, err) if m and " steps/s, ETA " in m.group(2)]
+    assert progress and all(re.fullmatch(
+        r"step \d+/\d+: loss [-\d.e+]+ \(.*grad_norm [-\d.e+]+.*learning_rate .*\), "
+        r"[\d.]+ steps/s, ETA \d+h\d\dm\d\ds", p) for p in progress), progress[:3]
 
 
 def test_bad_preset_is_a_clear_error(tmp_path):

@@ -178,7 +178,10 @@ def run(config, workdir, task, mesh=None):
   start = int(_host(state.step))
 
   train_step = steps.make_train_step(task.loss_fn, mesh, schedule, seed=config.seed)
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  # TensorBoard only: the console gets the one progress line below per interval (clu's default
+  # writer would log every scalar again, and the whole config once).
+  writer = (metric_writers.AsyncWriter(metric_writers.SummaryWriter(workdir))
+            if jax.process_index() == 0 else metric_writers.MultiWriter([]))
   if start == 0:
     writer.write_hparams({k: v for k, v in _flat_config(config).items()})
 
@@ -211,8 +214,10 @@ def run(config, workdir, task, mesh=None):
           eta = (num_steps - done) / max(rate, 1e-9)
           summary["steps_per_sec"] = rate
           writer.write_scalars(done, {f"train/{k}": v for k, v in summary.items()})
-          logging.info("step %d/%d: loss %.5f, %.2f steps/s, ETA %s", done, num_steps,
-                       summary["loss"], rate, _duration(eta))
+          terms = ", ".join(f"{k} {summary[k]:.4g}" for k in sorted(summary)
+                            if k not in ("loss", "steps_per_sec"))
+          logging.info("step %d/%d: loss %.5f (%s), %.2f steps/s, ETA %s", done, num_steps,
+                       summary["loss"], terms, rate, _duration(eta))
           t0, s0 = time.time(), done
         eval_metrics = None
         if do_eval:
@@ -228,7 +233,8 @@ def run(config, workdir, task, mesh=None):
             raise
           evals[done] = eval_metrics
           writer.write_scalars(done, {f"eval/{k}": v for k, v in eval_metrics.items()})
-          logging.info("eval at step %d: %s", done, eval_metrics)
+          logging.info("eval at step %d: %s", done,
+                       ", ".join(f"{k} {float(v):.4g}" for k, v in sorted(eval_metrics.items())))
         if do_ckpt or stopping:
           ckpt.save(state, config, eval_metrics)
           last_good = done
