@@ -97,6 +97,7 @@ def test_output_has_no_warning_and_each_message_once(runs, which):
   # Training progress is one line per interval, with the loss terms, steps/s and ETA; the scalars
   # and the config go to TensorBoard, not to the console a second time.
   assert not [line for line in err if "logging_writer.py" in line or "[Hyperparameters]" in line]
+  assert not [line for line in out + err if "Downloading and preparing" in line]  # TFDS's; no download
   if which == 1:
     progress = [m.group(2) for m in map(_ABSL_LINE.match, err) if m and " steps/s, ETA " in m.group(2)]
     assert progress and all(re.fullmatch(
