@@ -353,5 +353,10 @@ def test_predictor_takes_one_image_or_a_batch(tiny_stages, load_once):
   for got in (many[0], many[8]):
     np.testing.assert_allclose(got["keypoints"], one["keypoints"], rtol=1e-5, atol=1e-4)
   assert len(predictor(np.stack([small, small]))) == 2
+  assert p >= 2, "an untrained network still returns boxes"
+  cut = float(one["scores"][p // 2])  # min_score keeps the people scoring at least this
+  kept = predictor(small, min_score=cut)
+  assert len(kept["scores"]) == int((one["scores"] >= cut).sum()) < p
+  np.testing.assert_array_equal(kept["boxes"], one["boxes"][:len(kept["scores"])])
   with pytest.raises(errors.DataError, match="uint8"):
     predictor(small.astype(np.float32))

@@ -129,13 +129,15 @@ class Predictor:
     """`run_batch` of the whole pipeline: outputs of `pipeline.predict_people`, numpy."""
     return run_batch(self.fn, self.mesh, batch)
 
-  def __call__(self, images):
+  def __call__(self, images, min_score=0.0):
     """People in images.
 
     Args:
       images: one image [H, W, 3] uint8 RGB (numpy), a list of them (sizes may differ), or an
         array [B, H, W, 3]. With several processes, each calls it with its own images, every
         process the same number of times.
+      min_score: keep the people scoring at least this (0: every person the pipeline returns;
+        predict.py draws and writes those from 0.1, its --min_score).
     Returns:
       for one image a dict, else a list of dicts (one per image, in order), each with
       'keypoints' [P, 17, 3] float32 (x, y, score) and 'boxes' [P, 4] float32 (x1, y1, x2, y2) in
@@ -164,7 +166,7 @@ class Predictor:
           "valid": np.arange(local) < len(chunk),
       }
       out = self.run_batch(batch)
-      results += [people(out, offset + i) for i in range(len(chunk))]
+      results += [people(out, offset + i, min_score) for i in range(len(chunk))]
     return results[0] if single else results
 
 
