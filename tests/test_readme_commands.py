@@ -655,6 +655,12 @@ def _run_flag(scenario, cmd, name):
 
 def check_predict_model(scenario, cmd):
   # `python predict.py --model=DIR --input=SOURCE --output=FOLDER` (the model layout).
+  if "--help" in cmd.flags:  # `python predict.py --help`: the flags are listed
+    argv, _ = scenario.adapter.argv(cmd)
+    result = scenario.runner.run(argv, check=False)
+    for flag in ("--model", "--input", "--output", "--runtime", "--min_score"):
+      assert f"  {flag}:" in result.stdout, (flag, result.stdout[-2000:])
+    return
   source = scenario.adapter.path(cmd.flags["--input"])
   kind = _source_kind(source)
   if kind == "camera":
