@@ -348,6 +348,9 @@ def test_predictor_takes_one_image_or_a_batch(tiny_stages, load_once):
   assert one["keypoints"].shape == (p, 17, 3) and one["boxes"].shape == (p, 4)
   assert all(v.dtype == np.float32 for v in one.values())
   assert np.all(np.diff(one["scores"]) <= 0)  # decreasing score
+  # Boxes lie within the image (30 x 40), not in the letterbox padding below it.
+  assert np.all(one["boxes"] >= 0) and np.all(one["boxes"][:, [0, 2]] <= 40)
+  assert np.all(one["boxes"][:, [1, 3]] <= 30)
   many = predictor([small, large] * 5)  # more images than one batch
   assert len(many) == 10
   for got in (many[0], many[8]):

@@ -242,7 +242,7 @@ def predict_images(model, input_path, output, min_score=0.1, inference=None, bat
     for i, path in enumerate(batch["path"]):
       if not batch["valid"][i]:
         continue
-      people = predictor_lib.people(out, offset + i, min_score)
+      people = predictor_lib.people(out, offset + i, min_score, batch["originals"][i].shape)
       picture = visualize.draw_people(batch["originals"][i], keypoints=people["keypoints"],
                                       boxes=people["boxes"], scores=people["scores"],
                                       threshold=min_keypoint_score, parts=parts)

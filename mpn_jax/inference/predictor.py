@@ -21,6 +21,7 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
+from mpn_jax import boxes as box_lib
 from mpn_jax import checkpoints
 from mpn_jax import errors
 from mpn_jax import parallel
@@ -166,17 +167,25 @@ class Predictor:
           "valid": np.arange(local) < len(chunk),
       }
       out = self.run_batch(batch)
-      results += [people(out, offset + i, min_score) for i in range(len(chunk))]
+      results += [people(out, offset + i, min_score, np.shape(chunk[i]))
+                  for i in range(len(chunk))]
     return results[0] if single else results
 
 
-def people(out, b, min_score=0.0):
+def people(out, b, min_score=0.0, image_shape=None):
   """Image b's valid people of `run_batch` outputs of the pipeline: dict 'keypoints' [P, 17, 3],
-  'boxes' [P, 4], 'scores' [P] (float32, original pixels), decreasing score."""
+  'boxes' [P, 4], 'scores' [P] (float32, original pixels), decreasing score.
+
+  image_shape: (H, W, ...) of the original image: boxes are clipped to it (the network clips them
+  to its square input, whose letterbox padding lies outside a non-square image).
+  """
   keep = out["valid"][b] & (out["scores"][b] >= min_score)
   order = np.argsort(-out["scores"][b][keep], kind="stable")
+  boxes = np.asarray(out["boxes"][b][keep][order], np.float32)
+  if image_shape is not None:
+    boxes = np.asarray(box_lib.clip(boxes, *image_shape[:2]), np.float32)
   return {"keypoints": np.asarray(out["keypoints"][b][keep][order], np.float32),
-          "boxes": np.asarray(out["boxes"][b][keep][order], np.float32),
+          "boxes": boxes,
           "scores": np.asarray(out["scores"][b][keep][order], np.float32)}
 
 
