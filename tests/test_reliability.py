@@ -6,6 +6,7 @@ import gc
 import glob
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -130,9 +131,15 @@ def test_failed_save_stops_with_one_line_and_keeps_earlier_steps(tmp_path, coco_
     assert time.time() - t < 120  # no hang in Orbax's threads
     assert proc.returncode == 2
     line = _error_line(proc.stderr)
-    assert f"could not save checkpoint step 4 in {work / 'checkpoints'}: {cause}" in line, line
-    assert "earlier steps [2] are intact" in line
-    assert checkpoints.saved_steps(str(work / "checkpoints")) == [2]
+    # Usually step 4 fails; how Orbax spreads a step over data files (under a 3 MB file limit,
+    # smaller files may pass) can move the first failure to a later step: the rule is the same.
+    m = re.search(rf"could not save checkpoint step (\d+) in {re.escape(str(work / 'checkpoints'))}: "
+                  rf"{cause}", line)
+    assert m, line
+    failed = int(m.group(1))
+    saved = checkpoints.saved_steps(str(work / "checkpoints"))
+    assert failed >= 4 and saved == list(range(2, failed, 2)), (failed, saved)
+    assert f"earlier steps {saved} are intact" in line
     params, _, cfg = checkpoints.restore_variables(work)
     assert cfg["stage"] == "prn" and all(np.isfinite(x).all() for x in _leaves(params))
   finally:
