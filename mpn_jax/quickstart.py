@@ -204,7 +204,7 @@ def _eval_record_file(stats_file):
 
 def _eval_is_fresh(stats_file, workdirs, settings):
   """True when stats_file is newer than every checkpoint of the given workdirs and is the one the
-  quickstart wrote with these settings (`_record_eval`): not one that evaluate.py wrote since
+  quickstart wrote with these settings (`_eval_record`): not one that evaluate.py wrote since
   under the same name, e.g. on other images."""
   if not os.path.isfile(stats_file):
     return False

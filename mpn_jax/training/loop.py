@@ -214,10 +214,9 @@ def run(config, workdir, task, mesh=None):
           eta = (num_steps - done) / max(rate, 1e-9)
           summary["steps_per_sec"] = rate
           writer.write_scalars(done, {f"train/{k}": v for k, v in summary.items()})
-          terms = ", ".join(f"{k} {summary[k]:.4g}" for k in sorted(summary)
-                            if k not in ("loss", "steps_per_sec"))
+          terms = {k: v for k, v in summary.items() if k not in ("loss", "steps_per_sec")}
           logging.info("step %d/%d: loss %.5f (%s), %.2f steps/s, ETA %s", done, num_steps,
-                       summary["loss"], terms, rate, _duration(eta))
+                       summary["loss"], _pairs(terms), rate, _duration(eta))
           t0, s0 = time.time(), done
         eval_metrics = None
         if do_eval:
@@ -233,8 +232,7 @@ def run(config, workdir, task, mesh=None):
             raise
           evals[done] = eval_metrics
           writer.write_scalars(done, {f"eval/{k}": v for k, v in eval_metrics.items()})
-          logging.info("eval at step %d: %s", done,
-                       ", ".join(f"{k} {float(v):.4g}" for k, v in sorted(eval_metrics.items())))
+          logging.info("eval at step %d: %s", done, _pairs(eval_metrics))
         if do_ckpt or stopping:
           ckpt.save(state, config, eval_metrics)
           last_good = done
@@ -247,6 +245,11 @@ def run(config, workdir, task, mesh=None):
     ckpt.close()
     writer.flush()
   return Result(state=state, losses=losses, eval_metrics=evals, stopped_early=stopped)
+
+
+def _pairs(metrics):
+  """'name value, ...' of a dict of scalars, sorted by name, 4 significant digits."""
+  return ", ".join(f"{k} {float(v):.4g}" for k, v in sorted(metrics.items()))
 
 
 def _duration(seconds):
