@@ -138,6 +138,9 @@ def test_the_docs_loader_runs_without_mpn_jax(stablehlo_dir, inputs, tmp_path, m
                         capture_output=True, text=True, timeout=300, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "person" in proc.stdout
+  for b in range(len(images)):  # each image's people best first
+    printed = re.findall(rf"^image {b} person \d+: score ([0-9.]+)", proc.stdout, re.M)
+    assert [float(x) for x in printed] == sorted((float(x) for x in printed), reverse=True)
   exported, params, _ = stablehlo.load(str(stablehlo_dir))
   want = exported.call(images, scales, *params)
   with np.load(tmp_path / "out.npz") as got:

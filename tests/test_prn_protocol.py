@@ -73,6 +73,26 @@ def test_breakdown_of_the_center_baseline(coco_dir):
   assert stats["AP_missed_fixed"] >= stats["AP"]
   line = prn_protocol.format_breakdown(stats)
   assert f"{stats['right']:.1%} right" in line and f"wrong {stats['AP_wrong_fixed']:.3f}" in line
+  ids = {a["image_id"] for a in json.load(open(_val_file(coco_dir)))["annotations"]}
+  assert stats["worst_image_id"] in ids and stats["worst_image_errors"] > 0
+  assert stats["AP_worst_image_fixed"] > stats["AP"]
+  assert f"image {stats['worst_image_id']} ({stats['worst_image_errors']})" in line
+
+
+def test_breakdown_names_the_image_with_the_most_errors():
+  # Image 7: one pair right, none wrong; image 9: box 0 took box 1's keypoint (wrong), box 1 has
+  # nothing (missed), box 2 took one though it has none (extra): 3 erring pairs.
+  oracle7, idx7 = np.array([[0, -1]]), np.array([[0, -1]])
+  oracle9, idx9 = np.array([[0, 0], [1, -1], [-1, -1]]), np.array([[1, 0], [-1, -1], [2, -1]])
+  assigned = [(idx7, None, oracle7), (idx9, None, oracle9)]
+
+  def score(assignments):  # "AP": the pairs equal to the oracle's, a stand-in anyone can count
+    right = sum(int(((i == o) & (o >= 0)).sum()) for i, _, o in assignments)
+    return {"AP": right / 4}, []
+
+  out = prn_protocol.error_breakdown(assigned, score, [7, 9])
+  assert (out["worst_image_id"], out["worst_image_errors"]) == (9, 3)
+  assert out["AP_worst_image_fixed"] == 1.0 and out["right"] == 0.5  # 2 of the oracle's 4 pairs
 
 
 def test_the_oracle_has_no_breakdown_and_a_perfect_assigner_no_errors(two_people_file):
@@ -83,6 +103,9 @@ def test_the_oracle_has_no_breakdown_and_a_perfect_assigner_no_errors(two_people
                                           method="hungarian", breakdown=True)
   assert (stats["right"], stats["wrong"], stats["missed"], stats["extra"]) == (1, 0, 0, 0)
   assert stats["AP_wrong_fixed"] == stats["AP"] == oracle["AP"]
+  assert (stats["worst_image_id"], stats["worst_image_errors"]) == (-1, 0)
+  assert stats["AP_worst_image_fixed"] == stats["AP"]
+  assert "most erring" not in prn_protocol.format_breakdown(stats)
 
 
 def _kps(points):
