@@ -154,6 +154,22 @@ def test_gather_keypoints_and_instance_scores():
   np.testing.assert_allclose(
       assignment.instance_scores(kps[..., 2], asc, np.array([0.5, 1.0]), mode="box"),
       [0.125, 0.65])
+  shares = np.array([[0.5, 0.0], [1.0, 0.75]], np.float32)
+  np.testing.assert_allclose(  # (0.5 * 0.5^2) / 2, (0.9 * 1 + 0.4 * 0.75^2) / 2
+      assignment.instance_scores(kps[..., 2], asc, mode="decisive", shares=shares),
+      [0.0625, 0.5625])
+  with pytest.raises(ValueError, match="shares"):
+    assignment.instance_scores(kps[..., 2], asc, mode="decisive")
+
+
+def test_assignment_shares_by_hand():
+  # One type, two candidates, three boxes (the third is padding and does not compete).
+  scores = np.array([[[0.6, 0.1]], [[0.2, 0.3]], [[0.9, 0.9]]], np.float32)  # [N=3, K=1, C=2]
+  idx, _ = assignment.assign(scores, np.ones((1, 2), bool), np.array([1, 1, 0], bool),
+                             "hungarian_log")
+  np.testing.assert_array_equal(idx, [[0], [1], [-1]])
+  shares = assignment.assignment_shares(scores, idx, np.array([1, 1, 0], bool))
+  np.testing.assert_allclose(shares, [[0.6 / 0.8], [0.3 / 0.4], [0.0]], rtol=1e-6)
 
 
 def test_center_scores_pick_the_candidate_nearest_the_box_centre():

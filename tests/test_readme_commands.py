@@ -613,6 +613,9 @@ def check_evaluate(scenario, cmd):
   stats = json.loads(stats_file.read_text())
   names = [k.split("/")[-1] for k in stats]
   assert set(STAT_NAMES) <= set(names), stats
+  # The breakdown's worst image is an image id and a count of pairs, not a fraction.
+  counts = {k: stats.pop(k) for k in ("worst_image_id", "worst_image_errors") if k in stats}
+  assert all(isinstance(v, int) for v in counts.values()), counts
   # COCOeval gives -1 where a statistic has no ground truth (e.g. no large people at 64 px)
   assert all(v == -1 or 0.0 <= v <= 1.0 for v in stats.values()), stats
   assert "AP50" in result.stdout  # the printed table

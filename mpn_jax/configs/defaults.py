@@ -267,7 +267,8 @@ def eval_config(mode="pipeline"):
   c.mode = mode                  # 'pipeline' | 'detector' | 'prn_gt'
   c.assign = "prn"               # prn_gt: 'prn' (needs the PRN checkpoint) | 'center' | 'oracle'
   c.method = ""                  # assignment method ('' = config.inference.assign_method, greedy)
-  c.score_mode = "keypoints"     # prn_gt instance score: one of mpn_jax.inference.assignment.SCORE_MODES
+  c.score_mode = ""              # prn_gt instance score: one of mpn_jax.inference.assignment.SCORE_MODES
+                                 # ('' = the PRN config's eval.score_mode, else 'keypoints')
   c.breakdown = False            # prn_gt: also the errors against the oracle and the AP with each
                                  # kind corrected (prn_protocol.error_breakdown)
   c.boxes = "detector"           # pipeline: 'detector' | 'ground_truth' (the annotated people's

@@ -162,7 +162,8 @@ class PrnGtEvaluator(Evaluator):
   @classmethod
   def from_config(cls, config, ann_file, eval_fields=None, inference=None):
     """From a PRN run's config (None: no PRN, defaults): its model, data.widen / input_sigma and
-    inference.assign_*; eval_fields (config.eval) give assign, method and score_mode."""
+    inference.assign_*; eval_fields (config.eval) give assign, method and score_mode (method and
+    score_mode '' = the run's own: inference.assign_method, eval.score_mode)."""
     config = config if config is not None else ml_collections.ConfigDict()
     ec = eval_fields if eval_fields is not None else config.get("eval") or defaults.eval_config()
     icfg = defaults.inference_config()
@@ -173,7 +174,8 @@ class PrnGtEvaluator(Evaluator):
     model = models.build_prn(config.model) if "model" in config else None
     return cls(ann_file, model, assign=ec.get("assign", "prn"),
                method=ec.get("method") or icfg.assign_method, window=icfg.assign_window,
-               score_mode=ec.get("score_mode", "keypoints"),
+               score_mode=(ec.get("score_mode") or (config.get("eval") or {}).get("score_mode")
+                           or "keypoints"),
                breakdown=ec.get("breakdown", False), **predictor_lib.prn_input(config))
 
   def run(self, model):

@@ -78,7 +78,9 @@ def _people(idx, cand_xy, scores, score_mode):
   xy = cand_xy[np.arange(_K)[None], safe]  # [N, K, 2]
   kps = np.where(got[..., None], np.concatenate([xy, got[..., None]], -1), 0.0).astype(np.float32)
   pair = np.where(got, np.take_along_axis(scores, safe[..., None], axis=2)[..., 0], 0.0)
-  inst = np.asarray(assignment.instance_scores(got.astype(np.float32), pair, mode=score_mode))
+  shares = assignment.assignment_shares(scores, idx, np.ones(len(idx), bool))
+  inst = np.asarray(assignment.instance_scores(got.astype(np.float32), pair, mode=score_mode,
+                                               shares=shares))
   return kps, inst
 
 
@@ -199,7 +201,9 @@ def evaluate_prn_gt(ann_file, assign="prn", prn_apply=None, method="greedy", win
     n, c = len(wb), cand_xy.shape[1]
     oracle = oracle_assignment(cand_xy, cand_valid, owner, wb)
     if assign == "oracle":
-      idx, scores = oracle, np.ones((n, _K, c), np.float32)  # all score modes agree
+      # Score 1 for the oracle's own pairs only: every score mode agrees (each share is 1).
+      idx = oracle
+      scores = (np.arange(c)[None, None] == oracle[..., None]).astype(np.float32)
     else:
       # Padded to bucketed shapes so that one compilation serves many images.
       nb, cb = _bucket(n), _bucket(c)

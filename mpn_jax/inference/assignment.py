@@ -199,10 +199,31 @@ def gather_keypoints(cand_xy, cand_scores, idx):
   return jnp.where((idx >= 0)[..., None], out, 0.0)
 
 
-SCORE_MODES = ("keypoints", "assignment", "box")
+SCORE_MODES = ("keypoints", "assignment", "box", "decisive")
 
 
-def instance_scores(keypoint_scores, assign_scores, box_scores=None, mode="keypoints"):
+def assignment_shares(scores, idx, box_valid):
+  """How decisively each box won its keypoints.
+
+  Args:
+    scores: [N, K, C] float32 pair scores (`candidate_scores`).
+    idx: [N, K] int32 assigned candidate or -1 (`assign`).
+    box_valid: [N] bool (padding boxes do not compete).
+  Returns:
+    [N, K] float32: the box's score for its candidate over the sum of every valid box's score for
+    that candidate (1: no other box wanted it; 0.5: another wanted it as much); 0 where idx is -1.
+  """
+  scores = jnp.asarray(scores, jnp.float32)
+  valid = jnp.asarray(box_valid, bool)[:, None, None]
+  total = jnp.where(valid, scores, 0.0).sum(axis=0)  # [K, C]
+  safe = jnp.maximum(idx, 0)
+  mine = jnp.take_along_axis(scores, safe[..., None], axis=2)[..., 0]
+  theirs = jnp.take_along_axis(total, safe.T, axis=1).T  # [N, K]
+  return jnp.where(idx >= 0, mine / jnp.maximum(theirs, 1e-30), 0.0)
+
+
+def instance_scores(keypoint_scores, assign_scores, box_scores=None, mode="keypoints",
+                    shares=None):
   """One score per person.
 
   Args:
@@ -211,7 +232,10 @@ def instance_scores(keypoint_scores, assign_scores, box_scores=None, mode="keypo
     assign_scores: [N, K] float32 PRN scores of the assignments (from `assign`).
     box_scores: [N] float32 detection scores, for mode 'box'.
     mode: 'keypoints' (the official rule: sum of keypoint scores / K), 'assignment' (sum of keypoint
-      x PRN scores / K), 'box' (box score x the 'keypoints' score).
+      x PRN scores / K), 'box' (box score x the 'keypoints' score), 'decisive' (sum of keypoint
+      score x share^2 / K, `assignment_shares`: a person whose keypoints other boxes wanted as
+      much, as where two people overlap and the assignment may mix them, ranks lower).
+    shares: [N, K] float32 `assignment_shares`, for mode 'decisive'.
   Returns:
     [N] float32.
   """
@@ -225,4 +249,8 @@ def instance_scores(keypoint_scores, assign_scores, box_scores=None, mode="keypo
     if box_scores is None:
       raise ValueError("instance score mode 'box' needs box_scores")
     return jnp.asarray(box_scores, jnp.float32) * kp.sum(-1) / k
+  if mode == "decisive":
+    if shares is None:
+      raise ValueError("instance score mode 'decisive' needs shares (assignment_shares)")
+    return (kp * jnp.square(jnp.asarray(shares, jnp.float32))).sum(-1) / k
   raise ValueError(f"unknown instance score mode {mode!r}: use one of {SCORE_MODES}")

@@ -368,7 +368,7 @@ def prn_task(config, mesh):
     prn_gt = evaluators.PrnGtEvaluator(
         prn_samples.resolve(config.data.data_dir, config.data.val_file), model, assign="prn",
         method=config.inference.assign_method, window=config.inference.assign_window,
-        score_mode=config.get("eval", {}).get("score_mode", "keypoints"),
+        score_mode=config.get("eval", {}).get("score_mode") or "keypoints",
         widen=config.data.widen, input_sigma=config.data.input_sigma)
 
   def evaluate(state, step):
