@@ -526,6 +526,30 @@ def test_peak_score_power_lets_the_stronger_peak_win(power, want):
   np.testing.assert_allclose(xy, np.broadcast_to(want, xy.shape), atol=1e-4)
 
 
+@pytest.mark.parametrize("boxes,want", [([(4, 4, 44, 60)], [0.9]),
+                                         ([(4, 4, 44, 60), (24, 4, 64, 60)], [0.225, 0.225])])
+def test_decisive_instance_score_counts_each_keypoint_by_its_share(boxes, want):
+  # One peak (0.9) of every type, inside every box. Alone, a box wins each keypoint outright
+  # (share 1): 0.9, the keypoint-count score. Two overlapping boxes (IoU 0.33, both kept) that the
+  # stand-in PRN scores alike share each keypoint half and half; each takes them (greedy), so
+  # each person scores 0.9 x 0.5^2.
+  h = w = S // 4
+  heat = np.zeros((1, h, w, K + 1), np.float32)
+  heat[0, 8, 8, :K] = 0.9   # input (34, 34)
+  cls, deltas = _detector_outputs([boxes], [[3.0] * len(boxes)])
+  outputs = {"keypoints": jnp.asarray(heat), "cls_logits": cls, "box_deltas": deltas}
+  cfg = _config(max_people=2, peak_refine="none", assign_method="greedy",
+                instance_score="decisive")
+  out = pipeline.predict_from_outputs(outputs, jnp.ones((1,), jnp.float32), _sum_prn, cfg)
+  valid = np.asarray(out["valid"][0])
+  assert valid.sum() == len(boxes)
+  np.testing.assert_allclose(np.sort(np.asarray(out["scores"][0])[valid]), want, atol=0.01)
+  keypoint_count = pipeline.predict_from_outputs(
+      outputs, jnp.ones((1,), jnp.float32), _sum_prn, _config(
+          max_people=2, peak_refine="none", assign_method="greedy", instance_score="keypoints"))
+  np.testing.assert_allclose(np.asarray(keypoint_count["scores"][0])[valid], 0.9, atol=1e-6)
+
+
 # ------------------------------------------------------------------------------------------------
 # One field per setting: the PRN input is drawn with the PRN run's data.input_sigma / data.widen.
 

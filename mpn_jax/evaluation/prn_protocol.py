@@ -129,7 +129,7 @@ def error_breakdown(assigned, score, image_ids):
   out["worst_image_id"] = int(image_ids[worst]) if worst >= 0 else -1
   out["worst_image_errors"] = per_image[worst] if worst >= 0 else 0
   fixed = [(o, s, o) if j == worst else (i, s, o) for j, (i, s, o) in enumerate(assigned)]
-  out["AP_worst_image_fixed"] = score(fixed)[0]["AP"] if worst >= 0 else score(assigned)[0]["AP"]
+  out["AP_worst_image_fixed"] = score(fixed)[0]["AP"]  # (nothing to fix: the AP as it is)
   return out
 
 

@@ -122,9 +122,10 @@ def finish_people(probs, state, scales, config):
       s = s * jnp.power(jnp.clip(cand_sc, 1e-6, 1.0), power)[None]
     idx, a_score = assignment.assign(s, cand_ok, box_ok, config.assign_method)
     kps = assignment.gather_keypoints(cand_xy, cand_sc, idx)  # [N, K, 3]
-    person_score = assignment.instance_scores(
-        kps[..., 2], a_score, box_scores, config.instance_score,
-        shares=assignment.assignment_shares(s, idx, box_ok))
+    shares = (assignment.assignment_shares(s, idx, box_ok)
+              if config.instance_score == "decisive" else None)
+    person_score = assignment.instance_scores(kps[..., 2], a_score, box_scores,
+                                              config.instance_score, shares=shares)
     return kps, idx >= 0, person_score
 
   people, box_ok = state["people"], state["box_ok"]
