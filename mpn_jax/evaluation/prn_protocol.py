@@ -78,7 +78,8 @@ def _people(idx, cand_xy, scores, score_mode):
   xy = cand_xy[np.arange(_K)[None], safe]  # [N, K, 2]
   kps = np.where(got[..., None], np.concatenate([xy, got[..., None]], -1), 0.0).astype(np.float32)
   pair = np.where(got, np.take_along_axis(scores, safe[..., None], axis=2)[..., 0], 0.0)
-  shares = assignment.assignment_shares(scores, idx, np.ones(len(idx), bool))
+  shares = (assignment.assignment_shares(scores, idx, np.ones(len(idx), bool))
+            if score_mode == "decisive" else None)
   inst = np.asarray(assignment.instance_scores(got.astype(np.float32), pair, mode=score_mode,
                                                shares=shares))
   return kps, inst
@@ -119,12 +120,13 @@ def error_breakdown(assigned, score, image_ids):
   """
   total = max(sum(int((o >= 0).sum()) for _, _, o in assigned), 1)
   out = {"right": sum(int(((i == o) & (o >= 0)).sum()) for i, _, o in assigned) / total}
+  errs = [assignment_errors(i, o) for i, _, o in assigned]  # per image: {kind: [N, K] bool}
   for kind in ERROR_KINDS:
-    bad = [assignment_errors(i, o)[kind] for i, _, o in assigned]
+    bad = [e[kind] for e in errs]
     out[kind] = sum(int(b.sum()) for b in bad) / total
     fixed = [(np.where(b, o, i), s, o) for b, (i, s, o) in zip(bad, assigned)]
     out[f"AP_{kind}_fixed"] = score(fixed)[0]["AP"]
-  per_image = [sum(int(b.sum()) for b in assignment_errors(i, o).values()) for i, _, o in assigned]
+  per_image = [sum(int(b.sum()) for b in e.values()) for e in errs]
   worst = int(np.argmax(per_image)) if per_image and max(per_image) > 0 else -1
   out["worst_image_id"] = int(image_ids[worst]) if worst >= 0 else -1
   out["worst_image_errors"] = per_image[worst] if worst >= 0 else 0
